@@ -1,0 +1,433 @@
+"""One config object for every command: a dataclass tree, YAML files and dotted CLI overrides.
+
+A run is described by `Config`. A YAML file sets any subset of its fields (a preset in `configs/`
+usually sets only `objective` and a few `train` keys), and `key.sub=value` overrides on the command
+line win over the file. Every value is checked against its field's type and allowed choices, and a
+bad one stops the run with a one-line `ConfigError` that names the file, the key and the value.
+
+    cfg = load_config("configs/grpo.yaml", ["train.steps=10", "objective.beta=0"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message is one line naming the culprit."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tree. Field comments are shown by `sft2grpo train --help-config`.
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    # "smollm2-135m" (embedded SmolLM2-135M-Instruct), "tiny" (random, for smoke runs),
+    # a local HF folder, or a .gguf file.
+    name: str = "smollm2-135m"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"  # auto -> cuda if available, else cpu
+    system_prompt: str | None = None
+    threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class TaskConfig:
+    # a reasoning-gym task name (chain_sum, basic_arithmetic, ...), a .jsonl file, or an HF datasets folder
+    name: str = "chain_sum"
+    size: int = 2000  # training examples generated (reasoning-gym)
+    eval_size: int = 200  # held-out examples, disjoint from training
+    seed: int = 0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reasoning-gym generator
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    instruction: str = "Answer with the final number."  # appended to each prompt; "" for none
+
+
+@dataclass
+class RewardConfig:
+    correct: float = 1.0
+    wrong: float = -1.0
+    format_error: float = -2.0  # no parsable answer
+    extractor: Literal["last_number", "boxed", "answer_tag", "auto"] = "last_number"
+    verifier: Literal["auto", "math", "exact", "task"] = "auto"
+    functions: list[str] = field(default_factory=list)  # extra user rewards, "module:fn" or "file.py:fn"
+    weights: list[float] = field(default_factory=list)  # one per function; default 1.0 each
+    timeout: float = 5.0  # seconds per reward-function call
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["fast", "hf", "vllm"] = "fast"
+    group_size: int = 8  # completions per prompt, |G|
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: list[str] = field(default_factory=list)
+    dynamic_sampling: bool = False  # DAPO: resample prompts until groups have non-zero reward spread
+    max_resample_rounds: int = 2  # cap on extra rollout rounds per step with dynamic_sampling
+
+
+@dataclass
+class ObjectiveConfig:
+    """The switches of the ladder; see objective.py and the table in README.md."""
+
+    advantage: Literal["raw", "relu", "group_norm", "group_mean", "rloo"] = "group_norm"
+    std_ddof: int = 0
+    std_eps: float = 1e-6
+    ratio: Literal["none", "token", "sequence"] = "token"
+    clip: bool = True
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None  # c > 1 bounds the loss for negative advantages (dual-clip PPO)
+    beta: float = 0.04  # KL weight; 0 means no reference model is ever built
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_in: Literal["loss", "reward"] = "loss"
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    max_len: int | None = None  # constant for seq_mean_token_sum_norm; None -> rollout.max_new_tokens
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 40
+    prompts_per_step: int = 4  # groups per step; completions per step = prompts_per_step * group_size
+    mu: int = 1  # optimisation passes over each batch of rollouts
+    micro_batch_size: int = 16  # sequences per forward/backward
+    lr: float = 1e-5
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_bad_steps: int = 5  # consecutive NaN/inf steps before the run stops
+
+
+@dataclass
+class EvalConfig:
+    before: bool = True
+    after: bool = True
+    size: int | None = None  # None -> task.eval_size
+    batch_size: int = 64
+    max_new_tokens: int | None = None  # None -> rollout.max_new_tokens
+    k: int = 1  # samples per problem for pass@k; 1 = greedy decoding
+
+
+@dataclass
+class LogConfig:
+    output_dir: str = "runs/{preset}-{time}"
+    samples_per_step: int = 2  # completions written to samples.jsonl each step
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "sft2grpo"
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints; 0 = only at the end and on interrupt
+    keep: int = 2
+
+
+@dataclass
+class Config:
+    preset: str = "grpo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Type checking of one value against a field's annotation.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return repr(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):  # "a,b" from the command line
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, list | tuple):
+            raise bad
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if tp is Any:
+        return value
+    raise bad
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
+    """Set fields of dataclass `obj` from a (nested) dict, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix or 'top level'}' must be a mapping, got {data!r}")
+    hints = _hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{path}'{hint}; valid keys: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, path, source)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{source}: {path}"))
+
+
+def _yaml_line(path: Path, key: str) -> int | None:
+    """Best-effort line number of a top-level or nested key in a YAML file (for error messages)."""
+    leaf = key.split(".")[-1]
+    try:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip().startswith(f"{leaf}:"):
+                return i
+    except OSError:
+        return None
+    return None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-6' -> (['train', 'lr'], 3e-06). The value is read as YAML, so 'true', '1e-5',
+    '[a, b]' and 'null' mean what they look like."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads "1e-5" as a string; numbers are what people mean.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def resolve_preset_path(name_or_path: str) -> Path:
+    """A preset name ('grpo') or a YAML path; presets live in the repo's configs/ folder."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    candidate = configs_dir() / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ConfigError(f"unknown preset '{name_or_path}'; available: {', '.join(list_presets())}")
+
+
+def configs_dir() -> Path:
+    """configs/ of a source checkout (src/sft2grpo/config.py -> ../../configs), else the installed copy."""
+    here = Path(__file__).resolve().parent
+    for c in (here.parent.parent / "configs", here / "configs"):
+        if c.is_dir():
+            return c
+    return here.parent.parent / "configs"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in configs_dir().glob("*.yaml"))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, then `validate`. Raises ConfigError on any problem."""
+    cfg = Config()
+    if path is not None:
+        p = resolve_preset_path(str(path))
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        data.setdefault("preset", p.stem)
+        try:
+            _apply(cfg, data, "", str(p))
+        except ConfigError as e:
+            msg = str(e)
+            key = msg.split("'")[1] if "unknown key" in msg else msg.split(": ")[1] if ": " in msg else ""
+            line = _yaml_line(p, key)
+            if line is not None:
+                msg = msg.replace(f"{p}:", f"{p}:{line}:", 1)
+            raise ConfigError(msg) from None
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        data: Any = value
+        for k in reversed(keys):
+            data = {k: data}
+        _apply(cfg, data, "", "override")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks across fields; each failure names the key and the value."""
+
+    def need(ok: bool, key: str, value: Any, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: {why}")
+
+    o, r, t = cfg.objective, cfg.rollout, cfg.train
+    need(o.beta >= 0, "objective.beta", o.beta, "must be >= 0")
+    need(0 <= o.eps_low < 1, "objective.eps_low", o.eps_low, "must be in [0, 1)")
+    need(o.eps_high >= 0, "objective.eps_high", o.eps_high, "must be >= 0")
+    need(o.dual_clip is None or o.dual_clip > 1, "objective.dual_clip", o.dual_clip, "must be > 1 or null")
+    need(o.std_ddof in (0, 1), "objective.std_ddof", o.std_ddof, "must be 0 or 1")
+    need(o.std_eps > 0, "objective.std_eps", o.std_eps, "must be > 0")
+    need(o.max_len is None or o.max_len > 0, "objective.max_len", o.max_len, "must be > 0")
+    need(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1")
+    if o.advantage in ("group_norm", "group_mean", "rloo"):
+        need(
+            r.group_size >= 2,
+            "rollout.group_size",
+            r.group_size,
+            f"objective.advantage={o.advantage} needs groups of at least 2 completions",
+        )
+    if o.advantage == "group_norm" and o.std_ddof == 1:
+        need(r.group_size >= 2, "rollout.group_size", r.group_size, "std with ddof=1 needs >= 2")
+    need(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "must be >= 1")
+    need(r.temperature > 0, "rollout.temperature", r.temperature, "must be > 0")
+    need(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "must be in (0, 1]")
+    need(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0 (0 = off)")
+    need(r.max_resample_rounds >= 0, "rollout.max_resample_rounds", r.max_resample_rounds, "must be >= 0")
+    need(t.steps >= 0, "train.steps", t.steps, "must be >= 0")
+    need(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "must be >= 1")
+    need(t.mu >= 1, "train.mu", t.mu, "must be >= 1")
+    need(t.micro_batch_size >= 1, "train.micro_batch_size", t.micro_batch_size, "must be >= 1")
+    need(t.lr > 0, "train.lr", t.lr, "must be > 0")
+    need(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be >= 0")
+    need(t.max_grad_norm >= 0, "train.max_grad_norm", t.max_grad_norm, "must be >= 0 (0 = off)")
+    need(t.max_bad_steps >= 1, "train.max_bad_steps", t.max_bad_steps, "must be >= 1")
+    need(cfg.task.size >= 1, "task.size", cfg.task.size, "must be >= 1")
+    need(cfg.task.eval_size >= 0, "task.eval_size", cfg.task.eval_size, "must be >= 0")
+    need(cfg.eval.k >= 1, "eval.k", cfg.eval.k, "must be >= 1")
+    need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
+    need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
+    need(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
+    rw = cfg.reward
+    need(
+        not rw.weights or len(rw.weights) == len(rw.functions),
+        "reward.weights",
+        rw.weights,
+        f"needs one weight per reward.functions entry ({len(rw.functions)})",
+    )
+    need(rw.timeout > 0, "reward.timeout", rw.timeout, "must be > 0")
+    need(cfg.model.lora.r >= 1, "model.lora.r", cfg.model.lora.r, "must be >= 1")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, type, default) for every leaf field; used by `--help-config`."""
+    rows = []
+    hints = _hints(cls)
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(inst, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(type(value), key + ".")
+        else:
+            rows.append((key, _type_name(hints[f.name]), value))
+    return rows
