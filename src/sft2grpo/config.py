@@ -133,7 +133,9 @@ class EvalConfig:
     size: int | None = None  # None -> task.eval_size
     batch_size: int = 64
     max_new_tokens: int | None = None  # None -> rollout.max_new_tokens
-    k: int = 1  # samples per problem for pass@k; 1 = greedy decoding
+    k: int = 1  # pass@k; 1 = greedy decoding, one answer per problem
+    samples: int | None = None  # draws per problem when k > 1 (>= k); None -> k
+    temperature: float = 1.0  # sampling temperature when k > 1
 
 
 @dataclass
@@ -396,6 +398,12 @@ def validate(cfg: Config) -> None:
     need(cfg.task.size >= 1, "task.size", cfg.task.size, "must be >= 1")
     need(cfg.task.eval_size >= 0, "task.eval_size", cfg.task.eval_size, "must be >= 0")
     need(cfg.eval.k >= 1, "eval.k", cfg.eval.k, "must be >= 1")
+    need(
+        cfg.eval.samples is None or cfg.eval.samples >= cfg.eval.k,
+        "eval.samples",
+        cfg.eval.samples,
+        f"must be >= eval.k ({cfg.eval.k})",
+    )
     need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
