@@ -1,0 +1,197 @@
+"""The `sft2grpo` command: train, eval and advantages.
+
+    sft2grpo train --config grpo train.steps=20 rollout.group_size=8
+    sft2grpo eval --model runs/grpo-.../model --task chain_sum
+    sft2grpo advantages --rewards 1,-1,-2 --counts 1,127,896
+
+Errors a user can cause (a bad key, a missing file, a malformed data row) print one line naming the
+culprit and exit with status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG_TRAIN = """\
+overrides are dotted keys with YAML values, applied after the config file, e.g.
+  train.steps=20 train.lr=2e-5 rollout.group_size=8 objective.beta=0 model.name=tiny
+`sft2grpo train --help-config` lists every key with its type and default."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .config import list_presets
+
+    p = argparse.ArgumentParser(
+        prog="sft2grpo",
+        description="Train language models with RL from verifiable rewards: the SFT -> GRPO ladder.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a policy with one preset (rung) of the ladder",
+        description="Train a policy: rollouts -> rewards -> advantages -> the rung's loss.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument(
+        "--config",
+        default="grpo",
+        help=f"a YAML file or a preset name ({', '.join(list_presets())}); default: grpo",
+    )
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--help-config", action="store_true", help="list every config key and exit")
+
+    e = sub.add_parser(
+        "eval",
+        help="held-out accuracy, pass@k, format errors and length of a model",
+        description="Evaluate a model on a task's held-out split (the one training never sees).",
+    )
+    e.add_argument("--model", default="smollm2-135m", help="HF folder, .gguf file, smollm2-135m or tiny")
+    e.add_argument("--task", default=None, help="reasoning-gym task name or a .jsonl file")
+    e.add_argument("--config", default=None, help="YAML file or preset for task/reward/eval settings")
+    e.add_argument("--output", default=None, help="folder for eval.json and samples (default: none)")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+
+    a = sub.add_parser(
+        "advantages",
+        help="normalised advantage of each reward value for a group with given counts",
+        description="Print the advantage each reward value gets in a group with the given counts.",
+    )
+    a.add_argument("--rewards", default="1,-1,-2", help="distinct reward values, comma-separated")
+    a.add_argument("--counts", required=True, help="how many answers got each reward, comma-separated")
+    a.add_argument("--ddof", type=int, default=0, help="std degrees of freedom: 0 population, 1 sample")
+    a.add_argument(
+        "--estimator",
+        default="group_norm",
+        help="advantage estimator: raw, relu, group_norm, group_mean, rloo",
+    )
+    return p
+
+
+def cmd_train(args) -> int:
+    from .config import describe, dump_yaml, load_config
+
+    if args.help_config:
+        for key, tp, default in describe():
+            print(f"{key:34s} {tp:40s} default: {default!r}")
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    from .trainer import make_run_dir, Trainer
+
+    run_dir = make_run_dir(cfg)
+    print(f"# resolved config (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
+    print(dump_yaml(cfg), file=sys.stderr, end="")
+    summary = Trainer(cfg, run_dir).fit()
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    """The before/after table printed at the end of a run."""
+    lines = [f"run: {s['run_dir']}  preset: {s['preset']}  steps: {s['steps']}"]
+    before, after = s.get("before"), s.get("after")
+    if before or after:
+        keys = [k for k in ("accuracy", "format_error_rate", "completion_len") if k in (before or after)]
+        lines.append(f"{'held-out':20s} {'before':>10s} {'after':>10s} {'change':>10s}")
+        for k in keys:
+            b = before.get(k) if before else None
+            a = after.get(k) if after else None
+            fmt = (lambda v: f"{100 * v:9.1f}%") if k != "completion_len" else (lambda v: f"{v:10.1f}")
+            delta = ""
+            if a is not None and b is not None:
+                delta = f"{100 * (a - b):+9.1f}p" if k != "completion_len" else f"{a - b:+10.1f}"
+            lines.append(
+                f"{k:20s} {fmt(b) if b is not None else '-':>10s} {fmt(a) if a is not None else '-':>10s} {delta:>10s}"
+            )
+    lines.append(f"wall time: {s.get('wall_time_s', 0):.0f} s, peak memory: {s.get('peak_mem_mb', 0):.0f} MiB")
+    if s.get("plot"):
+        lines.append(f"plots: {s['plot']}")
+    lines.append(f"model: {s.get('model_dir')}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from . import models, rewards, rollout, tasks
+    from .config import load_config
+    from .evaluate import evaluate
+
+    overrides = list(args.overrides) + [f"model.name={args.model}"]
+    if args.task:
+        overrides.append(f"task.name={args.task}")
+    cfg = load_config(args.config, overrides)
+    model, tok = models.load_policy(cfg.model)
+    task = tasks.load_task(cfg.task)
+    reward_fn = rewards.build_reward(cfg.reward, task)
+    engine = rollout.make_engine(cfg.rollout.engine, model, tok)
+    examples = task.eval[: cfg.eval.size or cfg.task.eval_size]
+    res = evaluate(
+        engine,
+        tok,
+        examples,
+        reward_fn,
+        system_prompt=cfg.model.system_prompt,
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        k=cfg.eval.k,
+        samples=cfg.eval.samples,
+        temperature=cfg.eval.temperature,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+        progress=cfg.log.progress,
+    )
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(res.metrics, indent=2))
+        with open(out / "eval_samples.jsonl", "w", encoding="utf-8") as f:
+            for s in res.samples:
+                f.write(json.dumps(s) + "\n")
+    print(json.dumps({"model": args.model, "task": cfg.task.name, **res.metrics}, indent=2))
+    return 0
+
+
+def cmd_advantages(args) -> int:
+    from .objective import advantages_for_counts
+
+    try:
+        rewards = [float(x) for x in args.rewards.split(",")]
+        counts = [int(x) for x in args.counts.split(",")]
+    except ValueError:
+        raise ValueError(f"--rewards {args.rewards!r} / --counts {args.counts!r}: expected numbers") from None
+    if len(rewards) != len(counts):
+        raise ValueError(f"--rewards has {len(rewards)} values but --counts has {len(counts)}")
+    adv = advantages_for_counts(rewards, counts, args.estimator, args.ddof)
+    print(f"{'reward':>8s} {'count':>7s} {'advantage':>10s}")
+    for r, c, a in zip(rewards, counts, adv):
+        print(f"{r:8g} {c:7d} {a:10.2f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handlers = {"train": cmd_train, "eval": cmd_eval, "advantages": cmd_advantages}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        if args.debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"sft2grpo: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
