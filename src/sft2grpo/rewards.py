@@ -1,0 +1,589 @@
+"""Rewards: pull an answer out of a completion, check it, turn the verdict into a number.
+
+    completion --extractor--> "42" --verifier--> correct? --scheme--> +1 / -1 / -2
+
+Extractors (`EXTRACTORS`, picked by `reward.extractor`) are pure `str -> str | None`; None means the
+completion holds no parsable answer, which the seed's scheme punishes hardest (a format error).
+Verifiers (`VERIFIERS`, picked by `reward.verifier`) share one contract,
+`verifier(extracted, example, scorer) -> bool`:
+
+    math   mathematical equivalence with math-verify (1/2 == 0.5 == \\frac{1}{2}); answers it cannot
+           parse fall back to `exact`
+    exact  normalised string match (case, spaces, a trailing period), numeric when both are numbers
+    task   the task's own scorer (reasoning-gym's `score_answer`); a score of 1.0 is correct
+    auto   `task` when the task has a scorer, else `exact`, then `math`
+
+User reward functions use TRL's signature, `fn(prompts, completions, **columns) -> list[float]`,
+where `columns` holds `answer` and every `Example.meta` key as lists. They are named in
+`reward.functions` as "module:function" or "path/to/file.py:function". When any are given, their
+weighted sum REPLACES the built-in verifier reward; put the special name "builtin" in the list to
+keep it as one more term (with its own weight). The `correct` and `format_error` flags always
+come from the built-in extractor and verifier, so accuracy means the same thing in every run.
+
+Nothing here may crash a training run: a reward function (or verifier) that raises, returns the
+wrong length, returns NaN/None or runs past `reward.timeout` seconds gives the format-error reward
+to the completions it should have scored, a `RewardWarning` with the count, and `faults` in the
+result. Timeouts interrupt the call with a SIGALRM timer when called from the main thread (the
+usual case, and the only way to actually stop runaway sympy work); elsewhere the call runs in a
+daemon thread that is abandoned on timeout. Neither can stop a single long C call that never
+returns to the interpreter, so math-verify never sees answers longer than `MAX_MATH_CHARS`.
+
+    fn = build_reward(RewardConfig(), task)
+    res = fn(["... so the answer is 7.", "no idea"], [ex, ex])
+    res.rewards  # tensor([ 1., -2.])
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RewardConfig
+from .tasks import Example, Task
+
+Extractor = Callable[[str], "str | None"]
+Scorer = Callable[[str, Example], float]
+Verifier = Callable[[str, Example, "Scorer | None"], bool]
+
+BUILTIN = "builtin"  # the name that keeps the verifier reward among user functions
+MAX_MATH_CHARS = 200  # longer answers skip math-verify: sympy on huge inputs can stall in C code
+
+
+class RewardError(ValueError):
+    """A user-caused reward problem (bad name, a function that does not load); one line."""
+
+
+class RewardWarning(UserWarning):
+    """A reward call failed and its completions got the format-error reward."""
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}".rstrip(": ")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Extractors
+
+
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def boxed(text: str) -> str | None:
+    """Content of the last balanced `\\boxed{...}`; nested braces and `\\{` escapes are respected.
+
+    >>> boxed(r"first \\boxed{1}, then \\boxed{\\frac{1}{2}}.")
+    '\\\\frac{1}{2}'
+    """
+    found = None
+    for m in _BOX_OPEN.finditer(text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            c = text[i]
+            if c == "\\":  # \{ and \} are literal braces, not grouping
+                i += 2
+                continue
+            depth += (c == "{") - (c == "}")
+            i += 1
+        if depth == 0:
+            inner = text[m.end() : i - 1].strip()
+            if inner:
+                found = inner  # a later (or an inner, nested) box wins
+    return found
+
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+
+
+def answer_tag(text: str) -> str | None:
+    """Content of the last closed `<answer>...</answer>`; None if absent or empty."""
+    matches = _ANSWER_TAG.findall(text)
+    if not matches:
+        return None
+    return matches[-1].strip() or None
+
+
+# A number that starts a token: not glued to a letter/digit or a preceding point, so "5-3" yields 3
+# (not -3), "SmolLM2" yields nothing and "v1.2" yields nothing. Thousands groups ("1,234") are one
+# number; a bare list ("1,2,3") is three. The possessive `++` stops "3/45.6" from being read as 3/4.
+_NUMBER = re.compile(
+    r"(?<![\w.])"
+    r"(?P<sign>[-+\u2212]?)"
+    r"(?P<num>(?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]++)(?:\.[0-9]++)?|\.[0-9]++)"
+    r"(?:/(?P<den>[0-9]++)(?!\.[0-9]))?"
+)
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the text, normalised: "-3", "1234" (from "1,234"), "3.5", "3/4".
+
+    A trailing full stop is not a decimal point ("is 42." -> "42"); "+" and the Unicode minus are
+    normalised to nothing and "-".
+    """
+    last = None
+    for last in _NUMBER.finditer(text):  # noqa: B007 - only the final match is wanted
+        pass
+    if last is None:
+        return None
+    sign = "-" if last["sign"] in ("-", "\u2212") else ""
+    num = last["num"].replace(",", "")
+    den = f"/{last['den']}" if last["den"] else ""
+    return f"{sign}{num}{den}"
+
+
+def auto(text: str) -> str | None:
+    """`boxed`, else `answer_tag`, else `last_number`: the most explicit answer the text offers."""
+    for extract in (boxed, answer_tag, last_number):
+        found = extract(text)
+        if found is not None:
+            return found
+    return None
+
+
+EXTRACTORS: dict[str, Extractor] = {
+    "last_number": last_number,
+    "boxed": boxed,
+    "answer_tag": answer_tag,
+    "auto": auto,
+}
+
+
+def get_extractor(name: str) -> Extractor:
+    if name not in EXTRACTORS:
+        raise RewardError(f"unknown extractor '{name}'; valid names: {', '.join(EXTRACTORS)}")
+    return EXTRACTORS[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timeouts
+
+
+class _Interrupt(BaseException):
+    """Raised by the SIGALRM handler. A BaseException, so `except Exception` in the interrupted code
+    (math-verify has plenty) cannot swallow it."""
+
+
+def call_with_timeout(fn: Callable[..., Any], timeout: float, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)`, or `TimeoutError` once it has run `timeout` seconds.
+
+    On the main thread with no other timer armed, a one-shot ITIMER_REAL interrupts the call itself
+    (two syscalls of overhead, and sub-second precision, unlike math-verify's whole-second alarm).
+    Elsewhere signals are unavailable, so the call runs in a daemon thread that is left behind if it
+    overruns: the caller gets its answer on time, the stray thread finishes on its own.
+    """
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main and hasattr(signal, "setitimer") and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise _Interrupt
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        try:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+                return fn(*args, **kwargs)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _Interrupt:
+            # Also catches an alarm that fired just as fn returned: counted as a timeout, never leaked.
+            raise TimeoutError(f"ran past {timeout:g} s") from None
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="sft2grpo-reward", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"ran past {timeout:g} s (left running in a background thread)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verifiers
+
+
+_THOUSANDS = re.compile(r"[-+]?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
+
+
+def _normalise(s: str) -> str:
+    s = " ".join(s.split()).casefold()
+    if len(s) >= 2 and s[0] == s[-1] == "$":  # "$42$" is 42 written as LaTeX
+        s = s[1:-1].strip()
+    return s.rstrip(".").rstrip()
+
+
+def _as_number(s: str) -> Fraction | None:
+    """Exact value of "3", "-3.50", "1,234", "3/4" (already normalised), else None."""
+    s = s.replace("\u2212", "-")
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def exact_match(pred: str, gold: str) -> bool:
+    """Normalised string equality, or equal values when both sides read as numbers."""
+    a, b = _normalise(pred), _normalise(gold)
+    if a == b:
+        return bool(a)
+    x, y = _as_number(a), _as_number(b)
+    return x is not None and y is not None and x == y
+
+
+def _silence_math_verify() -> None:
+    # math-verify warns once when its own signal timeout is off; ours replaces it (see
+    # call_with_timeout), and theirs would raise outright when called off the main thread.
+    from math_verify import grader, parser
+
+    parser.TIMEOUT_WARNING_SHOWN = True
+    grader.TIMEOUT_WARNING_SHOWN = True
+
+
+@functools.lru_cache(maxsize=8192)
+def _math_parse(text: str) -> tuple:
+    """math-verify's reading of an answer, cached: a group of completions shares one gold answer
+    and often repeats the same guesses. LaTeX-looking text is wrapped in $...$ so that "\\sqrt{2}"
+    parses at all and "2^{10}" is not read as "2"; plain text is parsed as is, so "yes" does not
+    become the product y*e*s."""
+    from math_verify import parse
+
+    _silence_math_verify()
+    latexy = any(c in text for c in "\\{}^_")
+    parsed = parse(f"${text}$" if latexy else text, parsing_timeout=None)
+    if not parsed and latexy:
+        parsed = parse(text, parsing_timeout=None)
+    return tuple(parsed)
+
+
+def math_equal(pred: str, gold: str) -> bool:
+    """math-verify equivalence; `exact_match` when either side is too long or will not parse.
+    Run it under `call_with_timeout`: sympy can take minutes on inputs like 9^{9^{9^9}}."""
+    if len(pred) > MAX_MATH_CHARS or len(gold) > MAX_MATH_CHARS:
+        return exact_match(pred, gold)
+    g, p = _math_parse(gold), _math_parse(pred)
+    if not g or not p:
+        return exact_match(pred, gold)
+    from math_verify import verify
+
+    return bool(verify(list(g), list(p), timeout_seconds=None))
+
+
+def verify_math(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+    return math_equal(extracted, example.answer)
+
+
+def verify_exact(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+    return exact_match(extracted, example.answer)
+
+
+def verify_task(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+    """reasoning-gym scorers return a float in [0, 1] and give partial credit (e.g. 0.5 for "15"
+    when the answer is "5", since the answer is a substring); only a full 1.0 counts as correct."""
+    if scorer is None:
+        raise RewardError("verifier 'task' needs a task with its own scorer")
+    return float(scorer(extracted, example)) >= 1.0 - 1e-9
+
+
+def verify_auto(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+    if scorer is not None:
+        return verify_task(extracted, example, scorer)
+    # exact first: it is microseconds, and settles most right answers without sympy
+    return exact_match(extracted, example.answer) or math_equal(extracted, example.answer)
+
+
+VERIFIERS: dict[str, Verifier] = {
+    "auto": verify_auto,
+    "math": verify_math,
+    "exact": verify_exact,
+    "task": verify_task,
+}
+
+
+def get_verifier(name: str) -> Verifier:
+    if name not in VERIFIERS:
+        raise RewardError(f"unknown verifier '{name}'; valid names: {', '.join(VERIFIERS)}")
+    return VERIFIERS[name]
+
+
+# ---------------------------------------------------------------------------------------------------
+# User reward functions
+
+
+def load_reward_function(spec: str) -> Callable[..., Any]:
+    """Import "package.module:function" or "path/to/file.py:function"; RewardError if it fails.
+
+    A module name that is not importable from sys.path is also looked for relative to the current
+    directory, since a console script (unlike `python -m`) does not put it on the path.
+    """
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise RewardError(f"reward.functions: '{spec}' is not 'module:function' or 'file.py:function'")
+    try:
+        if where.endswith(".py") or "/" in where or os.sep in where:
+            module = _import_file(Path(where))
+        else:
+            module = _import_module(where)
+    except RewardError:
+        raise
+    except BaseException as e:  # a user module may raise anything, SystemExit included
+        raise RewardError(f"reward.functions: cannot import '{spec}': {_one_line(e)}") from None
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise RewardError(f"reward.functions: '{spec}': {where} has no attribute '{name}'")
+    if not callable(fn):
+        raise RewardError(f"reward.functions: '{spec}': {name} is not callable")
+    return fn
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name.split(".")[0] or os.getcwd() in sys.path:
+            raise
+    sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(os.getcwd())
+
+
+def _import_file(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    path = path.resolve()
+    # A unique module name per file, registered before exec so dataclasses and pickle can find it.
+    tag = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    stem = re.sub(r"\W", "_", path.stem)
+    mod_name = f"sft2grpo_user_{stem}_{tag}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path} as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+    return module
+
+
+def example_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
+    """TRL-style keyword columns: `answer`, then every meta key (missing ones as None). Keys that
+    would collide with the positional `prompts`/`completions` are left out."""
+    cols: dict[str, list[Any]] = {"answer": [e.answer for e in examples]}
+    keys: dict[str, None] = {}
+    for e in examples:
+        keys.update(dict.fromkeys(e.meta))
+    for k in keys:
+        if k not in cols and k not in ("prompts", "completions"):
+            cols[k] = [e.meta.get(k) for e in examples]
+    return cols
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reward callable
+
+
+@dataclass
+class RewardResult:
+    rewards: torch.Tensor  # (B,) float32, what the objective sees
+    correct: torch.Tensor  # (B,) bool, from the built-in extractor + verifier
+    format_error: torch.Tensor  # (B,) bool, no parsable answer
+    faults: int  # completions whose reward was replaced because a reward call failed
+    extracted: list[str | None]
+
+
+@dataclass
+class _Term:
+    spec: str
+    weight: float
+    fn: Callable[..., Any] | None  # None = the built-in verifier reward
+
+
+class RewardFn:
+    """`fn(completions, examples) -> RewardResult`; build it with `build_reward`.
+
+    `total_faults` counts faulted completions over the object's life, for the run summary.
+    """
+
+    def __init__(self, cfg: RewardConfig, task: Task | None = None):
+        self.cfg = cfg
+        self.scorer: Scorer | None = task.scorer if task is not None else None
+        self.extract = get_extractor(cfg.extractor)
+        self.verify = get_verifier(cfg.verifier)
+        if cfg.verifier == "task" and self.scorer is None:
+            name = task.name if task is not None else "this task"
+            raise RewardError(
+                f"reward.verifier=task: {name} has no scorer of its own; use auto, math or exact"
+            )
+        weights = list(cfg.weights) or [1.0] * len(cfg.functions)
+        if len(weights) != len(cfg.functions):
+            raise RewardError(
+                f"reward.weights: {len(weights)} weights for {len(cfg.functions)} reward.functions"
+            )
+        self.terms = [
+            _Term(spec, float(w), None if spec == BUILTIN else load_reward_function(spec))
+            for spec, w in zip(cfg.functions, weights)
+        ]
+        self.total_faults = 0
+
+    # -- built-in ------------------------------------------------------------------------------------
+
+    def _check(self, completion: str, example: Example) -> tuple[str | None, bool, BaseException | None]:
+        """(extracted, correct, error). The extractor is linear-time regex, so only the verifier
+        runs under the timeout."""
+        extracted = self.extract(completion)
+        if extracted is None:
+            return None, False, None
+        try:
+            ok = call_with_timeout(self.verify, self.cfg.timeout, extracted, example, self.scorer)
+            return extracted, bool(ok), None
+        except RewardError:
+            raise
+        except Exception as e:  # TimeoutError included
+            return extracted, False, e
+
+    def score(self, completion: str, example: Example) -> tuple[bool, bool]:
+        """(correct, format_error) for one completion, as evaluation counts it. A verifier that
+        fails counts as wrong (not as a format error), with a RewardWarning."""
+        extracted, ok, err = self._check(completion, example)
+        if err is not None:
+            self.total_faults += 1
+            warnings.warn(f"reward: verifier failed on one completion: {_one_line(err)}", RewardWarning, 2)
+        return ok, extracted is None
+
+    # -- batch ---------------------------------------------------------------------------------------
+
+    def __call__(self, completions: Sequence[str], examples: Sequence[Example]) -> RewardResult:
+        if len(completions) != len(examples):
+            raise RewardError(f"reward: {len(completions)} completions but {len(examples)} examples")
+        cfg, n = self.cfg, len(completions)
+        extracted: list[str | None] = []
+        correct = torch.zeros(n, dtype=torch.bool)
+        fmt = torch.zeros(n, dtype=torch.bool)
+        builtin = torch.empty(n, dtype=torch.float32)
+        faulted = torch.zeros(n, dtype=torch.bool)
+        first_error: BaseException | None = None
+        for i, (c, ex) in enumerate(zip(completions, examples)):
+            x, ok, err = self._check(c, ex)
+            extracted.append(x)
+            correct[i], fmt[i] = ok, x is None
+            if err is not None:
+                faulted[i] = True
+                first_error = first_error or err
+                builtin[i] = cfg.format_error
+            else:
+                builtin[i] = cfg.format_error if x is None else cfg.correct if ok else cfg.wrong
+        if first_error is not None:
+            k = int(faulted.sum())
+            warnings.warn(
+                f"reward: verifier '{cfg.verifier}' failed on {k} of {n} completions "
+                f"(first: {_one_line(first_error)}); they get the format-error reward {cfg.format_error:g}",
+                RewardWarning,
+                2,
+            )
+
+        if not self.terms:
+            rewards = builtin
+        else:
+            rewards = torch.zeros(n, dtype=torch.float32)
+            prompts = [ex.prompt for ex in examples]
+            columns = example_columns(examples)
+            for term in self.terms:
+                if term.fn is None:
+                    rewards += term.weight * builtin
+                    continue
+                values, bad = self._call_user(term, prompts, list(completions), columns)
+                faulted |= bad
+                rewards += term.weight * values
+
+        faults = int(faulted.sum())
+        self.total_faults += faults
+        return RewardResult(rewards, correct, fmt, faults, extracted)
+
+    def _call_user(
+        self, term: _Term, prompts: list[str], completions: list[str], columns: dict[str, list[Any]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One user function on the whole batch -> (values (B,), faulted (B,)). Failed entries hold
+        the format-error reward, so a broken function pushes the policy away from nothing in
+        particular rather than crashing the run."""
+        n, penalty = len(completions), self.cfg.format_error
+        values = torch.full((n,), penalty, dtype=torch.float32)
+        bad = torch.ones(n, dtype=torch.bool)
+        try:
+            out = call_with_timeout(term.fn, self.cfg.timeout, prompts, completions, **columns)
+            if isinstance(out, torch.Tensor):
+                out = out.tolist()
+            out = list(out)
+            if len(out) != n:
+                raise ValueError(f"returned {len(out)} values for {n} completions")
+        except Exception as e:  # TimeoutError included
+            warnings.warn(
+                f"reward: '{term.spec}' failed on all {n} completions ({_one_line(e)}); "
+                f"they get the format-error reward {penalty:g}",
+                RewardWarning,
+                3,
+            )
+            return values, bad
+        for i, v in enumerate(out):
+            try:
+                f = float(v)  # bools and numpy scalars welcome; None and strings are not
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(f):
+                values[i], bad[i] = f, False
+        k = int(bad.sum())
+        if k:
+            warnings.warn(
+                f"reward: '{term.spec}' returned {k} of {n} values that are not finite numbers "
+                f"(None, NaN, inf or text); they get the format-error reward {penalty:g}",
+                RewardWarning,
+                3,
+            )
+        return values, bad
+
+
+def build_reward(cfg: RewardConfig, task: Task | None = None) -> RewardFn:
+    """The reward callable for a run: checks names, loads user functions (RewardError if any fails)."""
+    return RewardFn(cfg, task)
+
+
+def score(
+    completion: str, example: Example, cfg: RewardConfig | None = None, task: Task | None = None
+) -> tuple[bool, bool]:
+    """(correct, format_error) for one completion with the built-in extractor and verifier.
+    Builds a fresh checker each call; in a loop, use `build_reward(...).score` instead."""
+    cfg = cfg or RewardConfig()
+    no_user = RewardConfig(**{**cfg.__dict__, "functions": [], "weights": []})
+    return RewardFn(no_user, task).score(completion, example)

@@ -1,0 +1,308 @@
+"""Tasks: the prompts a policy answers and the answers its rewards are checked against.
+
+`load_task(cfg.task)` reads `TaskConfig.name` as one of
+
+    a reasoning-gym task    "chain_sum", "basic_arithmetic", ... generated offline from a seed, and
+                            scored by reasoning-gym's own `score_answer` (`Task.scorer`)
+    a JSONL file            "data/train.jsonl": one JSON object a line, `cfg.prompt_field` and
+                            `cfg.answer_field` read from each, every other key kept in `meta`
+    a datasets folder       a directory written by HF `datasets`' `save_to_disk` (needs the
+                            optional `datasets` package)
+
+and returns a `Task` with a training split and a held-out eval split that share no question text.
+`cfg.instruction` ("Answer with the final number." by default) is appended to every prompt on a
+line of its own, unless the prompt already ends with it.
+
+    task = load_task(TaskConfig())  # chain_sum, 2-3 terms of 1-2 digits
+    task.train[0].prompt
+    # 'State the final answer to the following arithmetic problem: 15 - 43 - 75 =\\nAnswer with the final number.'
+
+Bad data never passes silently: a missing file, a line that is not JSON, a missing or empty field,
+or an empty dataset raises `TaskError` with one line naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import TaskConfig
+
+
+class TaskError(ValueError):
+    """A user-caused data problem; the message is one line naming the file, line and field."""
+
+
+@dataclass
+class Example:
+    prompt: str  # the user message, instruction already appended
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)  # every other column; reasoning-gym: the entry
+    source: str = ""  # "reasoning_gym:chain_sum" or "train.jsonl:12"
+
+
+@dataclass
+class Task:
+    name: str
+    train: list[Example]
+    eval: list[Example]
+    # scorer(extracted_answer, example) -> float in [0, 1]; reasoning-gym's score_answer, else None
+    scorer: Callable[[str, Example], float] | None = None
+    # what loading dropped or shortened, e.g. {"eval_overlap_dropped": 3}; reported, never silent
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+# The project's default difficulty per reasoning-gym task, applied under the user's kwargs. The
+# 135M default model gets 2-3 terms of 1-2 digits right now and then (a few percent of samples),
+# which is what a GRPO run needs: some groups with a reward spread from the first step on.
+DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
+    "chain_sum": {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2},
+}
+
+# The eval split is generated from seed + EVAL_SEED_OFFSET. Several reasoning-gym tasks seed item i
+# with Random(seed + i), so seeds 0 and 1 would give the same items shifted by one; an offset far
+# beyond any split size keeps the two index ranges apart. Dedup by question text is the real guard.
+EVAL_SEED_OFFSET = 2**31
+
+
+def default_kwargs(name: str) -> dict[str, Any]:
+    """The reasoning-gym kwargs `TaskConfig(name=name)` runs with when `kwargs` is empty."""
+    return dict(DEFAULT_KWARGS.get(name, {}))
+
+
+def with_instruction(text: str, instruction: str) -> str:
+    """`text`, then `instruction` on its own line (nothing added if empty or already there)."""
+    text = text.rstrip()
+    instruction = instruction.strip()
+    if not instruction or text.endswith(instruction):
+        return text
+    return f"{text}\n{instruction}"
+
+
+def load_task(cfg: TaskConfig) -> Task:
+    """The task named by `cfg.name`: a JSONL file, a datasets folder, or a reasoning-gym task."""
+    name = cfg.name.strip()
+    if not name:
+        raise TaskError("task.name is empty")
+    path = Path(name).expanduser()
+    if name.endswith(".jsonl"):
+        return _load_jsonl(path, cfg)
+    if path.is_dir():
+        return _load_hf_folder(path, cfg)
+    if "/" in name or "\\" in name or path.suffix in (".json", ".csv", ".parquet", ".txt"):
+        if path.exists():
+            raise TaskError(f"task.name={name}: not a .jsonl file or a datasets folder")
+        raise TaskError(f"task.name={name}: file not found")
+    return _load_reasoning_gym(name, cfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# reasoning-gym
+
+
+def _load_reasoning_gym(name: str, cfg: TaskConfig) -> Task:
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, list(DATASETS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise TaskError(
+            f"task.name={name}: not a reasoning-gym task, a .jsonl file or a datasets folder{hint}"
+        )
+    kwargs = {**default_kwargs(name), **cfg.kwargs}
+
+    def make(seed: int, size: int) -> Any:
+        try:
+            return reasoning_gym.create_dataset(name, size=size, seed=seed, **kwargs)
+        except (TypeError, AssertionError, ValueError) as e:
+            msg = " ".join(str(e).split()) or type(e).__name__
+            raise TaskError(f"task.kwargs={kwargs}: rejected by reasoning-gym {name}: {msg}") from None
+
+    train_ds = make(cfg.seed, cfg.size)
+    source = f"reasoning_gym:{name}"
+
+    def scorer(answer: str, example: Example) -> float:
+        return float(train_ds.score_answer(answer, example.meta))
+
+    def to_example(entry: dict[str, Any]) -> Example:
+        return Example(
+            with_instruction(entry["question"], cfg.instruction), str(entry["answer"]), entry, source
+        )
+
+    train = [to_example(e) for e in _entries(train_ds)]
+    seen = {e.meta["question"] for e in train}
+
+    # Fresh questions from another seed until eval_size are found; candidates are capped so that a
+    # task whose whole problem space fits in the training split cannot loop forever.
+    evals: list[Example] = []
+    dropped = 0
+    if cfg.eval_size > 0:
+        cap = 4 * cfg.eval_size + 1000
+        eval_ds = make((cfg.seed + EVAL_SEED_OFFSET) % 2**32, cap)
+        for entry in _entries(eval_ds):
+            if entry["question"] in seen:
+                dropped += 1
+                continue
+            seen.add(entry["question"])
+            evals.append(to_example(entry))
+            if len(evals) == cfg.eval_size:
+                break
+        if not evals:
+            raise TaskError(
+                f"task {name}: no held-out questions left: all {dropped} eval candidates also occur "
+                f"in the {cfg.size} training examples; lower task.size or make task.kwargs harder"
+            )
+        if len(evals) < cfg.eval_size:
+            warnings.warn(
+                f"task {name}: only {len(evals)} of task.eval_size={cfg.eval_size} held-out questions "
+                f"are unseen in training ({dropped} duplicates dropped)",
+                stacklevel=2,
+            )
+    stats = {"eval_overlap_dropped": dropped} if dropped else {}
+    return Task(name, train, evals, scorer, stats)
+
+
+def _entries(ds: Any) -> Iterator[dict[str, Any]]:
+    # Index access, not iteration: reasoning-gym datasets keep their iteration cursor on the object.
+    for i in range(len(ds)):
+        yield ds[i]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+
+
+def _row_example(row: Any, where: str, cfg: TaskConfig, source: str) -> Example:
+    """One row -> Example, or TaskError naming `where` ("file.jsonl:12") and the field."""
+    if not isinstance(row, dict):
+        raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    pf, af = cfg.prompt_field, cfg.answer_field
+    for f in (pf, af):
+        if f not in row:
+            keys = ", ".join(map(str, row)) or "none"
+            raise TaskError(f"{where}: missing field '{f}' (fields: {keys}; see task.{_which(f, cfg)})")
+    prompt, answer = row[pf], row[af]
+    if not isinstance(prompt, str):
+        raise TaskError(f"{where}: field '{pf}' must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise TaskError(f"{where}: field '{pf}' is empty")
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        raise TaskError(f"{where}: field '{af}' must be a string or a number, got {type(answer).__name__}")
+    answer = str(answer).strip()
+    if not answer:
+        raise TaskError(f"{where}: field '{af}' is empty")
+    meta = {k: v for k, v in row.items() if k not in (pf, af)}
+    return Example(with_instruction(prompt, cfg.instruction), answer, meta, source)
+
+
+def _which(f: str, cfg: TaskConfig) -> str:
+    return "prompt_field" if f == cfg.prompt_field else "answer_field"
+
+
+def _read_jsonl(path: Path, cfg: TaskConfig) -> list[Example]:
+    if not path.is_file():
+        raise TaskError(f"{path}: file not found")
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():  # blank lines (a trailing newline, spacing) are not rows
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            out.append(_row_example(row, where, cfg, f"{path.name}:{lineno}"))
+    if not out:
+        raise TaskError(f"{path}: no examples (the file is empty)")
+    return out
+
+
+def eval_sibling(path: Path) -> Path:
+    """data/train.jsonl -> data/train.eval.jsonl"""
+    return path.with_name(path.name[: -len(".jsonl")] + ".eval.jsonl")
+
+
+def _load_jsonl(path: Path, cfg: TaskConfig) -> Task:
+    """Train on the file; hold out `<name>.eval.jsonl` beside it if present (its first eval_size
+    rows), else the file's last `eval_size` rows. Training rows whose prompt also appears in the
+    eval split are dropped, counted in `Task.stats` and warned about."""
+    rows = _read_jsonl(path, cfg)
+    sibling = eval_sibling(path)
+    if sibling.is_file() and sibling != path:
+        evals = _read_jsonl(sibling, cfg)[: cfg.eval_size]
+        return _split(str(path), rows, evals, cfg)
+    return _split_tail(str(path), rows, cfg, f" or add {sibling.name}")
+
+
+def _split_tail(name: str, rows: list[Example], cfg: TaskConfig, alt: str) -> Task:
+    n = cfg.eval_size
+    if n and len(rows) <= n:
+        raise TaskError(
+            f"{name}: {len(rows)} rows leave none for training after holding out task.eval_size={n}; "
+            f"lower task.eval_size{alt}"
+        )
+    return _split(name, rows[: len(rows) - n], rows[len(rows) - n :], cfg)
+
+
+def _split(name: str, train: list[Example], evals: list[Example], cfg: TaskConfig) -> Task:
+    held = {e.prompt for e in evals}
+    kept = [e for e in train if e.prompt not in held]
+    stats: dict[str, int] = {}
+    if len(kept) < len(train):
+        stats["train_overlap_dropped"] = len(train) - len(kept)
+        warnings.warn(
+            f"{name}: dropped {len(train) - len(kept)} training rows whose prompt is also in the eval split",
+            stacklevel=3,
+        )
+    if not kept:
+        raise TaskError(f"{name}: no training rows left once the eval split's prompts are removed")
+    return Task(name, kept, evals, None, stats)
+
+
+# ---------------------------------------------------------------------------------------------------
+# HF datasets folders
+
+
+def _load_hf_folder(path: Path, cfg: TaskConfig) -> Task:
+    """A `save_to_disk` folder: a Dataset (eval = its last eval_size rows) or a DatasetDict
+    (train = "train", eval = the first of "test"/"validation"/"eval" present, else the tail).
+    Errors name rows by their 0-based index, as `dataset[i]` does."""
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if not any((path / m).is_file() for m in markers):
+        raise TaskError(f"{path}: a folder, but not one written by datasets' save_to_disk")
+    try:
+        import datasets
+    except ImportError:
+        raise TaskError(
+            f"{path}: reading a datasets folder needs the optional 'datasets' package (pip install datasets)"
+        ) from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise TaskError(f"{path}: datasets could not load it: {' '.join(str(e).split())}") from None
+
+    def rows(split: Iterable[dict[str, Any]], label: str) -> list[Example]:
+        out = [
+            _row_example(row, f"{path}[{label}] row {i}", cfg, f"{path.name}[{label}]:{i}")
+            for i, row in enumerate(split)
+        ]
+        if not out:
+            raise TaskError(f"{path}[{label}]: no examples")
+        return out
+
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise TaskError(f"{path}: no 'train' split (splits: {', '.join(loaded)})")
+        train = rows(loaded["train"], "train")
+        for label in ("test", "validation", "eval"):
+            if label in loaded:
+                return _split(str(path), train, rows(loaded[label], label)[: cfg.eval_size], cfg)
+        return _split_tail(str(path), train, cfg, " or save a 'test' split")
+    return _split_tail(str(path), rows(loaded, "rows"), cfg, "")
