@@ -1,0 +1,112 @@
+"""Held-out evaluation: accuracy, pass@k, format-error rate and completion length.
+
+Greedy decoding (eval.k = 1) gives one deterministic answer per problem. With k > 1 the engine
+samples n >= k answers per problem and pass@k uses the unbiased estimator of Chen et al. (2021):
+
+    pass@k = 1 - C(n - c, k) / C(n, k)      (c = correct answers among the n samples)
+
+For example n = 4, c = 1, k = 2: 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k draws (without replacement) from n samples is correct."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n} c={c} k={k}")
+    if n - c < k:  # every k-subset holds a correct answer
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    samples: list[dict[str, Any]]
+
+
+def evaluate(
+    engine,
+    tokenizer,
+    examples: list,
+    reward_fn,
+    *,
+    system_prompt: str | None,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    k: int = 1,
+    samples: int | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Score `examples` with `engine`; greedy when k == 1, else `samples` (>= k) draws per problem."""
+    from .models import chat_prompt_ids
+
+    n = 1 if k == 1 else max(k, samples or k)
+    greedy = k == 1
+    per_problem = max(1, batch_size // n)  # rows per generate call stay near batch_size
+    correct_total = fmt_total = len_total = 0.0
+    pass_k = []
+    out: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(examples), desc="eval", leave=False)
+    for start in range(0, len(examples), per_problem):
+        chunk = examples[start : start + per_problem]
+        ids = chat_prompt_ids(tokenizer, [e.prompt for e in chunk], system_prompt)
+        ro = engine.generate(
+            ids, n=n, max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy, generator=generator
+        )
+        texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
+        rows = [e for e in chunk for _ in range(n)]  # prompt-major, like the rollout
+        res = reward_fn(texts, rows)
+        correct = res.correct.view(len(chunk), n)  # (P, n)
+        fmt = res.format_error.view(len(chunk), n)
+        lengths = ro.mask.sum(1).view(len(chunk), n)  # (P, n)
+        correct_total += correct.float().mean(1).sum().item()
+        fmt_total += fmt.float().mean(1).sum().item()
+        len_total += lengths.float().mean(1).sum().item()
+        for i, e in enumerate(chunk):
+            pass_k.append(pass_at_k(n, int(correct[i].sum()), k))
+            out.append(
+                {
+                    "prompt": e.prompt,
+                    "answer": e.answer,
+                    "completions": texts[i * n : (i + 1) * n],
+                    "extracted": res.extracted[i * n : (i + 1) * n],
+                    "correct": correct[i].tolist(),
+                }
+            )
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    total = max(1, len(examples))
+    metrics = {
+        "accuracy": correct_total / total,
+        f"pass@{k}": sum(pass_k) / total,
+        "format_error_rate": fmt_total / total,
+        "completion_len": len_total / total,
+        "problems": len(examples),
+        "samples_per_problem": n,
+    }
+    return EvalResult(metrics, out)
+
+
+def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Text of each row's generated tokens (special tokens such as EOS dropped)."""
+    lengths = mask.sum(1).long().tolist()
+    return [
+        tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
+        for row, n in zip(completion_ids, lengths)
+    ]

@@ -1,0 +1,164 @@
+"""Where metrics go: a JSONL file always, TensorBoard and W&B when asked, PNG plots at the end.
+
+The trainer talks to one `Tracker` with two methods, `log(step, metrics)` and `close()`; the sinks
+behind it share that contract, so the loop never branches on `if wandb:` (nanochat's null-logger
+idea). Plots are drawn from the JSONL file itself, so they can be redrawn for any finished or
+interrupted run with `plot_metrics(run_dir)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# Panels of the training plot: (title, metric keys drawn in it).
+PLOT_PANELS: list[tuple[str, list[str]]] = [
+    ("reward", ["reward_mean"]),
+    ("accuracy / format errors", ["accuracy", "format_error_rate"]),
+    ("KL to reference", ["kl"]),
+    ("clip fraction", ["clip_frac_low", "clip_frac_high"]),
+    ("completion length (tokens)", ["completion_len"]),
+    ("step time (s)", ["time_rollout", "time_reward", "time_update", "time_step"]),
+]
+
+
+class JsonlSink:
+    """One JSON object per line; flushed every write so a killed run keeps every finished step."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # tensorboard itself is optional
+            raise RuntimeError(
+                "log.tensorboard=true needs tensorboard: pip install 'sft2grpo[tracking]'"
+            ) from e
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    def __init__(self, project: str, run_name: str, config: dict):
+        try:
+            import wandb
+        except ImportError as e:
+            raise RuntimeError("log.wandb=true needs wandb: pip install 'sft2grpo[tracking]'") from e
+        self.run = wandb.init(project=project, name=run_name, config=config)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class Tracker:
+    """Fans each `log` call out to every sink."""
+
+    def __init__(self, sinks: list[Any]):
+        self.sinks = sinks
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.log(step, metrics)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+def make_tracker(run_dir: Path, *, tensorboard: bool, wandb: bool, project: str, config: dict) -> Tracker:
+    sinks: list[Any] = [JsonlSink(run_dir / "metrics.jsonl")]
+    if tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+    if wandb:
+        sinks.append(WandbSink(project, run_dir.name, config))
+    return Tracker(sinks)
+
+
+def _plain(v: Any) -> Any:
+    """JSON has no NaN; keep the row valid and the value visible."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def plot_metrics(run_dir: Path, out: Path | None = None) -> Path | None:
+    """Draw the panels of PLOT_PANELS from run_dir/metrics.jsonl into a PNG; returns its path."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    for ax, (title, keys) in zip(axes.flat, PLOT_PANELS):
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, label=k, marker="." if len(pts) < 40 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    out = out or run_dir / "training.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+class Progress:
+    """A tqdm bar with ETA and the latest reward; silent when not wanted or not a terminal."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, **postfix: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()}, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

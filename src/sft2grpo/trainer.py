@@ -1,0 +1,503 @@
+"""The training loop: rollout -> reward -> advantages -> mu optimisation passes -> log.
+
+One step, in the seed's words: for each of `train.prompts_per_step` questions q the policy samples a
+group G of `rollout.group_size` answers; the verifier scores them; the rewards become advantages
+(`objective.compute_advantages`); then `train.mu` passes over the batch minimise the rung's loss
+(`objective.policy_loss`) in micro-batches with gradient accumulation, one optimizer step per pass.
+
+What is computed, and when (each is skipped when the rung does not need it):
+- old log-probs pi_old: only when mu > 1. With mu = 1 the batch is fresh, pi_old == pi_theta, and the
+  detached current log-probs are exact, so no extra forward pass is spent.
+- reference log-probs pi_ref: only when beta > 0. With beta = 0 no reference model exists at all.
+- the engine-vs-trainer log-prob gap: free, from the first pass's forward, logged every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import objective
+from .config import Config, dump_yaml, to_dict
+from .evaluate import decode_completions, evaluate
+from .tracking import Progress, make_tracker, plot_metrics
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (too many bad steps, out of memory); the message says what to change."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the base LR at optimizer step s: linear warmup, then constant or cosine to 0."""
+
+    def f(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "cosine":
+            progress = (s - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return f
+
+
+@dataclass
+class Batch:
+    """One step's rollouts, ready for the loss. B = prompts * group_size rows, prompt-major."""
+
+    prompt_ids: list[list[int]]  # B entries (each group repeats its prompt)
+    completion_ids: torch.Tensor  # (B, T) long
+    mask: torch.Tensor  # (B, T) float, 1 on generated tokens
+    engine_logprobs: torch.Tensor  # (B, T) the rollout engine's log pi of each sampled token
+    rewards: torch.Tensor  # (B,)
+    correct: torch.Tensor  # (B,) bool
+    format_error: torch.Tensor  # (B,) bool
+    texts: list[str]
+    examples: list
+
+
+def pack(prompts: list[list[int]], completions: torch.Tensor, mask: torch.Tensor, pad_id: int):
+    """Left-pad prompts, append right-padded completions trimmed to their longest row.
+
+    Returns input_ids (b, Lp + T), attention_mask (b, Lp + T), T. Left padding keeps every
+    completion at the same columns, so the last T positions are exactly the completion tokens.
+    """
+    b = len(prompts)
+    lp = max(len(p) for p in prompts)
+    t = max(1, int(mask.sum(1).max().item()))
+    ids = torch.full((b, lp + t), pad_id, dtype=torch.long)
+    att = torch.zeros((b, lp + t), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, lp - len(p) : lp] = torch.tensor(p)
+        att[i, lp - len(p) : lp] = 1
+    ids[:, lp:] = completions[:, :t]
+    att[:, lp:] = mask[:, :t].long()
+    return ids, att, t
+
+
+class Trainer:
+    """Holds the model, optimizer and data position of one run; `fit()` runs it to the end."""
+
+    def __init__(self, cfg: Config, run_dir: Path):
+        from . import models, rewards, rollout, tasks
+
+        self.cfg, self.run_dir = cfg, run_dir
+        seed_everything(cfg.train.seed)
+        if cfg.model.threads:
+            torch.set_num_threads(cfg.model.threads)
+        self.model, self.tokenizer = models.load_policy(cfg.model)
+        self.device = next(self.model.parameters()).device
+        o = cfg.objective
+        # beta = 0: the KL term is gone, and so is the second model (the seed's last variant).
+        self.reference = models.make_reference(self.model, cfg.model) if o.beta > 0 else None
+        self.task = tasks.load_task(cfg.task)
+        self.reward_fn = rewards.build_reward(cfg.reward, self.task)
+        self.engine = rollout.make_engine(cfg.rollout.engine, self.model, self.tokenizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=cfg.train.lr,
+            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+            weight_decay=cfg.train.weight_decay,
+        )
+        total_updates = cfg.train.steps * cfg.train.mu
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, total_updates)
+        )
+        self.switches = objective.loss_switches(o, cfg.rollout.max_new_tokens)
+        self.step = 0
+        self.data_rng = np.random.default_rng(cfg.train.seed)
+        self.order: list[int] = []
+        self.pos = 0
+        self.bad_steps = 0
+        self.skipped_steps = 0
+        self.reward_faults = 0
+        self.rollout_gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.stop_requested = False
+
+    # -- data -------------------------------------------------------------------------------------
+
+    def next_examples(self, k: int) -> list:
+        """k training examples, walking a fresh permutation each epoch."""
+        out = []
+        while len(out) < k:
+            if self.pos >= len(self.order):
+                self.order = self.data_rng.permutation(len(self.task.train)).tolist()
+                self.pos = 0
+            out.append(self.task.train[self.order[self.pos]])
+            self.pos += 1
+        return out
+
+    # -- one step's parts -------------------------------------------------------------------------
+
+    def rollout(self, examples: list) -> Batch:
+        from .models import chat_prompt_ids
+
+        r, g = self.cfg.rollout, self.cfg.rollout.group_size
+        ids = chat_prompt_ids(self.tokenizer, [e.prompt for e in examples], self.cfg.model.system_prompt)
+        ro = self.engine.generate(
+            ids,
+            n=g,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            stop=r.stop or None,
+            generator=self.rollout_gen,
+        )
+        texts = decode_completions(self.tokenizer, ro.completion_ids, ro.mask)
+        rows = [e for e in examples for _ in range(g)]  # prompt-major: groups are contiguous
+        res = self.reward_fn(texts, rows)
+        self.reward_faults += res.faults
+        return Batch(
+            prompt_ids=[p for p in ids for _ in range(g)],
+            completion_ids=ro.completion_ids,
+            mask=ro.mask.float(),
+            engine_logprobs=ro.logprobs,
+            rewards=res.rewards.float(),
+            correct=res.correct,
+            format_error=res.format_error,
+            texts=texts,
+            examples=rows,
+        )
+
+    def collect(self) -> tuple[Batch, int]:
+        """One step's batch. With dynamic sampling (DAPO), groups whose rewards are all equal carry
+        no signal; more prompts are sampled, up to max_resample_rounds extra rounds, and kept
+        groups replace them. Returns the batch and the number of extra rounds spent."""
+        p, g = self.cfg.train.prompts_per_step, self.cfg.rollout.group_size
+        batch = self.rollout(self.next_examples(p))
+        if not self.cfg.rollout.dynamic_sampling:
+            return batch, 0
+        rounds = 0
+        keep = self._informative(batch)
+        while len(keep) < p and rounds < self.cfg.rollout.max_resample_rounds:
+            rounds += 1
+            extra = self.rollout(self.next_examples(p))
+            batch = cat_batches(batch, extra)
+            keep = self._informative(batch)
+        if len(keep) < p:  # cap reached: top up with uninformative groups to keep the batch size
+            rest = [i for i in range(len(batch.examples) // g) if i not in keep]
+            keep = keep + rest[: p - len(keep)]
+        return select_groups(batch, keep[:p], g), rounds
+
+    def _informative(self, batch: Batch) -> list[int]:
+        g = self.cfg.rollout.group_size
+        r = batch.rewards.view(-1, g)
+        return torch.nonzero(r.max(1).values > r.min(1).values).flatten().tolist()
+
+    @torch.no_grad()
+    def logprobs_of(self, model, batch: Batch, rows: list[int]) -> torch.Tensor:
+        """(len(rows), T_mb) log-probs of the rows' completion tokens under `model`, no grad."""
+        from .models import token_logprobs
+
+        ids, att, t = pack(
+            [batch.prompt_ids[i] for i in rows], batch.completion_ids[rows], batch.mask[rows], self.pad_id
+        )
+        return token_logprobs(model, ids.to(self.device), att.to(self.device), t, self.cfg.rollout.temperature)
+
+    @property
+    def pad_id(self) -> int:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+
+    def micro_batches(self, batch: Batch) -> list[list[int]]:
+        """Rows grouped by completion length so each micro-batch carries little padding. The loss
+        is normalised by whole-batch counts, so any partition gives the same gradient."""
+        lengths = batch.mask.sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True).tolist()
+        mb = self.cfg.train.micro_batch_size
+        return [order[i : i + mb] for i in range(0, len(order), mb)]
+
+    def update(self, batch: Batch, advantages: torch.Tensor) -> dict[str, float]:
+        """mu passes over the batch, one optimizer step each. Returns step metrics (python floats)."""
+        from .models import token_logprobs
+
+        cfg, dev = self.cfg, self.device
+        mbs = self.micro_batches(batch)
+        t_full = batch.mask.shape[1]
+        total_seqs, total_tokens = len(batch.texts), int(batch.mask.sum().item())
+
+        def full_width(x: torch.Tensor) -> torch.Tensor:  # (b, t) -> (b, T) zero-padded
+            return torch.nn.functional.pad(x, (0, t_full - x.shape[1]))
+
+        # pi_old is only needed when the batch is reused (mu > 1); with mu = 1 it equals pi_theta.
+        old = None
+        if cfg.train.mu > 1:
+            old = torch.zeros_like(batch.mask)
+            for rows in mbs:
+                old[rows] = full_width(self.logprobs_of(self.model, batch, rows))
+        ref = None
+        if self.reference is not None:
+            ref = torch.zeros_like(batch.mask)
+            for rows in mbs:
+                ref[rows] = full_width(self.logprobs_of(self.reference, batch, rows))
+
+        sums: dict[str, torch.Tensor] = {}
+        gap = torch.zeros(())
+        grad_norm = torch.zeros(())
+        self.model.train()
+        for epoch in range(cfg.train.mu):
+            self.optimizer.zero_grad(set_to_none=True)
+            for rows in mbs:
+                ids, att, t = pack(
+                    [batch.prompt_ids[i] for i in rows],
+                    batch.completion_ids[rows],
+                    batch.mask[rows],
+                    self.pad_id,
+                )
+                logp = token_logprobs(self.model, ids.to(dev), att.to(dev), t, cfg.rollout.temperature)
+                mask = batch.mask[rows, :t].to(dev)
+                loss, m = objective.policy_loss(
+                    logp,
+                    mask,
+                    advantages[rows].to(dev),
+                    None if old is None else old[rows, :t].to(dev),
+                    None if ref is None else ref[rows, :t].to(dev),
+                    total_seqs=total_seqs,
+                    total_tokens=total_tokens,
+                    **self.switches,
+                )
+                loss.backward()
+                w = len(rows) / total_seqs  # metrics are per-micro-batch means; weight them
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float().cpu() * w
+                sums["loss"] = sums.get("loss", 0) + loss.detach().float().cpu()
+                if epoch == 0:  # engine numbers vs ours, on the tokens both computed
+                    diff = (logp.detach().cpu() - batch.engine_logprobs[rows, :t]).abs() * mask.cpu()
+                    gap = torch.maximum(gap, diff.max())
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None],
+                cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf"),
+            )
+            if not torch.isfinite(grad_norm) or not torch.isfinite(sums["loss"]) or not grads:
+                # A NaN/inf step never reaches the parameters; it is counted and the run goes on.
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                self.bad_steps += 1
+                if self.bad_steps >= cfg.train.max_bad_steps:
+                    raise TrainingError(
+                        f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
+                        f"(step {self.step}); lower train.lr or check the reward function"
+                    )
+                break
+            self.bad_steps = 0
+            self.optimizer.step()
+            self.scheduler.step()
+        out = {k: (v / cfg.train.mu).item() for k, v in sums.items()}
+        out["grad_norm"] = float(grad_norm)
+        out["logprob_gap_max"] = gap.item()
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        cfg, run_dir = self.cfg, self.run_dir
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        tracker = make_tracker(
+            run_dir,
+            tensorboard=cfg.log.tensorboard,
+            wandb=cfg.log.wandb,
+            project=cfg.log.wandb_project,
+            config=to_dict(cfg),
+        )
+        samples_file = open(run_dir / "samples.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        t_start = time.time()
+        summary: dict[str, Any] = {"preset": cfg.preset, "run_dir": str(run_dir)}
+        if cfg.eval.before:
+            summary["before"] = self.run_eval("before")
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum, frame):  # finish the current step, then save and plot
+            self.stop_requested = True
+
+        for s in previous:
+            signal.signal(s, request_stop)
+        bar = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
+        g = cfg.rollout.group_size
+        try:
+            while self.step < cfg.train.steps and not self.stop_requested:
+                t0 = time.perf_counter()
+                self.reward_faults = 0
+                batch, rounds = self.collect()
+                t1 = time.perf_counter()
+                rewards = batch.rewards
+                if self.reference is not None and cfg.objective.kl_in == "reward":
+                    rows = list(range(len(batch.texts)))
+                    ref = self.logprobs_of(self.reference, batch, rows)
+                    t = ref.shape[1]
+                    rewards = objective.kl_in_reward(
+                        rewards,
+                        batch.engine_logprobs[:, :t],
+                        ref,
+                        batch.mask[:, :t],
+                        cfg.objective.beta,
+                        cfg.objective.kl_estimator,
+                    )
+                adv, zero_std = objective.compute_advantages(
+                    rewards, g, cfg.objective.advantage, cfg.objective.std_ddof, cfg.objective.std_eps
+                )
+                t2 = time.perf_counter()
+                m = self.update(batch, adv)
+                t3 = time.perf_counter()
+                self.step += 1
+                lengths = batch.mask.sum(1)
+                tokens = float(lengths.sum())
+                row = {
+                    "reward_mean": batch.rewards.mean().item(),
+                    "reward_std": batch.rewards.std(unbiased=False).item(),
+                    "accuracy": batch.correct.float().mean().item(),
+                    "format_error_rate": batch.format_error.float().mean().item(),
+                    "zero_std_frac": zero_std.float().mean().item(),
+                    "completion_len": lengths.mean().item(),
+                    # mean -log pi of sampled tokens: an unbiased estimate of the policy's entropy
+                    "entropy": (-(batch.engine_logprobs * batch.mask).sum() / max(tokens, 1)).item(),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "time_rollout": t1 - t0,
+                    "time_reward_adv": t2 - t1,
+                    "time_update": t3 - t2,
+                    "time_step": t3 - t0,
+                    "tokens_per_s": tokens / max(t1 - t0, 1e-9),
+                    "resample_rounds": rounds,
+                    "reward_faults": self.reward_faults,
+                    "skipped_steps": self.skipped_steps,
+                    "peak_mem_mb": peak_memory_mb(),
+                    **m,
+                }
+                tracker.log(self.step, row)
+                for i in range(min(cfg.log.samples_per_step, len(batch.texts))):
+                    j = i * g  # first completion of each of the first groups
+                    samples_file.write(
+                        json.dumps(
+                            {
+                                "step": self.step,
+                                "prompt": batch.examples[j].prompt,
+                                "answer": batch.examples[j].answer,
+                                "completion": batch.texts[j],
+                                "reward": batch.rewards[j].item(),
+                            }
+                        )
+                        + "\n"
+                    )
+                samples_file.flush()
+                bar.update(reward=row["reward_mean"], acc=row["accuracy"])
+        finally:
+            bar.close()
+            for s, h in previous.items():
+                signal.signal(s, h)
+            samples_file.close()
+            tracker.close()
+            if cfg.log.plots:
+                plot = plot_metrics(run_dir)
+                if plot:
+                    summary["plot"] = str(plot)
+        summary["steps"] = self.step
+        summary["interrupted"] = self.stop_requested
+        summary["train_time_s"] = time.time() - t_start
+        from .models import save_model
+
+        save_model(self.model, self.tokenizer, run_dir / "model")
+        summary["model_dir"] = str(run_dir / "model")
+        if cfg.eval.after and not self.stop_requested:
+            summary["after"] = self.run_eval("after")
+        summary["wall_time_s"] = time.time() - t_start
+        summary["peak_mem_mb"] = peak_memory_mb()
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def run_eval(self, tag: str) -> dict[str, float]:
+        cfg = self.cfg
+        examples = self.task.eval[: cfg.eval.size or cfg.task.eval_size]
+        t0 = time.perf_counter()
+        res = evaluate(
+            self.engine,
+            self.tokenizer,
+            examples,
+            self.reward_fn,
+            system_prompt=cfg.model.system_prompt,
+            max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            k=cfg.eval.k,
+            samples=cfg.eval.samples,
+            temperature=cfg.eval.temperature,
+            generator=torch.Generator().manual_seed(cfg.train.seed + 1),
+            progress=cfg.log.progress,
+        )
+        with open(self.run_dir / f"eval_{tag}.jsonl", "w", encoding="utf-8") as f:
+            for s in res.samples:
+                f.write(json.dumps(s) + "\n")
+        res.metrics["time_s"] = time.perf_counter() - t0
+        return res.metrics
+
+
+def cat_batches(a: Batch, b: Batch) -> Batch:
+    t = max(a.mask.shape[1], b.mask.shape[1])
+
+    def pad(x: torch.Tensor, value=0) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+    return Batch(
+        prompt_ids=a.prompt_ids + b.prompt_ids,
+        completion_ids=torch.cat([pad(a.completion_ids), pad(b.completion_ids)]),
+        mask=torch.cat([pad(a.mask), pad(b.mask)]),
+        engine_logprobs=torch.cat([pad(a.engine_logprobs), pad(b.engine_logprobs)]),
+        rewards=torch.cat([a.rewards, b.rewards]),
+        correct=torch.cat([a.correct, b.correct]),
+        format_error=torch.cat([a.format_error, b.format_error]),
+        texts=a.texts + b.texts,
+        examples=a.examples + b.examples,
+    )
+
+
+def select_groups(batch: Batch, groups: list[int], g: int) -> Batch:
+    rows = [gi * g + j for gi in groups for j in range(g)]
+    return Batch(
+        prompt_ids=[batch.prompt_ids[i] for i in rows],
+        completion_ids=batch.completion_ids[rows],
+        mask=batch.mask[rows],
+        engine_logprobs=batch.engine_logprobs[rows],
+        rewards=batch.rewards[rows],
+        correct=batch.correct[rows],
+        format_error=batch.format_error[rows],
+        texts=[batch.texts[i] for i in rows],
+        examples=[batch.examples[i] for i in rows],
+    )
+
+
+def make_run_dir(cfg: Config) -> Path:
+    """Fill {preset} and {time} in log.output_dir; refuse to reuse a folder that holds a run."""
+    name = cfg.log.output_dir.format(preset=cfg.preset, time=time.strftime("%Y%m%d-%H%M%S"))
+    path = Path(name)
+    if (path / "metrics.jsonl").exists() or (path / "summary.json").exists():
+        raise TrainingError(f"log.output_dir={path} already holds a run; choose another folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    run_dir = make_run_dir(cfg)
+    return Trainer(cfg, run_dir).fit()

@@ -1,0 +1,9 @@
+"""A reward the tiny random model can learn in a few steps: the share of characters that are
+lowercase ASCII letters. Its byte-level vocabulary makes them about 1 token in 10 at the start, so
+groups have spread from the first step. Used to show that the sign of the update is right."""
+
+import string
+
+
+def lowercase_share(prompts, completions, **columns):
+    return [sum(ch in string.ascii_lowercase for ch in c) / max(1, len(c)) for c in completions]
