@@ -126,15 +126,17 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path | None:
 
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     for ax, (title, keys) in zip(axes.flat, PLOT_PANELS):
+        drawn = 0
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, label=k, marker="." if len(pts) < 40 else None)
+                drawn += 1
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
+        if drawn > 1:
             ax.legend(fontsize=7)
     fig.suptitle(run_dir.name)
     fig.tight_layout()
