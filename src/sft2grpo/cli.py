@@ -85,7 +85,7 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from .trainer import make_run_dir, Trainer
+    from .trainer import Trainer, make_run_dir
 
     run_dir = make_run_dir(cfg)
     print(f"# resolved config (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
@@ -112,7 +112,9 @@ def format_summary(s: dict) -> str:
             lines.append(
                 f"{k:20s} {fmt(b) if b is not None else '-':>10s} {fmt(a) if a is not None else '-':>10s} {delta:>10s}"
             )
-    lines.append(f"wall time: {s.get('wall_time_s', 0):.0f} s, peak memory: {s.get('peak_mem_mb', 0):.0f} MiB")
+    lines.append(
+        f"wall time: {s.get('wall_time_s', 0):.0f} s, peak memory: {s.get('peak_mem_mb', 0):.0f} MiB"
+    )
     if s.get("plot"):
         lines.append(f"plots: {s['plot']}")
     lines.append(f"model: {s.get('model_dir')}")

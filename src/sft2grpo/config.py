@@ -105,7 +105,9 @@ class ObjectiveConfig:
     beta: float = 0.04  # KL weight; 0 means no reference model is ever built
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in: Literal["loss", "reward"] = "loss"
-    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = (
+        "seq_mean_token_mean"
+    )
     max_len: int | None = None  # constant for seq_mean_token_sum_norm; None -> rollout.max_new_tokens
 
 

@@ -65,7 +65,12 @@ def evaluate(
         chunk = examples[start : start + per_problem]
         ids = chat_prompt_ids(tokenizer, [e.prompt for e in chunk], system_prompt)
         ro = engine.generate(
-            ids, n=n, max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy, generator=generator
+            ids,
+            n=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            greedy=greedy,
+            generator=generator,
         )
         texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
         rows = [e for e in chunk for _ in range(n)]  # prompt-major, like the rollout

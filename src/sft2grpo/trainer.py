@@ -217,7 +217,9 @@ class Trainer:
         ids, att, t = pack(
             [batch.prompt_ids[i] for i in rows], batch.completion_ids[rows], batch.mask[rows], self.pad_id
         )
-        return token_logprobs(model, ids.to(self.device), att.to(self.device), t, self.cfg.rollout.temperature)
+        return token_logprobs(
+            model, ids.to(self.device), att.to(self.device), t, self.cfg.rollout.temperature
+        )
 
     @property
     def pad_id(self) -> int:
