@@ -187,3 +187,41 @@ def test_embedded_smollm2_answers(tmp_path_factory):
     ro = make_engine("fast", model, tok).generate(ids, n=1, max_new_tokens=24, greedy=True)
     text = tok.decode(ro.completion_ids[0][ro.mask[0].bool()], skip_special_tokens=True)
     assert "5" in text and ro.finish_reasons == ["stop"], text
+
+
+def test_group_logprobs_equals_unshared_forward_in_value_and_gradient():
+    """Running each prompt once and gathering its keys/values for its rows must give the same
+    log-probs and the same parameter gradient as running every row's full sequence."""
+    from sft2grpo.models import group_logprobs, token_logprobs
+
+    torch.manual_seed(0)
+    model, _ = build_tiny()
+    model.train()
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]  # different lengths: left padding is exercised
+    row_prompt = torch.tensor([0, 0, 1, 1, 2, 2])
+    comp = torch.randint(3, 200, (6, 5))
+    mask = torch.ones(6, 5)
+    mask[1, 3:] = 0  # ragged completions
+    mask[4, 1:] = 0
+    shared = group_logprobs(model, prompts, row_prompt, comp, mask)
+    (shared * mask).sum().backward()
+    g_shared = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    # reference: each row as one left-padded sequence, prompt + completion
+    lp = max(map(len, prompts))
+    ids = torch.zeros(6, lp + 5, dtype=torch.long)
+    att = torch.zeros(6, lp + 5, dtype=torch.long)
+    for r, pi in enumerate(row_prompt.tolist()):
+        p = prompts[pi]
+        ids[r, lp - len(p) : lp] = torch.tensor(p)
+        att[r, lp - len(p) : lp] = 1
+    ids[:, lp:] = comp
+    att[:, lp:] = mask.long()
+    full = token_logprobs(model, ids, att, 5)
+    (full * mask).sum().backward()
+    g_full = [p.grad.clone() for p in model.parameters()]
+
+    assert torch.allclose(shared * mask, full * mask, atol=1e-5)
+    for a, b in zip(g_shared, g_full):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)

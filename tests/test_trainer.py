@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sft2grpo.config import list_presets, load_config
-from sft2grpo.trainer import Trainer, lr_lambda, pack
+from sft2grpo.trainer import Trainer, lr_lambda
 
 TOY = Path(__file__).parent / "toy_reward.py"
 
@@ -96,20 +96,27 @@ def test_final_model_reloads_with_transformers(tmp_path):
     assert saved["steps"] == 1
 
 
-def test_pack_left_pads_prompts_and_trims_completions():
-    ids, att, t = pack(
-        [[5, 6, 7], [8]],
-        torch.tensor([[1, 2, 0, 0], [3, 0, 0, 0]]),
-        torch.tensor([[1.0, 1.0, 0, 0], [1.0, 0, 0, 0]]),
-        pad_id=0,
-    )
-    assert t == 2  # longest completion
-    assert ids.tolist() == [[5, 6, 7, 1, 2], [0, 0, 8, 3, 0]]
-    assert att.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
-
-
 def test_lr_schedule_warmup_then_cosine():
     f = lr_lambda("cosine", warmup=2, total=6)
     # warmup 1/2, 2/2, then cosine over the 4 remaining updates: 1, cos(pi/4)-ish, 0.5, ...
     assert [round(f(s), 4) for s in range(6)] == [0.5, 1.0, 1.0, 0.8536, 0.5, 0.1464]
     assert lr_lambda("constant", 0, 10)(7) == 1.0
+
+
+def test_lora_trains_only_the_adapter_and_uses_the_disabled_adapter_as_reference(tmp_path):
+    cfg = tiny_cfg(
+        tmp_path, "grpo", "model.lora.enabled=true", "model.lora.r=4", "train.lr=1e-2", "train.mu=1"
+    )
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert sum(p.numel() for p in trainer.reference.parameters()) == 0  # no second copy
+    base = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    trainer.fit()
+    for n, p in trainer.model.named_parameters():
+        if n in base:
+            assert torch.equal(base[n], p), f"frozen base weight {n} moved"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # step 1 is scored before any update, when the adapter (B = 0) is a no-op: policy == reference
+    assert rows[0]["kl"] < 1e-6
+    assert rows[1]["kl"] > 0  # after one update at lr 1e-2 they differ
+    assert all(math.isfinite(r["loss"]) for r in rows)

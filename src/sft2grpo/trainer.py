@@ -68,7 +68,8 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 class Batch:
     """One step's rollouts, ready for the loss. B = prompts * group_size rows, prompt-major."""
 
-    prompt_ids: list[list[int]]  # B entries (each group repeats its prompt)
+    prompts: list[list[int]]  # one token list per group
+    row_prompt: torch.Tensor  # (B,) long: the group (prompt) of each row
     completion_ids: torch.Tensor  # (B, T) long
     mask: torch.Tensor  # (B, T) float, 1 on generated tokens
     engine_logprobs: torch.Tensor  # (B, T) the rollout engine's log pi of each sampled token
@@ -77,25 +78,6 @@ class Batch:
     format_error: torch.Tensor  # (B,) bool
     texts: list[str]
     examples: list
-
-
-def pack(prompts: list[list[int]], completions: torch.Tensor, mask: torch.Tensor, pad_id: int):
-    """Left-pad prompts, append right-padded completions trimmed to their longest row.
-
-    Returns input_ids (b, Lp + T), attention_mask (b, Lp + T), T. Left padding keeps every
-    completion at the same columns, so the last T positions are exactly the completion tokens.
-    """
-    b = len(prompts)
-    lp = max(len(p) for p in prompts)
-    t = max(1, int(mask.sum(1).max().item()))
-    ids = torch.full((b, lp + t), pad_id, dtype=torch.long)
-    att = torch.zeros((b, lp + t), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, lp - len(p) : lp] = torch.tensor(p)
-        att[i, lp - len(p) : lp] = 1
-    ids[:, lp:] = completions[:, :t]
-    att[:, lp:] = mask[:, :t].long()
-    return ids, att, t
 
 
 class Trainer:
@@ -173,7 +155,8 @@ class Trainer:
         res = self.reward_fn(texts, rows)
         self.reward_faults += res.faults
         return Batch(
-            prompt_ids=[p for p in ids for _ in range(g)],
+            prompts=ids,
+            row_prompt=torch.arange(len(ids)).repeat_interleave(g),
             completion_ids=ro.completion_ids,
             mask=ro.mask.float(),
             engine_logprobs=ro.logprobs,
@@ -209,54 +192,47 @@ class Trainer:
         r = batch.rewards.view(-1, g)
         return torch.nonzero(r.max(1).values > r.min(1).values).flatten().tolist()
 
-    @torch.no_grad()
-    def logprobs_of(self, model, batch: Batch, rows: list[int]) -> torch.Tensor:
-        """(len(rows), T_mb) log-probs of the rows' completion tokens under `model`, no grad."""
-        from .models import token_logprobs
+    def logprobs(self, model, batch: Batch, rows: list[int]) -> torch.Tensor:
+        """(len(rows), t) log-probs of the rows' completion tokens under `model`, t = their longest
+        completion. Each distinct prompt among the rows goes through the model once."""
+        from .models import group_logprobs
 
-        ids, att, t = pack(
-            [batch.prompt_ids[i] for i in rows], batch.completion_ids[rows], batch.mask[rows], self.pad_id
+        dev = self.device
+        groups, local = torch.unique(batch.row_prompt[rows], return_inverse=True)  # prompts of these rows
+        t = max(1, int(batch.mask[rows].sum(1).max().item()))
+        return group_logprobs(
+            model,
+            [batch.prompts[i] for i in groups.tolist()],
+            local.to(dev),
+            batch.completion_ids[rows, :t].to(dev),
+            batch.mask[rows, :t].to(dev),
+            self.cfg.rollout.temperature,
         )
-        return token_logprobs(
-            model, ids.to(self.device), att.to(self.device), t, self.cfg.rollout.temperature
-        )
-
-    @property
-    def pad_id(self) -> int:
-        t = self.tokenizer
-        return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
 
     def micro_batches(self, batch: Batch) -> list[list[int]]:
-        """Rows grouped by completion length so each micro-batch carries little padding. The loss
+        """Consecutive rows, so a micro-batch holds whole groups and each prompt runs once. The loss
         is normalised by whole-batch counts, so any partition gives the same gradient."""
-        lengths = batch.mask.sum(1)
-        order = torch.argsort(lengths, descending=True, stable=True).tolist()
-        mb = self.cfg.train.micro_batch_size
-        return [order[i : i + mb] for i in range(0, len(order), mb)]
+        mb, b = self.cfg.train.micro_batch_size, len(batch.texts)
+        return [list(range(i, min(i + mb, b))) for i in range(0, b, mb)]
+
+    @torch.no_grad()
+    def no_grad_logprobs(self, model, batch: Batch, mbs: list[list[int]]) -> torch.Tensor:
+        """(B, T) log-probs of every completion under `model` (pi_old or pi_ref), zero-padded."""
+        out = torch.zeros_like(batch.mask)
+        for rows in mbs:
+            lp = self.logprobs(model, batch, rows).float().cpu()
+            out[rows, : lp.shape[1]] = lp
+        return out
 
     def update(self, batch: Batch, advantages: torch.Tensor) -> dict[str, float]:
         """mu passes over the batch, one optimizer step each. Returns step metrics (python floats)."""
-        from .models import token_logprobs
-
         cfg, dev = self.cfg, self.device
         mbs = self.micro_batches(batch)
-        t_full = batch.mask.shape[1]
         total_seqs, total_tokens = len(batch.texts), int(batch.mask.sum().item())
 
-        def full_width(x: torch.Tensor) -> torch.Tensor:  # (b, t) -> (b, T) zero-padded
-            return torch.nn.functional.pad(x, (0, t_full - x.shape[1]))
-
         # pi_old is only needed when the batch is reused (mu > 1); with mu = 1 it equals pi_theta.
-        old = None
-        if cfg.train.mu > 1:
-            old = torch.zeros_like(batch.mask)
-            for rows in mbs:
-                old[rows] = full_width(self.logprobs_of(self.model, batch, rows))
-        ref = None
-        if self.reference is not None:
-            ref = torch.zeros_like(batch.mask)
-            for rows in mbs:
-                ref[rows] = full_width(self.logprobs_of(self.reference, batch, rows))
+        old = self.no_grad_logprobs(self.model, batch, mbs) if cfg.train.mu > 1 else None
+        ref = self.no_grad_logprobs(self.reference, batch, mbs) if self.reference is not None else None
 
         sums: dict[str, torch.Tensor] = {}
         gap = torch.zeros(())
@@ -265,13 +241,8 @@ class Trainer:
         for epoch in range(cfg.train.mu):
             self.optimizer.zero_grad(set_to_none=True)
             for rows in mbs:
-                ids, att, t = pack(
-                    [batch.prompt_ids[i] for i in rows],
-                    batch.completion_ids[rows],
-                    batch.mask[rows],
-                    self.pad_id,
-                )
-                logp = token_logprobs(self.model, ids.to(dev), att.to(dev), t, cfg.rollout.temperature)
+                logp = self.logprobs(self.model, batch, rows)  # (b, t)
+                t = logp.shape[1]
                 mask = batch.mask[rows, :t].to(dev)
                 loss, m = objective.policy_loss(
                     logp,
@@ -349,14 +320,12 @@ class Trainer:
                 t1 = time.perf_counter()
                 rewards = batch.rewards
                 if self.reference is not None and cfg.objective.kl_in == "reward":
-                    rows = list(range(len(batch.texts)))
-                    ref = self.logprobs_of(self.reference, batch, rows)
-                    t = ref.shape[1]
+                    ref = self.no_grad_logprobs(self.reference, batch, self.micro_batches(batch))
                     rewards = objective.kl_in_reward(
                         rewards,
-                        batch.engine_logprobs[:, :t],
+                        batch.engine_logprobs,
                         ref,
-                        batch.mask[:, :t],
+                        batch.mask,
                         cfg.objective.beta,
                         cfg.objective.kl_estimator,
                     )
@@ -463,7 +432,8 @@ def cat_batches(a: Batch, b: Batch) -> Batch:
         return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
 
     return Batch(
-        prompt_ids=a.prompt_ids + b.prompt_ids,
+        prompts=a.prompts + b.prompts,
+        row_prompt=torch.cat([a.row_prompt, b.row_prompt + len(a.prompts)]),
         completion_ids=torch.cat([pad(a.completion_ids), pad(b.completion_ids)]),
         mask=torch.cat([pad(a.mask), pad(b.mask)]),
         engine_logprobs=torch.cat([pad(a.engine_logprobs), pad(b.engine_logprobs)]),
@@ -478,7 +448,8 @@ def cat_batches(a: Batch, b: Batch) -> Batch:
 def select_groups(batch: Batch, groups: list[int], g: int) -> Batch:
     rows = [gi * g + j for gi in groups for j in range(g)]
     return Batch(
-        prompt_ids=[batch.prompt_ids[i] for i in rows],
+        prompts=[batch.prompts[gi] for gi in groups],
+        row_prompt=torch.arange(len(groups)).repeat_interleave(g),
         completion_ids=batch.completion_ids[rows],
         mask=batch.mask[rows],
         engine_logprobs=batch.engine_logprobs[rows],
