@@ -210,10 +210,14 @@ class Trainer:
         )
 
     def micro_batches(self, batch: Batch) -> list[list[int]]:
-        """Consecutive rows, so a micro-batch holds whole groups and each prompt runs once. The loss
-        is normalised by whole-batch counts, so any partition gives the same gradient."""
-        mb, b = self.cfg.train.micro_batch_size, len(batch.texts)
-        return [list(range(i, min(i + mb, b))) for i in range(0, b, mb)]
+        """Rows sorted by completion length, so each micro-batch pads to a similar length (long and
+        short completions in one micro-batch would pad every row to the longest). A micro-batch
+        still runs each of its distinct prompts once. The loss is normalised by whole-batch counts,
+        so any partition gives the same gradient."""
+        lengths = batch.mask.sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True).tolist()
+        mb = self.cfg.train.micro_batch_size
+        return [order[i : i + mb] for i in range(0, len(order), mb)]
 
     @torch.no_grad()
     def no_grad_logprobs(self, model, batch: Batch, mbs: list[list[int]]) -> torch.Tensor:
