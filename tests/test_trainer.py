@@ -120,3 +120,21 @@ def test_lora_trains_only_the_adapter_and_uses_the_disabled_adapter_as_reference
     assert rows[0]["kl"] < 1e-6
     assert rows[1]["kl"] > 0  # after one update at lr 1e-2 they differ
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+@pytest.mark.parametrize("fn,rounds", [("constant", 2), ("lowercase_share", 0)])
+def test_dynamic_sampling_resamples_only_groups_without_spread(tmp_path, fn, rounds):
+    cfg = tiny_cfg(
+        tmp_path,
+        "dapo",
+        f"reward.functions=['{TOY}:{fn}']",
+        "rollout.max_resample_rounds=2",
+    )
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run")
+    batch, spent = trainer.collect()
+    # all-equal rewards: both extra rounds are spent and the batch is topped up to its size;
+    # rewards with spread (lowercase share over random bytes): the first round suffices
+    assert spent == rounds
+    assert len(batch.texts) == 2 * 4 and batch.row_prompt.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert trainer.pos == 2 * (1 + rounds)  # prompts consumed: one round of 2, plus each extra round

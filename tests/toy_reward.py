@@ -7,3 +7,8 @@ import string
 
 def lowercase_share(prompts, completions, **columns):
     return [sum(ch in string.ascii_lowercase for ch in c) / max(1, len(c)) for c in completions]
+
+
+def constant(prompts, completions, **columns):
+    """Every completion gets the same reward: every group has zero spread."""
+    return [0.5 for _ in completions]

@@ -315,6 +315,7 @@ class Trainer:
         for s in previous:
             signal.signal(s, request_stop)
         bar = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
+        t_train = time.time()
         g = cfg.rollout.group_size
         try:
             while self.step < cfg.train.steps and not self.stop_requested:
@@ -392,7 +393,7 @@ class Trainer:
                     summary["plot"] = str(plot)
         summary["steps"] = self.step
         summary["interrupted"] = self.stop_requested
-        summary["train_time_s"] = time.time() - t_start
+        summary["train_time_s"] = time.time() - t_train  # the steps alone, without evaluation
         from .models import save_model
 
         save_model(self.model, self.tokenizer, run_dir / "model")
