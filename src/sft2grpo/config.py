@@ -126,6 +126,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     max_bad_steps: int = 5  # consecutive NaN/inf steps before the run stops
+    # "bf16": forward/backward under bfloat16 autocast, fp32 weights and optimizer (faster on CPUs
+    # with AVX512-BF16/AMX and on GPUs); "off": everything in model.dtype
+    autocast: Literal["off", "bf16"] = "off"
 
 
 @dataclass

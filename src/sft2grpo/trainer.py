@@ -200,14 +200,15 @@ class Trainer:
         dev = self.device
         groups, local = torch.unique(batch.row_prompt[rows], return_inverse=True)  # prompts of these rows
         t = max(1, int(batch.mask[rows].sum(1).max().item()))
-        return group_logprobs(
-            model,
-            [batch.prompts[i] for i in groups.tolist()],
-            local.to(dev),
-            batch.completion_ids[rows, :t].to(dev),
-            batch.mask[rows, :t].to(dev),
-            self.cfg.rollout.temperature,
-        )
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.autocast == "bf16"):
+            return group_logprobs(
+                model,
+                [batch.prompts[i] for i in groups.tolist()],
+                local.to(dev),
+                batch.completion_ids[rows, :t].to(dev),
+                batch.mask[rows, :t].to(dev),
+                self.cfg.rollout.temperature,
+            )
 
     def micro_batches(self, batch: Batch) -> list[list[int]]:
         """Rows sorted by completion length, so each micro-batch pads to a similar length (long and
