@@ -15,10 +15,8 @@ from sft2grpo.models import (
     chat_prompt_ids,
     load_policy,
     make_reference,
-    reference_logprobs,
     save_model,
     selective_logprobs,
-    token_entropy,
     token_logprobs,
 )
 from sft2grpo.rollout.base import left_pad
@@ -126,7 +124,7 @@ def test_selective_logprobs_chunks_and_entropy():
     torch.testing.assert_close(selective_logprobs(logits, targets, 2.0, chunk=2), want)
     model, tok = build_tiny()
     ids, att, T = batch(tok)
-    ent = token_entropy(model, ids, att, T)
+    _, ent = token_logprobs(model, ids, att, T, return_entropy=True)
     assert ent.shape == (2, T) and (ent >= 0).all() and (ent <= torch.log(torch.tensor(259.0)) + 1e-4).all()
 
 
@@ -146,7 +144,8 @@ def test_lora_reference_is_the_base_model():
     ids, att, T = batch(tok)
     ref = make_reference(policy)
     assert sum(p.numel() for p in ref.parameters()) == 0  # no second copy of the weights
-    ref_lp = reference_logprobs(ref, ids, att, T)
+    with torch.no_grad():
+        ref_lp = token_logprobs(ref, ids, att, T)
     torch.testing.assert_close(ref_lp, token_logprobs(base, ids, att, T), atol=1e-6, rtol=0)
     # after the reference call the adapter is on again, and it matters
     assert (token_logprobs(policy, ids, att, T) - ref_lp).abs().max() > 1e-2

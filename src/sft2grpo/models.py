@@ -343,19 +343,9 @@ def token_logprobs(
 
 
 @torch.no_grad()
-def token_entropy(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    num_completion_tokens: int,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Entropy of the policy at each of the last T positions, [B, T] float32 (for logging)."""
-    return token_logprobs(model, input_ids, attention_mask, num_completion_tokens, temperature, True)[1]
-
-
-def _hf_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper or an AdapterDisabled reference."""
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers *ForCausalLM inside a PEFT wrapper (whose Linear layers are the LoRA ones)
+    or an AdapterDisabled reference; any other model as it is."""
     if isinstance(model, AdapterDisabled):
         model = model._policy[0]
     return model.get_base_model() if is_peft(model) else model
@@ -365,7 +355,7 @@ def _cache_kwarg(model: nn.Module) -> str:
     """transformers 5.x calls the KV-cache argument `cache`; earlier releases `past_key_values`."""
     import inspect
 
-    params = inspect.signature(_hf_model(model).forward).parameters
+    params = inspect.signature(unwrap(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -398,7 +388,7 @@ def group_logprobs(
         pids[i, lp - len(p) :] = torch.tensor(p, device=dev)
         patt[i, lp - len(p) :] = 1
     kw = _cache_kwarg(model)
-    cache = DynamicCache(config=_hf_model(model).config)
+    cache = DynamicCache(config=unwrap(model).config)
     out = model(
         input_ids=pids,
         attention_mask=patt,
@@ -485,18 +475,6 @@ def make_reference(model: nn.Module, cfg: ModelConfig | None = None) -> nn.Modul
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
-
-
-@torch.no_grad()
-def reference_logprobs(
-    reference: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    num_completion_tokens: int,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """token_logprobs under `make_reference`'s result, without building a graph."""
-    return token_logprobs(reference, input_ids, attention_mask, num_completion_tokens, temperature)
 
 
 # ---------------------------------------------------------------------------------------------------

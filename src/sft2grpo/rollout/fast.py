@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sft2grpo.models import unwrap
 from sft2grpo.rollout.base import (
     Rollout,
     contains_stop,
@@ -37,15 +38,9 @@ from sft2grpo.rollout.base import (
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-def _causal_lm(model):
-    """The *ForCausalLM inside a PEFT wrapper (its Linear layers are the LoRA ones), or the model."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def unsupported_reason(model) -> str | None:
     """Why `fast` cannot run this model, or None if it can."""
-    lm = _causal_lm(model)
+    lm = unwrap(model)
     cfg = getattr(lm, "config", None)
     kind = getattr(cfg, "model_type", None)
     if kind not in SUPPORTED_TYPES:
@@ -90,7 +85,7 @@ class FastEngine:
         # fp32 numbers equal the trainer's up to rounding (~1e-5); in bf16 a one-token decode and a
         # full forward round differently (~1e-2), so the trainer should recompute pi_old itself.
         self.exact_logprobs = next(model.parameters()).dtype == torch.float32
-        lm = _causal_lm(model)
+        lm = unwrap(model)
         cfg = lm.config
         self.lm, self.layers = lm, lm.model.layers
         self.n_heads = cfg.num_attention_heads
