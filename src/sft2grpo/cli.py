@@ -122,11 +122,9 @@ def format_summary(s: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from . import models, rewards, rollout, tasks
     from .config import load_config
-    from .evaluate import evaluate
+    from .evaluate import evaluate_heldout, write_jsonl
 
     overrides = list(args.overrides) + [f"model.name={args.model}"]
     if args.task:
@@ -136,28 +134,12 @@ def cmd_eval(args) -> int:
     task = tasks.load_task(cfg.task)
     reward_fn = rewards.build_reward(cfg.reward, task)
     engine = rollout.make_engine(cfg.rollout.engine, model, tok)
-    examples = task.eval[: cfg.eval.size or cfg.task.eval_size]
-    res = evaluate(
-        engine,
-        tok,
-        examples,
-        reward_fn,
-        system_prompt=cfg.model.system_prompt,
-        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-        batch_size=cfg.eval.batch_size,
-        k=cfg.eval.k,
-        samples=cfg.eval.samples,
-        temperature=cfg.eval.temperature,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
-        progress=cfg.log.progress,
-    )
+    res = evaluate_heldout(engine, tok, task, reward_fn, cfg)
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(res.metrics, indent=2))
-        with open(out / "eval_samples.jsonl", "w", encoding="utf-8") as f:
-            for s in res.samples:
-                f.write(json.dumps(s) + "\n")
+        write_jsonl(out / "eval_samples.jsonl", res.samples)
     print(json.dumps({"model": args.model, "task": cfg.task.name, **res.metrics}, indent=2))
     return 0
 

@@ -10,6 +10,7 @@ For example n = 4, c = 1, k = 2: 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,31 @@ def evaluate(
         "samples_per_problem": n,
     }
     return EvalResult(metrics, out)
+
+
+def evaluate_heldout(engine, tokenizer, task, reward_fn, cfg) -> EvalResult:
+    """`evaluate` on the task's held-out split with the settings of `cfg` (a Config): the one call
+    that `sft2grpo eval` and the trainer's before/after evaluations share."""
+    return evaluate(
+        engine,
+        tokenizer,
+        task.eval[: cfg.eval.size or cfg.task.eval_size],
+        reward_fn,
+        system_prompt=cfg.model.system_prompt,
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        k=cfg.eval.k,
+        samples=cfg.eval.samples,
+        temperature=cfg.eval.temperature,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+        progress=cfg.log.progress,
+    )
+
+
+def write_jsonl(path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
 
 
 def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:

@@ -29,7 +29,7 @@ import torch
 
 from . import objective
 from .config import Config, dump_yaml, to_dict
-from .evaluate import decode_completions, evaluate
+from .evaluate import decode_completions, evaluate_heldout, write_jsonl
 from .tracking import Progress, make_tracker, plot_metrics
 
 
@@ -407,26 +407,9 @@ class Trainer:
         return summary
 
     def run_eval(self, tag: str) -> dict[str, float]:
-        cfg = self.cfg
-        examples = self.task.eval[: cfg.eval.size or cfg.task.eval_size]
         t0 = time.perf_counter()
-        res = evaluate(
-            self.engine,
-            self.tokenizer,
-            examples,
-            self.reward_fn,
-            system_prompt=cfg.model.system_prompt,
-            max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
-            k=cfg.eval.k,
-            samples=cfg.eval.samples,
-            temperature=cfg.eval.temperature,
-            generator=torch.Generator().manual_seed(cfg.train.seed + 1),
-            progress=cfg.log.progress,
-        )
-        with open(self.run_dir / f"eval_{tag}.jsonl", "w", encoding="utf-8") as f:
-            for s in res.samples:
-                f.write(json.dumps(s) + "\n")
+        res = evaluate_heldout(self.engine, self.tokenizer, self.task, self.reward_fn, self.cfg)
+        write_jsonl(self.run_dir / f"eval_{tag}.jsonl", res.samples)
         res.metrics["time_s"] = time.perf_counter() - t0
         return res.metrics
 
