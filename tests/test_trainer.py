@@ -139,3 +139,27 @@ def test_dynamic_sampling_resamples_only_groups_without_spread(tmp_path, fn, rou
     assert spent == rounds
     assert len(batch.texts) == 2 * 4 and batch.row_prompt.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     assert trainer.pos == 2 * (1 + rounds)  # prompts consumed: one round of 2, plus each extra round
+
+
+def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
+    """A NaN loss never reaches the parameters; max_bad_steps of them in a row stop the run."""
+    from sft2grpo import objective
+    from sft2grpo.trainer import TrainingError
+
+    real = objective.policy_loss
+
+    def nan_loss(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        return loss * float("nan"), m
+
+    cfg = tiny_cfg(tmp_path, "no_kl", "train.steps=5", "train.max_bad_steps=3", "train.mu=1")
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    monkeypatch.setattr(objective, "policy_loss", nan_loss)
+    with pytest.raises(TrainingError, match="3 steps in a row had a NaN/inf loss"):
+        trainer.fit()
+    assert trainer.skipped_steps == 3
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in rows] == [1, 2]  # the third bad step raises before logging

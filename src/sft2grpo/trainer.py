@@ -267,12 +267,11 @@ class Trainer:
                 if epoch == 0:  # engine numbers vs ours, on the tokens both computed
                     diff = (logp.detach().cpu() - batch.engine_logprobs[rows, :t]).abs() * mask.cpu()
                     gap = torch.maximum(gap, diff.max())
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            with_grad = [p for p in self.model.parameters() if p.grad is not None]
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.grad is not None],
-                cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf"),
+                with_grad, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
             )
-            if not torch.isfinite(grad_norm) or not torch.isfinite(sums["loss"]) or not grads:
+            if not torch.isfinite(grad_norm) or not torch.isfinite(sums["loss"]):
                 # A NaN/inf step never reaches the parameters; it is counted and the run goes on.
                 self.optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
