@@ -163,10 +163,15 @@ EXTRACTORS: dict[str, Extractor] = {
 }
 
 
+def _lookup(registry: dict, name: str, kind: str):
+    """registry[name], or a RewardError that lists the valid names."""
+    if name not in registry:
+        raise RewardError(f"unknown {kind} '{name}'; valid names: {', '.join(registry)}")
+    return registry[name]
+
+
 def get_extractor(name: str) -> Extractor:
-    if name not in EXTRACTORS:
-        raise RewardError(f"unknown extractor '{name}'; valid names: {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[name]
+    return _lookup(EXTRACTORS, name, "extractor")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -327,9 +332,7 @@ VERIFIERS: dict[str, Verifier] = {
 
 
 def get_verifier(name: str) -> Verifier:
-    if name not in VERIFIERS:
-        raise RewardError(f"unknown verifier '{name}'; valid names: {', '.join(VERIFIERS)}")
-    return VERIFIERS[name]
+    return _lookup(VERIFIERS, name, "verifier")
 
 
 # ---------------------------------------------------------------------------------------------------
