@@ -307,7 +307,7 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk: i
     return torch.cat(out)
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left padding: real tokens count 0, 1, 2, ... from the first non-pad one.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
 
@@ -331,7 +331,7 @@ def token_logprobs(
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=_positions(attention_mask),
+        position_ids=positions(attention_mask),
         logits_to_keep=T + 1,
         use_cache=False,
     )
@@ -379,20 +379,18 @@ def group_logprobs(
     """
     from transformers import DynamicCache
 
+    from sft2grpo.rollout.base import left_pad
+
     dev = completion_ids.device
     T = completion_ids.shape[1]
-    lp = max(len(p) for p in prompts)
-    pids = torch.zeros((len(prompts), lp), dtype=torch.long, device=dev)  # [P, Lp] left-padded
-    patt = torch.zeros_like(pids)
-    for i, p in enumerate(prompts):
-        pids[i, lp - len(p) :] = torch.tensor(p, device=dev)
-        patt[i, lp - len(p) :] = 1
+    pids, patt = left_pad(prompts, 0, dev)  # [P, Lp]; the pad id never reaches a real token
+    lp = pids.shape[1]
     kw = _cache_kwarg(model)
     cache = DynamicCache(config=unwrap(model).config)
     out = model(
         input_ids=pids,
         attention_mask=patt,
-        position_ids=_positions(patt),
+        position_ids=positions(patt),
         use_cache=True,
         logits_to_keep=1,
         **{kw: cache},
@@ -403,7 +401,7 @@ def group_logprobs(
     out = model(
         input_ids=completion_ids,
         attention_mask=att,
-        position_ids=_positions(att)[:, lp:],
+        position_ids=positions(att)[:, lp:],
         use_cache=True,
         logits_to_keep=T,
         **{kw: cache},

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sft2grpo.models import unwrap
+from sft2grpo.models import positions, unwrap
 from sft2grpo.rollout.base import (
     Rollout,
     contains_stop,
@@ -124,7 +124,7 @@ class FastEngine:
         P, L = ids.shape
         end = start + L
         inner = self.lm.model
-        pos = start + (att.cumsum(-1) - 1).clamp(min=0)  # [P, L]
+        pos = start + positions(att)  # [P, L]
         x = inner.embed_tokens(ids)  # [P, L, H]
         cos, sin = inner.rotary_emb(x, pos)  # [P, L, hd]
         eye = torch.eye(L, dtype=torch.bool, device=ids.device)
