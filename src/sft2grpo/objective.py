@@ -62,7 +62,7 @@ def _pick(registry: dict[str, Callable], name: str, switch: str) -> Callable:
 # Advantages. Every estimator: (r: [num_groups, group_size], std_ddof, eps) -> [num_groups, group_size].
 
 
-def _all_equal(r: Tensor) -> Tensor:
+def all_equal(r: Tensor) -> Tensor:
     """[G, n] -> [G] bool: True where a group's rewards are all the same (std exactly 0)."""
     return (r == r[:, :1]).all(dim=1)
 
@@ -82,13 +82,13 @@ def _adv_group_norm(r: Tensor, std_ddof: int, eps: float) -> Tensor:
     var = (r - mean).pow(2).sum(dim=1, keepdim=True) / max(n - std_ddof, 1)  # [G, 1]
     adv = (r - mean) / (var.sqrt() + eps)  # [G, n]; eps only matters for near-equal rewards
     # all-equal groups carry no signal: exactly 0, not (r - mean) / eps amplified float noise
-    return torch.where(_all_equal(r)[:, None], torch.zeros_like(adv), adv)
+    return torch.where(all_equal(r)[:, None], torch.zeros_like(adv), adv)
 
 
 def _adv_group_mean(r: Tensor, std_ddof: int, eps: float) -> Tensor:
     # Dr. GRPO: dividing by std up-weights groups that are almost solved or almost hopeless; skip it
     adv = r - r.mean(dim=1, keepdim=True)  # [G, n]
-    return torch.where(_all_equal(r)[:, None], torch.zeros_like(adv), adv)
+    return torch.where(all_equal(r)[:, None], torch.zeros_like(adv), adv)
 
 
 def _adv_rloo(r: Tensor, std_ddof: int, eps: float) -> Tensor:
@@ -96,7 +96,7 @@ def _adv_rloo(r: Tensor, std_ddof: int, eps: float) -> Tensor:
     # baseline of completion i = mean of the other n-1 rewards, so it is independent of o_i (unbiased)
     others = (r.sum(dim=1, keepdim=True) - r) / max(n - 1, 1)  # [G, n]
     adv = r - others
-    return torch.where(_all_equal(r)[:, None], torch.zeros_like(adv), adv)
+    return torch.where(all_equal(r)[:, None], torch.zeros_like(adv), adv)
 
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor, int, float], Tensor]] = {
@@ -132,7 +132,7 @@ def compute_advantages(
     if not r.is_floating_point():
         r = r.to(torch.get_default_dtype())
     r = r.view(b // group_size, group_size)  # [G, n]: one row per prompt
-    return fn(r, std_ddof, eps).reshape(b), _all_equal(r)
+    return fn(r, std_ddof, eps).reshape(b), all_equal(r)
 
 
 def advantages_for_counts(

@@ -88,8 +88,6 @@ class Trainer:
 
         self.cfg, self.run_dir = cfg, run_dir
         seed_everything(cfg.train.seed)
-        if cfg.model.threads:
-            torch.set_num_threads(cfg.model.threads)
         self.model, self.tokenizer = models.load_policy(cfg.model)
         self.device = next(self.model.parameters()).device
         o = cfg.objective
@@ -189,8 +187,8 @@ class Trainer:
 
     def _informative(self, batch: Batch) -> list[int]:
         g = self.cfg.rollout.group_size
-        r = batch.rewards.view(-1, g)
-        return torch.nonzero(r.max(1).values > r.min(1).values).flatten().tolist()
+        same = objective.all_equal(batch.rewards.view(-1, g))  # [groups] the zero-spread ones
+        return torch.nonzero(~same).flatten().tolist()
 
     def logprobs(self, model, batch: Batch, rows: list[int]) -> torch.Tensor:
         """(len(rows), t) log-probs of the rows' completion tokens under `model`, t = their longest
