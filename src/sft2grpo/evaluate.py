@@ -49,8 +49,6 @@ def evaluate(
     progress: bool = False,
 ) -> EvalResult:
     """Score `examples` with `engine`; greedy when k == 1, else `samples` (>= k) draws per problem."""
-    from .models import chat_prompt_ids
-
     n = 1 if k == 1 else max(k, samples or k)
     greedy = k == 1
     per_problem = max(1, batch_size // n)  # rows per generate call stay near batch_size
@@ -64,18 +62,18 @@ def evaluate(
         bar = tqdm(total=len(examples), desc="eval", leave=False)
     for start in range(0, len(examples), per_problem):
         chunk = examples[start : start + per_problem]
-        ids = chat_prompt_ids(tokenizer, [e.prompt for e in chunk], system_prompt)
-        ro = engine.generate(
-            ids,
-            n=n,
+        _, ro, texts, res = sample_and_score(
+            engine,
+            tokenizer,
+            chunk,
+            reward_fn,
+            n,
+            system_prompt,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             greedy=greedy,
             generator=generator,
         )
-        texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
-        rows = [e for e in chunk for _ in range(n)]  # prompt-major, like the rollout
-        res = reward_fn(texts, rows)
         correct = res.correct.view(len(chunk), n)  # (P, n)
         fmt = res.format_error.view(len(chunk), n)
         lengths = ro.mask.sum(1).view(len(chunk), n)  # (P, n)
@@ -107,6 +105,22 @@ def evaluate(
         "samples_per_problem": n,
     }
     return EvalResult(metrics, out)
+
+
+def sample_and_score(engine, tokenizer, examples: list, reward_fn, n: int, system_prompt, **generate_kwargs):
+    """n completions per example in the chat template, decoded and scored.
+
+    Returns (prompt ids, one per example; Rollout; texts; RewardResult), rows prompt-major
+    (example 0's n completions first), so `x.view(len(examples), n)` gives the groups. The
+    trainer's rollouts and the evaluation both sample through here.
+    """
+    from .models import chat_prompt_ids
+
+    ids = chat_prompt_ids(tokenizer, [e.prompt for e in examples], system_prompt)
+    ro = engine.generate(ids, n=n, **generate_kwargs)
+    texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
+    res = reward_fn(texts, [e for e in examples for _ in range(n)])
+    return ids, ro, texts, res
 
 
 def evaluate_heldout(engine, tokenizer, task, reward_fn, cfg) -> EvalResult:

@@ -29,7 +29,7 @@ import torch
 
 from . import objective
 from .config import Config, dump_yaml, to_dict
-from .evaluate import decode_completions, evaluate_heldout, write_jsonl
+from .evaluate import evaluate_heldout, sample_and_score, write_jsonl
 from .tracking import Progress, make_tracker, plot_metrics
 
 
@@ -134,13 +134,14 @@ class Trainer:
     # -- one step's parts -------------------------------------------------------------------------
 
     def rollout(self, examples: list) -> Batch:
-        from .models import chat_prompt_ids
-
         r, g = self.cfg.rollout, self.cfg.rollout.group_size
-        ids = chat_prompt_ids(self.tokenizer, [e.prompt for e in examples], self.cfg.model.system_prompt)
-        ro = self.engine.generate(
-            ids,
-            n=g,
+        ids, ro, texts, res = sample_and_score(
+            self.engine,
+            self.tokenizer,
+            examples,
+            self.reward_fn,
+            g,
+            self.cfg.model.system_prompt,
             max_new_tokens=r.max_new_tokens,
             temperature=r.temperature,
             top_p=r.top_p,
@@ -148,9 +149,6 @@ class Trainer:
             stop=r.stop or None,
             generator=self.rollout_gen,
         )
-        texts = decode_completions(self.tokenizer, ro.completion_ids, ro.mask)
-        rows = [e for e in examples for _ in range(g)]  # prompt-major: groups are contiguous
-        res = self.reward_fn(texts, rows)
         self.reward_faults += res.faults
         return Batch(
             prompts=ids,
@@ -162,7 +160,7 @@ class Trainer:
             correct=res.correct,
             format_error=res.format_error,
             texts=texts,
-            examples=rows,
+            examples=[e for e in examples for _ in range(g)],  # prompt-major: groups are contiguous
         )
 
     def collect(self) -> tuple[Batch, int]:
