@@ -12,3 +12,14 @@ def lowercase_share(prompts, completions, **columns):
 def constant(prompts, completions, **columns):
     """Every completion gets the same reward: every group has zero spread."""
     return [0.5 for _ in completions]
+
+
+def slow_lowercase_share(prompts, completions, **columns):
+    """lowercase_share, after sleeping SFT2GRPO_TEST_SLEEP seconds (set only in a child process
+    that a test kills mid-run, so the kill lands between checkpoints)."""
+    import os
+    import time
+
+    time.sleep(float(os.environ.get("SFT2GRPO_TEST_SLEEP", "0")))
+    return lowercase_share(prompts, completions)
+

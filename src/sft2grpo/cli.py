@@ -40,8 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--config",
-        default="grpo",
+        default=None,
         help=f"a YAML file or a preset name ({', '.join(list_presets())}); default: grpo",
+    )
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue a run from its newest complete checkpoint (its config.yaml, then overrides); "
+        "auto: the newest run matching log.output_dir that has one, else a new run",
     )
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -81,16 +87,38 @@ def cmd_train(args) -> int:
         for key, tp, default in describe():
             print(f"{key:34s} {tp:40s} default: {default!r}")
         return 0
-    cfg = load_config(args.config, args.overrides)
+    from . import checkpoint
+    from .trainer import Trainer, find_resumable, make_run_dir
+
+    run_dir = ckpt = None
+    if args.resume and args.resume != "auto":
+        run_dir = Path(args.resume)
+        if args.config:
+            raise ValueError(f"--resume {run_dir}: the run's own config.yaml is used; drop --config")
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        ckpt = checkpoint.latest(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"--resume {run_dir}: no complete checkpoint in {checkpoint.folder(run_dir)}"
+            )
+        cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
+    else:
+        cfg = load_config(args.config or "grpo", args.overrides)
+        if args.resume == "auto":
+            run_dir = find_resumable(cfg)
+            ckpt = checkpoint.latest(run_dir) if run_dir else None
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from .trainer import Trainer, make_run_dir
-
-    run_dir = make_run_dir(cfg)
+    if run_dir is None:
+        run_dir = make_run_dir(cfg)
+    trainer = Trainer(cfg, run_dir, resume_from=ckpt)  # loads everything; bad input stops here
+    if ckpt is not None:
+        print(f"# resuming {run_dir} from {ckpt.name}", file=sys.stderr)
     print(f"# resolved config (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
     print(dump_yaml(cfg), file=sys.stderr, end="")
-    summary = Trainer(cfg, run_dir).fit()
+    summary = trainer.fit()
     print(format_summary(summary))
     return 0
 

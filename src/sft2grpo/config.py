@@ -141,6 +141,7 @@ class EvalConfig:
     k: int = 1  # pass@k; 1 = greedy decoding, one answer per problem
     samples: int | None = None  # draws per problem when k > 1 (>= k); None -> k
     temperature: float = 1.0  # sampling temperature when k > 1
+    every: int = 0  # steps between held-out evaluations during training (evals.jsonl); 0 = off
 
 
 @dataclass
@@ -156,7 +157,7 @@ class LogConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 0  # steps between checkpoints; 0 = only at the end and on interrupt
+    every: int = 0  # steps between checkpoints (+ one at the end); 0 = only on interrupt or bad steps
     keep: int = 2
 
 
@@ -409,6 +410,7 @@ def validate(cfg: Config) -> None:
         cfg.eval.samples,
         f"must be >= eval.k ({cfg.eval.k})",
     )
+    need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "must be >= 0 (0 = off)")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")

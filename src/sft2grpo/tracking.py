@@ -41,14 +41,15 @@ class JsonlSink:
 
 
 class TensorBoardSink:
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # tensorboard itself is optional
             raise RuntimeError(
                 "log.tensorboard=true needs tensorboard: pip install 'sft2grpo[tracking]'"
             ) from e
-        self.writer = SummaryWriter(str(log_dir))
+        # purge_step: a resumed run drops the events logged after its checkpoint, so no step is doubled
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         for k, v in metrics.items():
@@ -60,12 +61,13 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    def __init__(self, project: str, run_name: str, config: dict):
+    def __init__(self, project: str, run_name: str, config: dict, run_id: str):
         try:
             import wandb
         except ImportError as e:
             raise RuntimeError("log.wandb=true needs wandb: pip install 'sft2grpo[tracking]'") from e
-        self.run = wandb.init(project=project, name=run_name, config=config)
+        # the same id on resume continues the same W&B run
+        self.run = wandb.init(project=project, name=run_name, config=config, id=run_id, resume="allow")
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         self.run.log({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
@@ -89,13 +91,39 @@ class Tracker:
             s.close()
 
 
-def make_tracker(run_dir: Path, *, tensorboard: bool, wandb: bool, project: str, config: dict) -> Tracker:
+def make_tracker(
+    run_dir: Path, *, tensorboard: bool, wandb: bool, project: str, config: dict, resume_step: int = 0
+) -> Tracker:
+    """Sinks for a run; `resume_step` > 0 continues a resumed run after that step."""
     sinks: list[Any] = [JsonlSink(run_dir / "metrics.jsonl")]
     if tensorboard:
-        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+        sinks.append(TensorBoardSink(run_dir / "tensorboard", resume_step + 1 if resume_step else None))
     if wandb:
-        sinks.append(WandbSink(project, run_dir.name, config))
+        id_file = run_dir / "wandb_id.txt"
+        if not id_file.exists():
+            import secrets
+
+            id_file.write_text(secrets.token_hex(4))
+        sinks.append(WandbSink(project, run_dir.name, config, id_file.read_text().strip()))
     return Tracker(sinks)
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the rows of a JSONL log up to `last_step` (a resumed run writes the later ones again).
+    A line cut short by a killed process is dropped too. Written atomically."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= last_step:
+            keep.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _plain(v: Any) -> Any:
@@ -109,8 +137,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     rows = []
     if path.exists():
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a blank line, or the last line of a killed run
+                continue
     return rows
 
 

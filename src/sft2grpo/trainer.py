@@ -10,6 +10,10 @@ What is computed, and when (each is skipped when the rung does not need it):
   detached current log-probs are exact, so no extra forward pass is spent.
 - reference log-probs pi_ref: only when beta > 0. With beta = 0 no reference model exists at all.
 - the engine-vs-trainer log-prob gap: free, from the first pass's forward, logged every step.
+
+A run survives: every `checkpoint.every` steps, on SIGINT/SIGTERM and when bad steps stop it, the
+model, optimizer, scheduler, data position and every RNG state go to an atomic checkpoint
+(`checkpoint.py`); `Trainer(cfg, run_dir, resume_from=...)` continues bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -27,14 +31,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import objective
+from . import checkpoint, objective
 from .config import Config, dump_yaml, to_dict
 from .evaluate import evaluate_heldout, sample_and_score, write_jsonl
-from .tracking import Progress, make_tracker, plot_metrics
+from .tracking import Progress, make_tracker, plot_metrics, truncate_jsonl
+
+LOGS = ("metrics.jsonl", "samples.jsonl", "evals.jsonl")  # one row per step (or evaluation) each
 
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (too many bad steps, out of memory); the message says what to change."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 def seed_everything(seed: int) -> None:
@@ -83,7 +97,9 @@ class Batch:
 class Trainer:
     """Holds the model, optimizer and data position of one run; `fit()` runs it to the end."""
 
-    def __init__(self, cfg: Config, run_dir: Path):
+    def __init__(self, cfg: Config, run_dir: Path, resume_from: Path | None = None):
+        """Builds everything a run needs; writes nothing. With `resume_from` (a checkpoint folder),
+        the weights, optimizer, scheduler, data position and RNG states continue from there."""
         from . import models, rewards, rollout, tasks
 
         self.cfg, self.run_dir = cfg, run_dir
@@ -117,6 +133,73 @@ class Trainer:
         self.reward_faults = 0
         self.rollout_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.stop_requested = False
+        self.before: dict[str, float] | None = None  # the held-out evaluation before training
+        self.train_time = 0.0  # seconds spent in steps, over every resumed piece of the run
+        self.resumed_from = resume_from
+        self.saved_step = -1  # the step of the newest checkpoint this process wrote or read
+        if resume_from is not None:
+            self.load_checkpoint(Path(resume_from))
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything but the weights that an exact resume needs."""
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "rollout": self.rollout_gen.get_state(),
+            },
+            "data": {"rng": self.data_rng.bit_generator.state, "order": self.order, "pos": self.pos},
+            "counters": {"bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps},
+            "before": self.before,
+            "train_time": self.train_time,
+        }
+
+    def save_checkpoint(self) -> Path:
+        def write_model(folder: Path) -> None:  # HF folder (LoRA: the adapter alone)
+            self.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+
+        path = checkpoint.save(
+            self.run_dir,
+            self.step,
+            write_model,
+            self.state(),
+            self.cfg.checkpoint.keep,
+            summary={"skipped_steps": self.skipped_steps, "preset": self.cfg.preset},
+        )
+        self.saved_step = self.step
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        st = checkpoint.load_state(path)
+        checkpoint.load_model_weights(self.model, path)
+        try:
+            self.optimizer.load_state_dict(st["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise checkpoint.CheckpointError(
+                f"{path}: optimizer state does not fit the model ({e}); was model.lora changed?"
+            ) from None
+        self.scheduler.load_state_dict(st["scheduler"])
+        rng = st["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.rollout_gen.set_state(rng["rollout"])
+        self.data_rng.bit_generator.state = st["data"]["rng"]
+        self.order, self.pos = st["data"]["order"], st["data"]["pos"]
+        self.bad_steps = st["counters"]["bad_steps"]
+        self.skipped_steps = st["counters"]["skipped_steps"]
+        self.before, self.train_time = st["before"], st["train_time"]
+        self.step = self.saved_step = st["step"]
 
     # -- data -------------------------------------------------------------------------------------
 
@@ -221,9 +304,27 @@ class Trainer:
         """(B, T) log-probs of every completion under `model` (pi_old or pi_ref), zero-padded."""
         out = torch.zeros_like(batch.mask)
         for rows in mbs:
-            lp = self.logprobs(model, batch, rows).float().cpu()
+            try:
+                lp = self.logprobs(model, batch, rows).float().cpu()
+            except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError too
+                self.raise_if_out_of_memory(e, batch, rows)
+                raise
             out[rows, : lp.shape[1]] = lp
         return out
+
+    def raise_if_out_of_memory(self, e: RuntimeError, batch: Batch, rows: list[int]) -> None:
+        """Out of memory becomes a TrainingError naming the micro-batch's sizes and the settings to
+        lower; any other error is left to the caller to re-raise."""
+        if not is_out_of_memory(e):
+            return
+        t = int(batch.mask[rows].sum(1).max().item())
+        p = max(len(batch.prompts[i]) for i in batch.row_prompt[rows].tolist())
+        raise TrainingError(
+            f"out of memory in a micro-batch of {len(rows)} sequences x {t} completion tokens "
+            f"(prompts up to {p} tokens); lower train.micro_batch_size "
+            f"(now {self.cfg.train.micro_batch_size}) or rollout.max_new_tokens "
+            f"(now {self.cfg.rollout.max_new_tokens})"
+        ) from e
 
     def update(self, batch: Batch, advantages: torch.Tensor) -> dict[str, float]:
         """mu passes over the batch, one optimizer step each. Returns step metrics (python floats)."""
@@ -242,20 +343,24 @@ class Trainer:
         for epoch in range(cfg.train.mu):
             self.optimizer.zero_grad(set_to_none=True)
             for rows in mbs:
-                logp = self.logprobs(self.model, batch, rows)  # (b, t)
-                t = logp.shape[1]
-                mask = batch.mask[rows, :t].to(dev)
-                loss, m = objective.policy_loss(
-                    logp,
-                    mask,
-                    advantages[rows].to(dev),
-                    None if old is None else old[rows, :t].to(dev),
-                    None if ref is None else ref[rows, :t].to(dev),
-                    total_seqs=total_seqs,
-                    total_tokens=total_tokens,
-                    **self.switches,
-                )
-                loss.backward()
+                try:
+                    logp = self.logprobs(self.model, batch, rows)  # (b, t)
+                    t = logp.shape[1]
+                    mask = batch.mask[rows, :t].to(dev)
+                    loss, m = objective.policy_loss(
+                        logp,
+                        mask,
+                        advantages[rows].to(dev),
+                        None if old is None else old[rows, :t].to(dev),
+                        None if ref is None else ref[rows, :t].to(dev),
+                        total_seqs=total_seqs,
+                        total_tokens=total_tokens,
+                        **self.switches,
+                    )
+                    loss.backward()
+                except RuntimeError as e:
+                    self.raise_if_out_of_memory(e, batch, rows)
+                    raise
                 w = len(rows) / total_seqs  # metrics are per-micro-batch means; weight them
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0) + v.detach().float().cpu() * w
@@ -275,7 +380,7 @@ class Trainer:
                 if self.bad_steps >= cfg.train.max_bad_steps:
                     raise TrainingError(
                         f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
-                        f"(step {self.step}); lower train.lr or check the reward function"
+                        f"(step {self.step + 1}); lower train.lr or check the reward function"
                     )
                 break
             self.bad_steps = 0
@@ -288,8 +393,66 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
 
+    def train_step(self) -> tuple[dict[str, Any], Batch]:
+        """One step: rollout -> rewards -> advantages -> update. Returns its metrics row and batch."""
+        cfg, g = self.cfg, self.cfg.rollout.group_size
+        t0 = time.perf_counter()
+        self.reward_faults = 0
+        batch, rounds = self.collect()
+        t1 = time.perf_counter()
+        rewards = batch.rewards
+        if self.reference is not None and cfg.objective.kl_in == "reward":
+            ref = self.no_grad_logprobs(self.reference, batch, self.micro_batches(batch))
+            rewards = objective.kl_in_reward(
+                rewards,
+                batch.engine_logprobs,
+                ref,
+                batch.mask,
+                cfg.objective.beta,
+                cfg.objective.kl_estimator,
+            )
+        adv, zero_std = objective.compute_advantages(
+            rewards, g, cfg.objective.advantage, cfg.objective.std_ddof, cfg.objective.std_eps
+        )
+        t2 = time.perf_counter()
+        m = self.update(batch, adv)
+        t3 = time.perf_counter()
+        lengths = batch.mask.sum(1)
+        tokens = float(lengths.sum())
+        row = {
+            "reward_mean": batch.rewards.mean().item(),
+            "reward_std": batch.rewards.std(unbiased=False).item(),
+            "accuracy": batch.correct.float().mean().item(),
+            "format_error_rate": batch.format_error.float().mean().item(),
+            "zero_std_frac": zero_std.float().mean().item(),
+            "completion_len": lengths.mean().item(),
+            # mean -log pi of sampled tokens: an unbiased estimate of the policy's entropy
+            "entropy": (-(batch.engine_logprobs * batch.mask).sum() / max(tokens, 1)).item(),
+            "lr": self.scheduler.get_last_lr()[0],
+            "time_rollout": t1 - t0,
+            "time_reward_adv": t2 - t1,
+            "time_update": t3 - t2,
+            "time_step": t3 - t0,
+            "tokens_per_s": tokens / max(t1 - t0, 1e-9),
+            "resample_rounds": rounds,
+            "reward_faults": self.reward_faults,
+            "skipped_steps": self.skipped_steps,
+            "peak_mem_mb": peak_memory_mb(),
+            **m,
+        }
+        return row, batch
+
     def fit(self) -> dict[str, Any]:
+        """Run to `train.steps` (or to a stop signal), evaluating and checkpointing on the way.
+
+        Writes into the run folder only from here on (a failed start leaves it untouched). A resumed
+        run first cuts its logs back to the checkpoint's step, so each step is logged once.
+        """
         cfg, run_dir = self.cfg, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resumed_from is not None:
+            for name in LOGS:
+                truncate_jsonl(run_dir / name, self.step)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         tracker = make_tracker(
             run_dir,
@@ -297,86 +460,57 @@ class Trainer:
             wandb=cfg.log.wandb,
             project=cfg.log.wandb_project,
             config=to_dict(cfg),
+            resume_step=self.step,
         )
         samples_file = open(run_dir / "samples.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         t_start = time.time()
         summary: dict[str, Any] = {"preset": cfg.preset, "run_dir": str(run_dir)}
-        if cfg.eval.before:
-            summary["before"] = self.run_eval("before")
+        if self.resumed_from is not None:
+            summary["resumed_from"] = str(self.resumed_from)
+        if cfg.eval.before and self.before is None:
+            self.before = self.run_eval("before")
+        if self.before is not None:
+            summary["before"] = self.before
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
-        def request_stop(signum, frame):  # finish the current step, then save and plot
+        def request_stop(signum, frame):  # finish the current step, then checkpoint, save and plot
             self.stop_requested = True
 
         for s in previous:
             signal.signal(s, request_stop)
         bar = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
-        t_train = time.time()
-        g = cfg.rollout.group_size
+        g, every = cfg.rollout.group_size, cfg.checkpoint.every
         try:
             while self.step < cfg.train.steps and not self.stop_requested:
                 t0 = time.perf_counter()
-                self.reward_faults = 0
-                batch, rounds = self.collect()
-                t1 = time.perf_counter()
-                rewards = batch.rewards
-                if self.reference is not None and cfg.objective.kl_in == "reward":
-                    ref = self.no_grad_logprobs(self.reference, batch, self.micro_batches(batch))
-                    rewards = objective.kl_in_reward(
-                        rewards,
-                        batch.engine_logprobs,
-                        ref,
-                        batch.mask,
-                        cfg.objective.beta,
-                        cfg.objective.kl_estimator,
-                    )
-                adv, zero_std = objective.compute_advantages(
-                    rewards, g, cfg.objective.advantage, cfg.objective.std_ddof, cfg.objective.std_eps
-                )
-                t2 = time.perf_counter()
-                m = self.update(batch, adv)
-                t3 = time.perf_counter()
+                try:
+                    row, batch = self.train_step()
+                except TrainingError:
+                    # too many bad steps: the weights are still the last good ones (bad steps never
+                    # reach them), so keep them, with the optimizer, for a resume with other settings
+                    self.save_checkpoint()
+                    raise
                 self.step += 1
-                lengths = batch.mask.sum(1)
-                tokens = float(lengths.sum())
-                row = {
-                    "reward_mean": batch.rewards.mean().item(),
-                    "reward_std": batch.rewards.std(unbiased=False).item(),
-                    "accuracy": batch.correct.float().mean().item(),
-                    "format_error_rate": batch.format_error.float().mean().item(),
-                    "zero_std_frac": zero_std.float().mean().item(),
-                    "completion_len": lengths.mean().item(),
-                    # mean -log pi of sampled tokens: an unbiased estimate of the policy's entropy
-                    "entropy": (-(batch.engine_logprobs * batch.mask).sum() / max(tokens, 1)).item(),
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "time_rollout": t1 - t0,
-                    "time_reward_adv": t2 - t1,
-                    "time_update": t3 - t2,
-                    "time_step": t3 - t0,
-                    "tokens_per_s": tokens / max(t1 - t0, 1e-9),
-                    "resample_rounds": rounds,
-                    "reward_faults": self.reward_faults,
-                    "skipped_steps": self.skipped_steps,
-                    "peak_mem_mb": peak_memory_mb(),
-                    **m,
-                }
+                self.train_time += time.perf_counter() - t0
                 tracker.log(self.step, row)
-                for i in range(min(cfg.log.samples_per_step, len(batch.texts))):
+                for i in range(min(cfg.log.samples_per_step, len(batch.texts) // g)):
                     j = i * g  # first completion of each of the first groups
-                    samples_file.write(
-                        json.dumps(
-                            {
-                                "step": self.step,
-                                "prompt": batch.examples[j].prompt,
-                                "answer": batch.examples[j].answer,
-                                "completion": batch.texts[j],
-                                "reward": batch.rewards[j].item(),
-                            }
-                        )
-                        + "\n"
-                    )
+                    sample = {
+                        "step": self.step,
+                        "prompt": batch.examples[j].prompt,
+                        "answer": batch.examples[j].answer,
+                        "completion": batch.texts[j],
+                        "reward": batch.rewards[j].item(),
+                    }
+                    samples_file.write(json.dumps(sample) + "\n")
                 samples_file.flush()
                 bar.update(reward=row["reward_mean"], acc=row["accuracy"])
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
+                    self.run_eval("during", samples=False)
+                if every and (self.step % every == 0 or self.step == cfg.train.steps):
+                    self.save_checkpoint()
+            if self.stop_requested and self.saved_step != self.step:
+                self.save_checkpoint()
         finally:
             bar.close()
             for s, h in previous.items():
@@ -389,7 +523,7 @@ class Trainer:
                     summary["plot"] = str(plot)
         summary["steps"] = self.step
         summary["interrupted"] = self.stop_requested
-        summary["train_time_s"] = time.time() - t_train  # the steps alone, without evaluation
+        summary["train_time_s"] = self.train_time  # the steps alone, without evaluation
         from .models import save_model
 
         save_model(self.model, self.tokenizer, run_dir / "model")
@@ -398,14 +532,20 @@ class Trainer:
             summary["after"] = self.run_eval("after")
         summary["wall_time_s"] = time.time() - t_start
         summary["peak_mem_mb"] = peak_memory_mb()
+        summary["skipped_steps"] = self.skipped_steps
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
-    def run_eval(self, tag: str) -> dict[str, float]:
+    def run_eval(self, tag: str, samples: bool = True) -> dict[str, float]:
+        """Held-out evaluation at the current step: a row in evals.jsonl (step 0 = before training)
+        and, with `samples`, every completion in eval_<tag>.jsonl."""
         t0 = time.perf_counter()
         res = evaluate_heldout(self.engine, self.tokenizer, self.task, self.reward_fn, self.cfg)
-        write_jsonl(self.run_dir / f"eval_{tag}.jsonl", res.samples)
+        if samples:
+            write_jsonl(self.run_dir / f"eval_{tag}.jsonl", res.samples)
         res.metrics["time_s"] = time.perf_counter() - t0
+        with open(self.run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": self.step, "tag": tag, **res.metrics}) + "\n")
         return res.metrics
 
 
@@ -446,13 +586,27 @@ def select_groups(batch: Batch, groups: list[int], g: int) -> Batch:
 
 
 def make_run_dir(cfg: Config) -> Path:
-    """Fill {preset} and {time} in log.output_dir; refuse to reuse a folder that holds a run."""
+    """Fill {preset} and {time} in log.output_dir; refuse a folder that holds a run. The folder is
+    created by `Trainer.fit`, so a start that fails (bad model, bad data) leaves nothing behind."""
     name = cfg.log.output_dir.format(preset=cfg.preset, time=time.strftime("%Y%m%d-%H%M%S"))
     path = Path(name)
     if (path / "metrics.jsonl").exists() or (path / "summary.json").exists():
-        raise TrainingError(f"log.output_dir={path} already holds a run; choose another folder")
-    path.mkdir(parents=True, exist_ok=True)
+        raise TrainingError(
+            f"log.output_dir={path} already holds a run; choose another folder, or continue it "
+            f"with --resume {path}"
+        )
     return path
+
+
+def find_resumable(cfg: Config) -> Path | None:
+    """For `--resume auto`: the newest run folder matching log.output_dir ({time} as a wildcard)
+    that has a complete checkpoint, or None."""
+    pattern = cfg.log.output_dir.format(preset=cfg.preset, time="*")
+    parent, glob = Path(pattern).parent, Path(pattern).name
+    if not parent.is_dir():
+        return None
+    runs = [p for p in parent.glob(glob) if p.is_dir() and checkpoint.latest(p) is not None]
+    return max(runs, key=lambda p: checkpoint.latest(p).stat().st_mtime) if runs else None
 
 
 def train(cfg: Config) -> dict[str, Any]:

@@ -1,0 +1,183 @@
+"""Atomic checkpoints of a run, and finding the newest complete one to resume from.
+
+A checkpoint is a folder `<run_dir>/checkpoints/step-000120/` holding
+- `model/`: the policy as an HF folder (`save_pretrained`; with LoRA, the adapter only), which
+  transformers and vLLM load as they are;
+- `trainer_state.pt`: optimizer, LR scheduler, every RNG state (python, numpy, torch, CUDA, the
+  rollout sampler's generator, the data order's generator), the data position and the counters;
+- `state.json`: the step and a human-readable summary, written last.
+
+It is written into `checkpoints/.tmp-step-000120/`, every file fsynced, then renamed into place
+(a rename within one folder is atomic), so a folder named `step-*` is always complete; a crash while
+writing leaves only a `.tmp-*` folder, which `latest` ignores and the next save removes. Older
+checkpoints beyond `keep` are deleted only after the new one is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "trainer_state.pt"
+META_FILE = "state.json"
+PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the folder and the cause."""
+
+
+def folder(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def name(step: int) -> str:
+    return f"{PREFIX}{step:06d}"
+
+
+def complete(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (by step)."""
+    root = folder(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if (
+            p.is_dir()
+            and p.name.startswith(PREFIX)
+            and (p / META_FILE).is_file()
+            and (p / STATE_FILE).is_file()
+        ):
+            try:
+                found.append((int(p.name[len(PREFIX) :]), p))
+            except ValueError:
+                continue
+    return [p for _, p in sorted(found)]
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    found = complete(run_dir)
+    return found[-1] if found else None
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync every file under `path`, then the folders, so the data is on disk before the rename."""
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(
+    run_dir: str | Path,
+    step: int,
+    write_model,
+    state: dict[str, Any],
+    keep: int,
+    summary: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically and keep the newest `keep`. Returns its folder.
+
+    `write_model(folder)` writes the model (and tokenizer) into a folder; `state` is everything else,
+    saved with torch.save. Any OSError (disk full, permission) removes the partial folder, leaves the
+    earlier checkpoints as they were and raises CheckpointError.
+    """
+    root = folder(run_dir)
+    final = root / name(step)
+    tmp = root / f".tmp-{name(step)}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by a crash during an earlier save
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        write_model(tmp / "model")
+        torch.save(state, tmp / STATE_FILE)
+        meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **(summary or {})}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        _fsync_tree(tmp)
+        if final.exists():  # the same step saved again (e.g. interrupted right after a periodic save)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest(run_dir)
+        kept = f"; the previous checkpoint {prev} is intact" if prev else ""
+        raise CheckpointError(f"cannot write checkpoint {final}: {e.strerror or e}{kept}") from None
+    for old in complete(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The `state` dict a checkpoint was saved with (on CPU)."""
+    f = Path(path) / STATE_FILE
+    try:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"cannot read checkpoint {f}: {e}") from None
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights saved in checkpoint `path` into `model` (in place, bit for bit).
+
+    The full model's `model/*.safetensors` (tied weights, such as SmolLM2's lm_head, are saved once)
+    or, with LoRA, the adapter's weights.
+    """
+    from safetensors.torch import load_file
+
+    from .models import is_peft
+
+    src = Path(path) / "model"
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        f = src / "adapter_model.safetensors"
+        if not f.is_file():
+            raise CheckpointError(f"{src}: no adapter_model.safetensors (was the run trained with LoRA?)")
+        set_peft_model_state_dict(model, load_file(f))
+        return
+    files = sorted(src.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{src}: no *.safetensors weights")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(f))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = _tied_names(model)
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CheckpointError(f"{src}: weights do not fit the model ({what}); was the config changed?")
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Parameter names that share storage with an earlier parameter (tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for n, t in model.state_dict(keep_vars=True).items():
+        ptr = t.data_ptr()
+        if ptr in seen:
+            tied.add(n)
+        else:
+            seen[ptr] = n
+    return tied
