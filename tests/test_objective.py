@@ -539,7 +539,8 @@ def test_loss_switches_are_exactly_policy_loss_keywords():
     cfg = load_config("dr_grpo")
     s = loss_switches(cfg.objective, 64)
     params = inspect.signature(policy_loss).parameters
-    keyword_only = {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY} - {"total_seqs", "total_tokens"}
+    keyword_only = {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    keyword_only -= {"total_seqs", "total_tokens", "behavior_logp"}  # data, not switches
     assert set(s) == keyword_only
     assert s["max_len"] == 64  # max_len: null -> the rollout's max_new_tokens
     assert loss_switches(load_config("dr_grpo", ["objective.max_len=100"]).objective, 64)["max_len"] == 100
@@ -626,3 +627,24 @@ def test_unknown_estimators_list_the_valid_names():
         compute_advantages(torch.zeros(4), 2, "ppo")
     with pytest.raises(ValueError, match="kl_estimator='k9'.*k1, k2, k3"):
         kl_penalty(torch.zeros(1, 1), torch.zeros(1, 1), "k9")
+
+
+def test_truncated_importance_sampling_weights_each_token():
+    """tis_cap = 2: a token the engine found 3x less likely than pi_old gets weight min(3, 2) = 2,
+    one it found 2x more likely gets 1/2; the gradient is the unweighted one times those weights."""
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]], requires_grad=True)
+    mask = torch.ones(2, 2)
+    a = torch.tensor([1.0, -1.0])
+    engine = logp.detach() + torch.log(torch.tensor([[1 / 3, 2.0], [1.0, 1 / 3]]))
+    weights = torch.tensor([[2.0, 0.5], [1.0, 2.0]])
+    loss, m = policy_loss(logp, mask, a, behavior_logp=engine, **sw(ratio="token", tis_cap=2.0))
+    (g,) = torch.autograd.grad(loss, logp)
+    plain, _ = policy_loss(logp, mask, a, **sw(ratio="token"))
+    (g0,) = torch.autograd.grad(plain, logp)
+    assert torch.allclose(g, g0 * weights)
+    # pi_old = sg(pi_theta) (mu = 1), ratio 1 inside the clip: loss = -mean_i mean_t w_it * A_i
+    assert loss.item() == pytest.approx(-((2 + 0.5) / 2 - (1 + 2) / 2) / 2)
+    assert m["tis_weight_mean"].item() == pytest.approx(5.5 / 4)
+    assert m["tis_capped_frac"].item() == pytest.approx(2 / 4)
+    with pytest.raises(ValueError, match="tis_cap=2.0 needs behavior_logp"):
+        policy_loss(logp, mask, a, **sw(ratio="token", tis_cap=2.0))

@@ -106,7 +106,13 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_lora_trains_only_the_adapter_and_uses_the_disabled_adapter_as_reference(tmp_path):
     cfg = tiny_cfg(
-        tmp_path, "grpo", "model.lora.enabled=true", "model.lora.r=4", "train.lr=1e-2", "train.mu=1"
+        tmp_path,
+        "grpo",
+        "model.lora.enabled=true",
+        "model.lora.r=4",
+        "train.lr=1e-2",
+        "train.mu=1",
+        "train.steps=3",
     )
     (tmp_path / "run").mkdir()
     trainer = Trainer(cfg, tmp_path / "run")
@@ -119,11 +125,14 @@ def test_lora_trains_only_the_adapter_and_uses_the_disabled_adapter_as_reference
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # step 1 is scored before any update, when the adapter (B = 0) is a no-op: policy == reference
     assert rows[0]["kl"] < 1e-6
-    assert rows[1]["kl"] > 0  # after one update at lr 1e-2 they differ
+    # after the first update with a gradient (a step whose groups all have zero spread has none),
+    # at lr 1e-2, they differ
+    first = next(i for i, r in enumerate(rows) if r["grad_norm"] > 0)
+    assert first < 2 and all(r["kl"] > 0 for r in rows[first + 1 :])
     assert all(math.isfinite(r["loss"]) for r in rows)
 
 
-@pytest.mark.parametrize("fn,rounds", [("constant", 2), ("lowercase_share", 0)])
+@pytest.mark.parametrize("fn,rounds", [("constant", 2), ("distinct", 0)])
 def test_dynamic_sampling_resamples_only_groups_without_spread(tmp_path, fn, rounds):
     cfg = tiny_cfg(
         tmp_path,
@@ -135,7 +144,7 @@ def test_dynamic_sampling_resamples_only_groups_without_spread(tmp_path, fn, rou
     trainer = Trainer(cfg, tmp_path / "run")
     batch, spent = trainer.collect()
     # all-equal rewards: both extra rounds are spent and the batch is topped up to its size;
-    # rewards with spread (lowercase share over random bytes): the first round suffices
+    # rewards with spread in every group: the first round suffices
     assert spent == rounds
     assert len(batch.texts) == 2 * 4 and batch.row_prompt.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     assert trainer.pos == 2 * (1 + rounds)  # prompts consumed: one round of 2, plus each extra round

@@ -23,3 +23,7 @@ def slow_lowercase_share(prompts, completions, **columns):
     time.sleep(float(os.environ.get("SFT2GRPO_TEST_SLEEP", "0")))
     return lowercase_share(prompts, completions)
 
+
+def distinct(prompts, completions, **columns):
+    """Every completion of a call gets a different reward: every group has spread."""
+    return [float(i) for i in range(len(completions))]

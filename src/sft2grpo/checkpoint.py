@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `<run_dir>/checkpoints/step-000120/` holding
 - `model/`: the policy as an HF folder (`save_pretrained`; with LoRA, the adapter only), which
-  transformers and vLLM load as they are;
+  transformers and vLLM load as they are; with FSDP2, `shards/` instead: each process's shards of
+  the weights and the optimizer state (torch.distributed.checkpoint), written in parallel;
 - `trainer_state.pt`: optimizer, LR scheduler, every RNG state (python, numpy, torch, CUDA, the
   rollout sampler's generator, the data order's generator), the data position and the counters;
 - `state.json`: the step and a human-readable summary, written last.
@@ -10,7 +11,9 @@ A checkpoint is a folder `<run_dir>/checkpoints/step-000120/` holding
 It is written into `checkpoints/.tmp-step-000120/`, every file fsynced, then renamed into place
 (a rename within one folder is atomic), so a folder named `step-*` is always complete; a crash while
 writing leaves only a `.tmp-*` folder, which `latest` ignores and the next save removes. Older
-checkpoints beyond `keep` are deleted only after the new one is in place.
+checkpoints beyond `keep` are deleted only after the new one is in place. With several processes,
+rank 0 does the renaming after every process has written its part (the run folder must be on a
+file system they share).
 """
 
 from __future__ import annotations
@@ -94,22 +97,37 @@ def save(
     state: dict[str, Any],
     keep: int,
     summary: dict[str, Any] | None = None,
+    ctx=None,
+    write_shards=None,
 ) -> Path:
     """Write checkpoint `step` atomically and keep the newest `keep`. Returns its folder.
 
-    `write_model(folder)` writes the model (and tokenizer) into a folder; `state` is everything else,
-    saved with torch.save. Any OSError (disk full, permission) removes the partial folder, leaves the
-    earlier checkpoints as they were and raises CheckpointError.
+    `write_model(folder)` writes the model (and tokenizer) into a folder (rank 0 only);
+    `write_shards(folder)`, when given, is called on every process (FSDP2's sharded state); `state`
+    is everything else, saved by rank 0 with torch.save. Any OSError (disk full, permission) removes
+    the partial folder, leaves the earlier checkpoints as they were and raises CheckpointError.
     """
+    from . import distributed
+
+    ctx = ctx or distributed.Context()
     root = folder(run_dir)
     final = root / name(step)
     tmp = root / f".tmp-{name(step)}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):  # left by a crash during an earlier save
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
-        write_model(tmp / "model")
+        if ctx.main:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".tmp-*"):  # left by a crash during an earlier save
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        distributed.barrier(ctx)
+        if write_shards is not None:
+            write_shards(tmp / "shards")
+        distributed.barrier(ctx)
+        if not ctx.main:
+            distributed.barrier(ctx)  # until rank 0 has renamed the folder
+            return final
+        if write_model is not None:
+            write_model(tmp / "model")
         torch.save(state, tmp / STATE_FILE)
         meta = {"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **(summary or {})}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -119,13 +137,38 @@ def save(
         tmp.rename(final)
         _fsync_dir(root)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if ctx.main:
+            shutil.rmtree(tmp, ignore_errors=True)
         prev = latest(run_dir)
         kept = f"; the previous checkpoint {prev} is intact" if prev else ""
         raise CheckpointError(f"cannot write checkpoint {final}: {e.strerror or e}{kept}") from None
     for old in complete(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier(ctx)
     return final
+
+
+def save_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """FSDP2: every process writes its shards of the weights and the optimizer state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+
+
+def load_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: str | Path) -> None:
+    """FSDP2: read this process's shards back into the sharded model and optimizer (in place)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    src = Path(path) / "shards"
+    if not src.is_dir():
+        raise CheckpointError(f"{path}: no shards/ (was the run trained with train.parallel=fsdp2?)")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(src))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -145,7 +188,7 @@ def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     """
     from safetensors.torch import load_file
 
-    from .models import is_peft
+    from .models import is_peft, tied_names
 
     src = Path(path) / "model"
     if is_peft(model):
@@ -163,21 +206,8 @@ def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     for f in files:
         weights.update(load_file(f))
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = _tied_names(model)
+    tied = tied_names(model)
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise CheckpointError(f"{src}: weights do not fit the model ({what}); was the config changed?")
-
-
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    """Parameter names that share storage with an earlier parameter (tied embeddings)."""
-    seen: dict[int, str] = {}
-    tied = set()
-    for n, t in model.state_dict(keep_vars=True).items():
-        ptr = t.data_ptr()
-        if ptr in seen:
-            tied.add(n)
-        else:
-            seen[ptr] = n
-    return tied

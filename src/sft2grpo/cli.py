@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
         for key, tp, default in describe():
             print(f"{key:34s} {tp:40s} default: {default!r}")
         return 0
-    from . import checkpoint
+    from . import checkpoint, distributed
     from .trainer import Trainer, find_resumable, make_run_dir
 
     run_dir = ckpt = None
@@ -111,15 +111,19 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    ctx = distributed.setup()  # under torchrun: join the process group; else one process
     if run_dir is None:
-        run_dir = make_run_dir(cfg)
+        run_dir = distributed.broadcast(make_run_dir(cfg), ctx)  # rank 0's {time} for every rank
     trainer = Trainer(cfg, run_dir, resume_from=ckpt)  # loads everything; bad input stops here
-    if ckpt is not None:
-        print(f"# resuming {run_dir} from {ckpt.name}", file=sys.stderr)
-    print(f"# resolved config (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
-    print(dump_yaml(cfg), file=sys.stderr, end="")
+    if ctx.main:
+        if ckpt is not None:
+            print(f"# resuming {run_dir} from {ckpt.name}", file=sys.stderr)
+        print(f"# resolved config (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
+        print(dump_yaml(cfg), file=sys.stderr, end="")
     summary = trainer.fit()
-    print(format_summary(summary))
+    if ctx.main:
+        print(format_summary(summary))
+    distributed.shutdown()
     return 0
 
 

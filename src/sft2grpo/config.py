@@ -109,6 +109,9 @@ class ObjectiveConfig:
         "seq_mean_token_mean"
     )
     max_len: int | None = None  # constant for seq_mean_token_sum_norm; None -> rollout.max_new_tokens
+    # truncated importance sampling: weight each token by min(pi_old / pi_engine, tis_cap), for
+    # engines whose log-probs differ from the trainer's (vllm, bf16); null = off; 2.0 is common
+    tis_cap: float | None = None
 
 
 @dataclass
@@ -129,6 +132,8 @@ class TrainConfig:
     # "bf16": forward/backward under bfloat16 autocast, fp32 weights and optimizer (faster on CPUs
     # with AVX512-BF16/AMX and on GPUs); "off": everything in model.dtype
     autocast: Literal["off", "bf16"] = "off"
+    # with several processes (torchrun): "ddp" replicates the model, "fsdp2" shards it (fully_shard)
+    parallel: Literal["ddp", "fsdp2"] = "ddp"
 
 
 @dataclass
@@ -378,6 +383,7 @@ def validate(cfg: Config) -> None:
     need(o.std_ddof in (0, 1), "objective.std_ddof", o.std_ddof, "must be 0 or 1")
     need(o.std_eps > 0, "objective.std_eps", o.std_eps, "must be > 0")
     need(o.max_len is None or o.max_len > 0, "objective.max_len", o.max_len, "must be > 0")
+    need(o.tis_cap is None or o.tis_cap >= 1, "objective.tis_cap", o.tis_cap, "must be >= 1 or null")
     need(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1")
     if o.advantage in ("group_norm", "group_mean", "rloo"):
         need(

@@ -123,13 +123,17 @@ def sample_and_score(engine, tokenizer, examples: list, reward_fn, n: int, syste
     return ids, ro, texts, res
 
 
-def evaluate_heldout(engine, tokenizer, task, reward_fn, cfg) -> EvalResult:
+def evaluate_heldout(
+    engine, tokenizer, task, reward_fn, cfg, shard: tuple[int, int] = (0, 1), progress: bool | None = None
+) -> EvalResult:
     """`evaluate` on the task's held-out split with the settings of `cfg` (a Config): the one call
-    that `sft2grpo eval` and the trainer's before/after evaluations share."""
+    that `sft2grpo eval` and the trainer's evaluations share. `shard=(i, n)` takes every n-th
+    problem from the i-th (one process's share; `merge_evals` puts the shares back together)."""
+    i, n = shard
     return evaluate(
         engine,
         tokenizer,
-        task.eval[: cfg.eval.size or cfg.task.eval_size],
+        task.eval[: cfg.eval.size or cfg.task.eval_size][i::n],
         reward_fn,
         system_prompt=cfg.model.system_prompt,
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
@@ -137,9 +141,26 @@ def evaluate_heldout(engine, tokenizer, task, reward_fn, cfg) -> EvalResult:
         k=cfg.eval.k,
         samples=cfg.eval.samples,
         temperature=cfg.eval.temperature,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
-        progress=cfg.log.progress,
+        generator=torch.Generator().manual_seed(cfg.train.seed + i),
+        progress=cfg.log.progress if progress is None else progress,
     )
+
+
+def merge_evals(parts: list[EvalResult]) -> EvalResult:
+    """The shares of `evaluate_heldout(shard=(i, n))`, i = 0..n-1, as one result: per-problem means
+    weighted by each share's problem count, samples back in the split's order."""
+    if len(parts) == 1:
+        return parts[0]
+    total = sum(p.metrics["problems"] for p in parts)
+    metrics = dict(parts[0].metrics)
+    for key, value in parts[0].metrics.items():
+        if isinstance(value, float):
+            metrics[key] = sum(p.metrics[key] * p.metrics["problems"] for p in parts) / max(1, total)
+    metrics["problems"] = total
+    samples = []
+    for j in range(max(len(p.samples) for p in parts)):  # share i holds problems i, i + n, ...
+        samples += [p.samples[j] for p in parts if j < len(p.samples)]
+    return EvalResult(metrics, samples)
 
 
 def write_jsonl(path, rows: list[dict[str, Any]]) -> None:

@@ -479,19 +479,35 @@ def make_reference(model: nn.Module, cfg: ModelConfig | None = None) -> nn.Modul
 # Saving.
 
 
-def save_model(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
+def tied_names(model: nn.Module) -> set[str]:
+    """Names of parameters that are another, earlier-named parameter (tied embeddings, as in SmolLM2:
+    lm_head.weight is model.embed_tokens.weight). HF folders store such a weight once."""
+    seen: set[int] = set()
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.add(id(p))
+    return tied
+
+
+def save_model(model: nn.Module, tokenizer, out_dir: str | Path, state_dict: dict | None = None) -> Path:
     """Write an HF folder that AutoModelForCausalLM / AutoTokenizer load; LoRA is merged into a copy.
+    `state_dict` replaces the model's own weights (FSDP2: the full weights gathered from shards).
 
     Written to a temporary sibling and renamed into place, so `out_dir` is either the old folder or
     the complete new one, never half of either.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    to_save = copy.deepcopy(model).merge_and_unload() if is_peft(model) else model
+    to_save = copy.deepcopy(model).merge_and_unload() if is_peft(model) and state_dict is None else model
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     _open_permissions(tmp)
     try:
-        to_save.save_pretrained(tmp)
+        if state_dict is not None:
+            tied = tied_names(to_save)
+            state_dict = {k: v for k, v in state_dict.items() if k not in tied}
+        to_save.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")

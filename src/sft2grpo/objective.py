@@ -317,6 +317,8 @@ def policy_loss(
     max_len: int | None,
     total_seqs: int | Tensor | None = None,
     total_tokens: int | Tensor | None = None,
+    behavior_logp: Tensor | None = None,
+    tis_cap: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The ladder's loss for one (micro-)batch. Returns (scalar loss, metrics of detached scalars).
 
@@ -325,6 +327,9 @@ def policy_loss(
     mu = 1); ref_logp: [B, T] log pi_ref, needed only when kl_in="loss" and beta > 0.
     total_seqs / total_tokens: counts of the whole batch when this call sees one micro-batch of it;
     the micro-batch losses then sum to the full-batch loss (gradient accumulation).
+    behavior_logp: [B, T] log-probs of the engine that sampled the tokens (vLLM, bf16), which differ
+    from the trainer's; with tis_cap = C each token's policy term is weighted by the truncated
+    importance weight min(pi_old / pi_behavior, C) (detached), correcting for that mismatch.
 
     Metrics: clip_frac_low / clip_frac_high (valid tokens where the lower / upper clipped branch is the
     min, so their gradient is 0), clip_frac_dual, ratio_mean, adv_mean, adv_std, and kl when ref_logp
@@ -369,6 +374,14 @@ def policy_loss(
         # dual-clip PPO: for A < 0 the min above does not bound rho (a token pi_theta now likes far
         # more than pi_old did), so cap that loss at c * |A|
         pg = torch.where(a < 0, torch.minimum(pg, -dual_clip * a), pg)
+    tis = None
+    if tis_cap is not None:
+        if behavior_logp is None:
+            raise ValueError(f"tis_cap={tis_cap} needs behavior_logp (the rollout engine's log-probs)")
+        _check_like(behavior_logp, logp, "behavior_logp", "logp")
+        behavior = torch.where(m, behavior_logp.detach().to(logp.dtype), 0.0)
+        tis = torch.exp(old - behavior).clamp(max=tis_cap)  # [B, T] pi_old / pi_behavior, truncated
+        pg = pg * tis
     loss_tok = pg
     kl_tok = None
     if ref_logp is not None:
@@ -399,6 +412,9 @@ def policy_loss(
         }
         if kl_tok is not None:
             metrics["kl"] = (kl_tok * mf).sum() / ntok
+        if tis is not None:
+            metrics["tis_weight_mean"] = (tis * mf).sum() / ntok
+            metrics["tis_capped_frac"] = ((tis >= tis_cap) & m).to(logp.dtype).sum() / ntok
     return loss, metrics
 
 
@@ -418,4 +434,5 @@ def loss_switches(obj: ObjectiveConfig, default_max_len: int) -> dict:
         "kl_in": obj.kl_in,
         "aggregation": obj.aggregation,
         "max_len": obj.max_len if obj.max_len is not None else default_max_len,
+        "tis_cap": obj.tis_cap,
     }

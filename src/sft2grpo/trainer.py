@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint, objective
+from . import checkpoint, distributed, objective
 from .config import Config, dump_yaml, to_dict
 from .evaluate import evaluate_heldout, sample_and_score, write_jsonl
-from .tracking import Progress, make_tracker, plot_metrics, truncate_jsonl
+from .tracking import Progress, Tracker, make_tracker, plot_metrics, truncate_jsonl
 
 LOGS = ("metrics.jsonl", "samples.jsonl", "evals.jsonl")  # one row per step (or evaluation) each
 
@@ -103,6 +103,14 @@ class Trainer:
         from . import models, rewards, rollout, tasks
 
         self.cfg, self.run_dir = cfg, run_dir
+        self.ctx = ctx = distributed.setup()  # world size 1 without torchrun
+        if cfg.train.prompts_per_step % ctx.world:
+            raise ValueError(
+                f"train.prompts_per_step={cfg.train.prompts_per_step} must be a multiple of the "
+                f"number of processes ({ctx.world}): each process takes whole groups"
+            )
+        if ctx.enabled and cfg.train.parallel == "fsdp2" and cfg.model.lora.enabled:
+            raise ValueError("train.parallel=fsdp2 with model.lora.enabled=true is not supported; use ddp")
         seed_everything(cfg.train.seed)
         self.model, self.tokenizer = models.load_policy(cfg.model)
         self.device = next(self.model.parameters()).device
@@ -112,6 +120,9 @@ class Trainer:
         self.task = tasks.load_task(cfg.task)
         self.reward_fn = rewards.build_reward(cfg.reward, self.task)
         self.engine = rollout.make_engine(cfg.rollout.engine, self.model, self.tokenizer)
+        # The policy's log-probs with gradient go through `scorer`: DDP-wrapped, or over FSDP2 shards.
+        self.scorer = distributed.parallelize(self.model, cfg.train.parallel, cfg.rollout.temperature, ctx)
+        self.sharded = distributed.is_fsdp(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params,
@@ -131,7 +142,7 @@ class Trainer:
         self.bad_steps = 0
         self.skipped_steps = 0
         self.reward_faults = 0
-        self.rollout_gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.drawn = 0  # prompts drawn so far (all processes together); numbers each prompt's seed
         self.stop_requested = False
         self.before: dict[str, float] | None = None  # the held-out evaluation before training
         self.train_time = 0.0  # seconds spent in steps, over every resumed piece of the run
@@ -143,49 +154,66 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """Everything but the weights that an exact resume needs."""
+        """Everything but the weights (and, with FSDP2, the sharded optimizer) that an exact resume
+        needs."""
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": None if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "rollout": self.rollout_gen.get_state(),
             },
-            "data": {"rng": self.data_rng.bit_generator.state, "order": self.order, "pos": self.pos},
+            "data": {
+                "rng": self.data_rng.bit_generator.state,
+                "order": self.order,
+                "pos": self.pos,
+                "drawn": self.drawn,
+            },
             "counters": {"bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps},
             "before": self.before,
             "train_time": self.train_time,
         }
 
     def save_checkpoint(self) -> Path:
-        def write_model(folder: Path) -> None:  # HF folder (LoRA: the adapter alone)
+        """Every process calls this. Without FSDP2 the weights are the same everywhere and rank 0
+        writes them as an HF folder (LoRA: the adapter alone); with FSDP2 each process writes its
+        shards of weights and optimizer with torch.distributed.checkpoint."""
+
+        def write_model(folder: Path) -> None:
             self.model.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
 
         path = checkpoint.save(
             self.run_dir,
             self.step,
-            write_model,
+            None if self.sharded else write_model,
             self.state(),
             self.cfg.checkpoint.keep,
             summary={"skipped_steps": self.skipped_steps, "preset": self.cfg.preset},
+            ctx=self.ctx,
+            write_shards=(lambda f: checkpoint.save_sharded(self.model, self.optimizer, f))
+            if self.sharded
+            else None,
         )
         self.saved_step = self.step
         return path
 
     def load_checkpoint(self, path: Path) -> None:
         st = checkpoint.load_state(path)
-        checkpoint.load_model_weights(self.model, path)
-        try:
-            self.optimizer.load_state_dict(st["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise checkpoint.CheckpointError(
-                f"{path}: optimizer state does not fit the model ({e}); was model.lora changed?"
-            ) from None
+        if self.sharded:
+            checkpoint.load_sharded(self.model, self.optimizer, path)
+        else:
+            checkpoint.load_model_weights(self.model, path)
+            try:
+                self.optimizer.load_state_dict(st["optimizer"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise checkpoint.CheckpointError(
+                    f"{path}: optimizer state does not fit the model ({e}); was model.lora or "
+                    "train.parallel changed?"
+                ) from None
         self.scheduler.load_state_dict(st["scheduler"])
         rng = st["rng"]
         random.setstate(rng["python"])
@@ -193,9 +221,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.rollout_gen.set_state(rng["rollout"])
         self.data_rng.bit_generator.state = st["data"]["rng"]
-        self.order, self.pos = st["data"]["order"], st["data"]["pos"]
+        self.order, self.pos, self.drawn = st["data"]["order"], st["data"]["pos"], st["data"]["drawn"]
         self.bad_steps = st["counters"]["bad_steps"]
         self.skipped_steps = st["counters"]["skipped_steps"]
         self.before, self.train_time = st["before"], st["train_time"]
@@ -214,24 +241,37 @@ class Trainer:
             self.pos += 1
         return out
 
+    def draw(self) -> tuple[list, list[torch.Generator]]:
+        """This process's share of the next `train.prompts_per_step` prompts, and one sampling
+        generator per prompt. Every process walks the same data order and takes its own slice, and
+        a prompt's generator is seeded by (train.seed, its number in the run), so a prompt gets
+        the same samples whatever the number of processes (and on resume)."""
+        p, ctx = self.cfg.train.prompts_per_step, self.ctx
+        k = p // ctx.world
+        first = self.drawn + ctx.rank * k
+        examples = self.next_examples(p)[ctx.rank * k : (ctx.rank + 1) * k]
+        self.drawn += p
+        return examples, [prompt_generator(self.cfg.train.seed, first + i) for i in range(k)]
+
     # -- one step's parts -------------------------------------------------------------------------
 
-    def rollout(self, examples: list) -> Batch:
+    def rollout(self, examples: list, generators: list[torch.Generator]) -> Batch:
         r, g = self.cfg.rollout, self.cfg.rollout.group_size
-        ids, ro, texts, res = sample_and_score(
-            self.engine,
-            self.tokenizer,
-            examples,
-            self.reward_fn,
-            g,
-            self.cfg.model.system_prompt,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            stop=r.stop or None,
-            generator=self.rollout_gen,
-        )
+        with distributed.unsharded(self.model):
+            ids, ro, texts, res = sample_and_score(
+                self.engine,
+                self.tokenizer,
+                examples,
+                self.reward_fn,
+                g,
+                self.cfg.model.system_prompt,
+                max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                top_k=r.top_k,
+                stop=r.stop or None,
+                generator=generators,
+            )
         self.reward_faults += res.faults
         return Batch(
             prompts=ids,
@@ -249,17 +289,21 @@ class Trainer:
     def collect(self) -> tuple[Batch, int]:
         """One step's batch. With dynamic sampling (DAPO), groups whose rewards are all equal carry
         no signal; more prompts are sampled, up to max_resample_rounds extra rounds, and kept
-        groups replace them. Returns the batch and the number of extra rounds spent."""
-        p, g = self.cfg.train.prompts_per_step, self.cfg.rollout.group_size
-        batch = self.rollout(self.next_examples(p))
+        groups replace them. Returns the batch and the number of extra rounds spent.
+
+        With several processes each fills its own share; all run the same number of rounds (and
+        sample in each: FSDP2's gather of the weights is collective), so they stay at one data
+        position."""
+        g = self.cfg.rollout.group_size
+        p = self.cfg.train.prompts_per_step // self.ctx.world  # this process's groups
+        batch = self.rollout(*self.draw())
         if not self.cfg.rollout.dynamic_sampling:
             return batch, 0
         rounds = 0
         keep = self._informative(batch)
-        while len(keep) < p and rounds < self.cfg.rollout.max_resample_rounds:
+        while rounds < self.cfg.rollout.max_resample_rounds and distributed.any_rank(len(keep) < p, self.ctx):
             rounds += 1
-            extra = self.rollout(self.next_examples(p))
-            batch = cat_batches(batch, extra)
+            batch = cat_batches(batch, self.rollout(*self.draw()))
             keep = self._informative(batch)
         if len(keep) < p:  # cap reached: top up with uninformative groups to keep the batch size
             rest = [i for i in range(len(batch.examples) // g) if i not in keep]
@@ -272,22 +316,24 @@ class Trainer:
         return torch.nonzero(~same).flatten().tolist()
 
     def logprobs(self, model, batch: Batch, rows: list[int]) -> torch.Tensor:
-        """(len(rows), t) log-probs of the rows' completion tokens under `model`, t = their longest
-        completion. Each distinct prompt among the rows goes through the model once."""
+        """(len(rows), t) log-probs of the rows' completion tokens under `model` (None: the policy,
+        with gradient, through `scorer`), t = their longest completion. Each distinct prompt among
+        the rows goes through the model once."""
         from .models import group_logprobs
 
         dev = self.device
         groups, local = torch.unique(batch.row_prompt[rows], return_inverse=True)  # prompts of these rows
         t = max(1, int(batch.mask[rows].sum(1).max().item()))
+        args = (
+            [batch.prompts[i] for i in groups.tolist()],
+            local.to(dev),
+            batch.completion_ids[rows, :t].to(dev),
+            batch.mask[rows, :t].to(dev),
+        )
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.autocast == "bf16"):
-            return group_logprobs(
-                model,
-                [batch.prompts[i] for i in groups.tolist()],
-                local.to(dev),
-                batch.completion_ids[rows, :t].to(dev),
-                batch.mask[rows, :t].to(dev),
-                self.cfg.rollout.temperature,
-            )
+            if model is None:
+                return self.scorer(*args)
+            return group_logprobs(model, *args, self.cfg.rollout.temperature)
 
     def micro_batches(self, batch: Batch) -> list[list[int]]:
         """Rows sorted by completion length, so each micro-batch pads to a similar length (long and
@@ -327,52 +373,61 @@ class Trainer:
         ) from e
 
     def update(self, batch: Batch, advantages: torch.Tensor) -> dict[str, float]:
-        """mu passes over the batch, one optimizer step each. Returns step metrics (python floats)."""
-        cfg, dev = self.cfg, self.device
+        """mu passes over the batch, one optimizer step each. Returns step metrics (python floats),
+        averaged over every process's rows."""
+        cfg, dev, ctx = self.cfg, self.device, self.ctx
         mbs = self.micro_batches(batch)
-        total_seqs, total_tokens = len(batch.texts), int(batch.mask.sum().item())
+        # The loss is normalised by the counts of the whole step (every process), and DDP / FSDP2
+        # average gradients over processes, hence the factor `world`: the sum is the full gradient.
+        total_seqs, total_tokens = (
+            int(x) for x in distributed.all_sum([len(batch.texts), batch.mask.sum().item()], ctx)
+        )
 
         # pi_old is only needed when the batch is reused (mu > 1); with mu = 1 it equals pi_theta.
         old = self.no_grad_logprobs(self.model, batch, mbs) if cfg.train.mu > 1 else None
         ref = self.no_grad_logprobs(self.reference, batch, mbs) if self.reference is not None else None
 
-        sums: dict[str, torch.Tensor] = {}
-        gap = torch.zeros(())
-        grad_norm = torch.zeros(())
+        sums: dict[str, float] = {}
+        gap = 0.0
+        grad_norm = 0.0
         self.model.train()
         for epoch in range(cfg.train.mu):
             self.optimizer.zero_grad(set_to_none=True)
-            for rows in mbs:
+            for i, rows in enumerate(mbs):
                 try:
-                    logp = self.logprobs(self.model, batch, rows)  # (b, t)
-                    t = logp.shape[1]
-                    mask = batch.mask[rows, :t].to(dev)
-                    loss, m = objective.policy_loss(
-                        logp,
-                        mask,
-                        advantages[rows].to(dev),
-                        None if old is None else old[rows, :t].to(dev),
-                        None if ref is None else ref[rows, :t].to(dev),
-                        total_seqs=total_seqs,
-                        total_tokens=total_tokens,
-                        **self.switches,
-                    )
-                    loss.backward()
+                    with distributed.sync_gradients(self.scorer, i == len(mbs) - 1):
+                        logp = self.logprobs(None, batch, rows)  # (b, t)
+                        t = logp.shape[1]
+                        mask = batch.mask[rows, :t].to(dev)
+                        loss, m = objective.policy_loss(
+                            logp,
+                            mask,
+                            advantages[rows].to(dev),
+                            None if old is None else old[rows, :t].to(dev),
+                            None if ref is None else ref[rows, :t].to(dev),
+                            total_seqs=total_seqs,
+                            total_tokens=total_tokens,
+                            behavior_logp=batch.engine_logprobs[rows, :t].to(dev),
+                            **self.switches,
+                        )
+                        (loss * ctx.world).backward()
                 except RuntimeError as e:
                     self.raise_if_out_of_memory(e, batch, rows)
                     raise
                 w = len(rows) / total_seqs  # metrics are per-micro-batch means; weight them
                 for k, v in m.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float().cpu() * w
-                sums["loss"] = sums.get("loss", 0) + loss.detach().float().cpu()
+                    sums[k] = sums.get(k, 0.0) + v.detach().float().item() * w / cfg.train.mu
+                sums["loss"] = sums.get("loss", 0.0) + loss.detach().float().item() / cfg.train.mu
                 if epoch == 0:  # engine numbers vs ours, on the tokens both computed
                     diff = (logp.detach().cpu() - batch.engine_logprobs[rows, :t]).abs() * mask.cpu()
-                    gap = torch.maximum(gap, diff.max())
+                    gap = max(gap, diff.max().item())
             with_grad = [p for p in self.model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(
+            norm = torch.nn.utils.clip_grad_norm_(
                 with_grad, cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
             )
-            if not torch.isfinite(grad_norm) or not torch.isfinite(sums["loss"]):
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: DTensor
+            loss_so_far = distributed.all_sum([sums["loss"]], ctx)[0]  # every process decides alike
+            if not math.isfinite(grad_norm) or not math.isfinite(loss_so_far):
                 # A NaN/inf step never reaches the parameters; it is counted and the run goes on.
                 self.optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
@@ -386,12 +441,11 @@ class Trainer:
             self.bad_steps = 0
             self.optimizer.step()
             self.scheduler.step()
-        out = {k: (v / cfg.train.mu).item() for k, v in sums.items()}
-        out["grad_norm"] = float(grad_norm)
-        out["logprob_gap_max"] = gap.item()
+        keys = sorted(sums)
+        out = dict(zip(keys, distributed.all_sum([sums[k] for k in keys], ctx)))
+        out["grad_norm"] = grad_norm
+        out["logprob_gap_max"] = gap
         return out
-
-    # -- the loop ---------------------------------------------------------------------------------
 
     def train_step(self) -> tuple[dict[str, Any], Batch]:
         """One step: rollout -> rewards -> advantages -> update. Returns its metrics row and batch."""
@@ -419,15 +473,27 @@ class Trainer:
         t3 = time.perf_counter()
         lengths = batch.mask.sum(1)
         tokens = float(lengths.sum())
+        r = batch.rewards.double()
+        # over every process's rows: count, sum, sum of squares; summed -log pi and token count
+        n, s1, s2, nll, all_tokens = distributed.all_sum(
+            [
+                r.numel(),
+                r.sum().item(),
+                (r * r).sum().item(),
+                -(batch.engine_logprobs * batch.mask).sum().item(),
+                tokens,
+            ],
+            self.ctx,
+        )
         row = {
-            "reward_mean": batch.rewards.mean().item(),
-            "reward_std": batch.rewards.std(unbiased=False).item(),
+            "reward_mean": s1 / n,
+            "reward_std": math.sqrt(max(0.0, s2 / n - (s1 / n) ** 2)),
             "accuracy": batch.correct.float().mean().item(),
             "format_error_rate": batch.format_error.float().mean().item(),
             "zero_std_frac": zero_std.float().mean().item(),
             "completion_len": lengths.mean().item(),
             # mean -log pi of sampled tokens: an unbiased estimate of the policy's entropy
-            "entropy": (-(batch.engine_logprobs * batch.mask).sum() / max(tokens, 1)).item(),
+            "entropy": nll / max(all_tokens, 1),
             "lr": self.scheduler.get_last_lr()[0],
             "time_rollout": t1 - t0,
             "time_reward_adv": t2 - t1,
@@ -448,21 +514,28 @@ class Trainer:
         Writes into the run folder only from here on (a failed start leaves it untouched). A resumed
         run first cuts its logs back to the checkpoint's step, so each step is logged once.
         """
-        cfg, run_dir = self.cfg, self.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if self.resumed_from is not None:
-            for name in LOGS:
-                truncate_jsonl(run_dir / name, self.step)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        tracker = make_tracker(
-            run_dir,
-            tensorboard=cfg.log.tensorboard,
-            wandb=cfg.log.wandb,
-            project=cfg.log.wandb_project,
-            config=to_dict(cfg),
-            resume_step=self.step,
+        cfg, run_dir, ctx = self.cfg, self.run_dir, self.ctx
+        main = ctx.main  # with several processes, rank 0 alone writes logs, plots and models
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if self.resumed_from is not None:
+                for name in LOGS:
+                    truncate_jsonl(run_dir / name, self.step)
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        distributed.barrier(ctx)
+        tracker = (
+            make_tracker(
+                run_dir,
+                tensorboard=cfg.log.tensorboard,
+                wandb=cfg.log.wandb,
+                project=cfg.log.wandb_project,
+                config=to_dict(cfg),
+                resume_step=self.step,
+            )
+            if main
+            else Tracker([])
         )
-        samples_file = open(run_dir / "samples.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        samples_file = open(run_dir / "samples.jsonl", "a", encoding="utf-8") if main else None  # noqa: SIM115
         t_start = time.time()
         summary: dict[str, Any] = {"preset": cfg.preset, "run_dir": str(run_dir)}
         if self.resumed_from is not None:
@@ -473,12 +546,14 @@ class Trainer:
             summary["before"] = self.before
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
+        signalled = [False]
+
         def request_stop(signum, frame):  # finish the current step, then checkpoint, save and plot
-            self.stop_requested = True
+            signalled[0] = True
 
         for s in previous:
             signal.signal(s, request_stop)
-        bar = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
+        bar = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress and main)
         g, every = cfg.rollout.group_size, cfg.checkpoint.every
         try:
             while self.step < cfg.train.steps and not self.stop_requested:
@@ -492,32 +567,27 @@ class Trainer:
                     raise
                 self.step += 1
                 self.train_time += time.perf_counter() - t0
+                row = merge_rows(distributed.gather(row, ctx))
                 tracker.log(self.step, row)
-                for i in range(min(cfg.log.samples_per_step, len(batch.texts) // g)):
-                    j = i * g  # first completion of each of the first groups
-                    sample = {
-                        "step": self.step,
-                        "prompt": batch.examples[j].prompt,
-                        "answer": batch.examples[j].answer,
-                        "completion": batch.texts[j],
-                        "reward": batch.rewards[j].item(),
-                    }
-                    samples_file.write(json.dumps(sample) + "\n")
-                samples_file.flush()
+                if samples_file is not None:
+                    write_samples(samples_file, self.step, batch, g, cfg.log.samples_per_step)
                 bar.update(reward=row["reward_mean"], acc=row["accuracy"])
                 if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
                     self.run_eval("during", samples=False)
                 if every and (self.step % every == 0 or self.step == cfg.train.steps):
                     self.save_checkpoint()
+                # every process stops after the same step, whichever of them got the signal
+                self.stop_requested = distributed.any_rank(signalled[0], ctx)
             if self.stop_requested and self.saved_step != self.step:
                 self.save_checkpoint()
         finally:
             bar.close()
             for s, h in previous.items():
                 signal.signal(s, h)
-            samples_file.close()
+            if samples_file is not None:
+                samples_file.close()
             tracker.close()
-            if cfg.log.plots:
+            if cfg.log.plots and main:
                 plot = plot_metrics(run_dir)
                 if plot:
                     summary["plot"] = str(plot)
@@ -526,27 +596,85 @@ class Trainer:
         summary["train_time_s"] = self.train_time  # the steps alone, without evaluation
         from .models import save_model
 
-        save_model(self.model, self.tokenizer, run_dir / "model")
+        weights = distributed.full_state_dict(self.model, ctx) if self.sharded else None  # collective
+        if main:
+            save_model(self.model, self.tokenizer, run_dir / "model", state_dict=weights)
+        distributed.barrier(ctx)
         summary["model_dir"] = str(run_dir / "model")
         if cfg.eval.after and not self.stop_requested:
             summary["after"] = self.run_eval("after")
         summary["wall_time_s"] = time.time() - t_start
         summary["peak_mem_mb"] = peak_memory_mb()
         summary["skipped_steps"] = self.skipped_steps
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary["processes"] = ctx.world
+        if main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def run_eval(self, tag: str, samples: bool = True) -> dict[str, float]:
         """Held-out evaluation at the current step: a row in evals.jsonl (step 0 = before training)
-        and, with `samples`, every completion in eval_<tag>.jsonl."""
+        and, with `samples`, every completion in eval_<tag>.jsonl. With several processes each
+        evaluates every world-th problem and the counts are combined."""
+        from .evaluate import merge_evals
+
         t0 = time.perf_counter()
-        res = evaluate_heldout(self.engine, self.tokenizer, self.task, self.reward_fn, self.cfg)
-        if samples:
-            write_jsonl(self.run_dir / f"eval_{tag}.jsonl", res.samples)
+        ctx = self.ctx
+        with distributed.unsharded(self.model):
+            res = evaluate_heldout(
+                self.engine,
+                self.tokenizer,
+                self.task,
+                self.reward_fn,
+                self.cfg,
+                shard=(ctx.rank, ctx.world),
+                progress=self.cfg.log.progress and ctx.main,
+            )
+        res = merge_evals(distributed.gather(res, ctx))
         res.metrics["time_s"] = time.perf_counter() - t0
-        with open(self.run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": self.step, "tag": tag, **res.metrics}) + "\n")
+        if ctx.main:
+            if samples:
+                write_jsonl(self.run_dir / f"eval_{tag}.jsonl", res.samples)
+            with open(self.run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": self.step, "tag": tag, **res.metrics}) + "\n")
         return res.metrics
+
+
+def prompt_generator(seed: int, index: int) -> torch.Generator:
+    """The sampling generator of the run's index-th prompt: a function of (seed, index) alone."""
+    state = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metrics row from every process's: times and memory take the maximum, counts and
+    throughput the sum, everything else the mean (each process holds the same number of rows)."""
+    if len(rows) == 1:
+        return rows[0]
+    out = {}
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        if k.startswith("time_") or k == "peak_mem_mb":
+            out[k] = max(vals)
+        elif k in ("tokens_per_s", "reward_faults"):
+            out[k] = sum(vals)
+        else:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def write_samples(f, step: int, batch: Batch, g: int, k: int) -> None:
+    """The first completion of each of the first k groups, as JSON lines."""
+    for i in range(min(k, len(batch.texts) // g)):
+        j = i * g
+        sample = {
+            "step": step,
+            "prompt": batch.examples[j].prompt,
+            "answer": batch.examples[j].answer,
+            "completion": batch.texts[j],
+            "reward": batch.rewards[j].item(),
+        }
+        f.write(json.dumps(sample) + "\n")
+    f.flush()
 
 
 def cat_batches(a: Batch, b: Batch) -> Batch:

@@ -13,6 +13,10 @@ from typing import Protocol
 
 import torch
 
+# One generator for the whole call, or one per prompt: with one per prompt, a prompt's samples depend
+# only on its own generator, not on which other prompts share the batch (or the process).
+Generators = torch.Generator | list[torch.Generator] | None
+
 
 @dataclass
 class Rollout:
@@ -42,7 +46,7 @@ class Engine(Protocol):
         top_p: float = 1.0,
         top_k: int = 0,
         stop: list[str] | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         greedy: bool = False,
     ) -> Rollout: ...
 
@@ -139,6 +143,33 @@ def finish(
         mask=mask,
         logprobs=torch.where(mask.bool(), logprobs[:, :T], 0.0),
         finish_reasons=reasons,
+    )
+
+
+def row_uniforms(generator: Generators, num_prompts: int, n: int) -> torch.Tensor:
+    """[num_prompts * n] uniforms on the CPU, prompt-major: from one generator, or n from each of a
+    list of generators (one per prompt)."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != num_prompts:
+            raise ValueError(f"{len(generator)} generators for {num_prompts} prompts")
+        return torch.cat([torch.rand(n, generator=g, device=g.device) for g in generator]).cpu()
+    dev = generator.device if generator is not None else "cpu"
+    return torch.rand(num_prompts * n, generator=generator, device=dev).cpu()
+
+
+def cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Rollouts of consecutive prompt lists as one, padded to the longest completion."""
+    t = max(r.completion_ids.shape[1] for r in parts)
+
+    def pad(x: torch.Tensor, value) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+    return Rollout(
+        prompt_ids=[p for r in parts for p in r.prompt_ids],
+        completion_ids=torch.cat([pad(r.completion_ids, pad_id) for r in parts]),
+        mask=torch.cat([pad(r.mask, 0.0) for r in parts]),
+        logprobs=torch.cat([pad(r.logprobs, 0.0) for r in parts]),
+        finish_reasons=[f for r in parts for f in r.finish_reasons],
     )
 
 

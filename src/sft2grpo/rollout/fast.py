@@ -15,7 +15,8 @@ LoRA layers, biases (Qwen2) and q/k norms (Qwen3) behave exactly as in the HF mo
 attention with the cache is ours. Greedy tokens match `hf`, log-probs match `token_logprobs`.
 
 Sampling draws one uniform per row per step from `generator` (for every row, live or not) and
-inverts the CDF, so each row's sample is fixed by the seed, whatever the other rows did.
+inverts the CDF, so each row's sample is fixed by the seed, whatever the other rows did. With one
+generator per prompt, a prompt's samples do not depend on the other prompts in the batch either.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from sft2grpo.models import positions, unwrap
 from sft2grpo.rollout.base import (
+    Generators,
     Rollout,
     contains_stop,
     eos_token_ids,
@@ -33,6 +35,7 @@ from sft2grpo.rollout.base import (
     left_pad,
     pad_token_id,
     repeat_rows,
+    row_uniforms,
 )
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -216,7 +219,7 @@ class FastEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: list[str] | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         greedy: bool = False,
     ) -> Rollout:
         if greedy and n > 1:  # the n greedy "samples" of a prompt are identical: decode once
@@ -258,8 +261,7 @@ class FastEngine:
         for t in range(max_new_tokens):
             u = None
             if not greedy:  # one uniform per original row, drawn for all rows so each row's is fixed
-                u = torch.rand(B, generator=generator, device=generator.device if generator else "cpu")
-                u = u.to(dev)[rows]  # [b]
+                u = row_uniforms(generator, P, n).to(dev)[rows]  # [b]
             tok, lp = self._pick(logits, temperature, top_k, top_p, greedy, u)  # [b], [b]
             out_tok[rows, t], out_lp[rows, t] = tok, lp
             if t == max_new_tokens - 1:

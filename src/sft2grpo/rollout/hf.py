@@ -15,7 +15,9 @@ import contextlib
 import torch
 
 from sft2grpo.rollout.base import (
+    Generators,
     Rollout,
+    cat_rollouts,
     contains_stop,
     eos_token_ids,
     eval_mode,
@@ -95,7 +97,7 @@ class HFEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: list[str] | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         greedy: bool = False,
     ) -> Rollout:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
@@ -106,6 +108,10 @@ class HFEngine:
                 prompt_ids, 1, max_new_tokens, temperature, top_p, top_k, stop, generator, True
             )
             return repeat_rows(one, n)
+        if isinstance(generator, list | tuple):  # `generate` has one global RNG: a prompt at a time
+            args = (n, max_new_tokens, temperature, top_p, top_k, stop)
+            parts = [self.generate([p], *args, g, greedy) for p, g in zip(prompt_ids, generator, strict=True)]
+            return cat_rollouts(parts, self.pad_id)
 
         device = next(self.model.parameters()).device
         ids, att = left_pad(prompt_ids, self.pad_id, device)  # [P, L]

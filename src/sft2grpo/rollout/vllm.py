@@ -19,7 +19,7 @@ import tempfile
 
 import torch
 
-from sft2grpo.rollout.base import Rollout, eos_token_ids, finish, pad_token_id
+from sft2grpo.rollout.base import Generators, Rollout, eos_token_ids, finish, pad_token_id
 
 MISSING = "rollout.engine=vllm needs the [gpu] extra: pip install 'sft2grpo[gpu]'"
 
@@ -78,8 +78,11 @@ class VLLMEngine:
         from sft2grpo.models import is_peft
 
         model = self.model
-        if not is_peft(model):
-            return list(model.state_dict().items())
+        if not is_peft(model):  # FSDP2 shards (DTensor) are gathered: a collective, every rank calls it
+            return [
+                (k, v.full_tensor() if hasattr(v, "full_tensor") else v)
+                for k, v in model.state_dict().items()
+            ]
         model.merge_adapter()  # in place, undone below: no second copy of the weights
         try:
             out = []
@@ -113,13 +116,16 @@ class VLLMEngine:
         top_p: float = 1.0,
         top_k: int = 0,
         stop: list[str] | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         greedy: bool = False,
     ) -> Rollout:
         from vllm import SamplingParams
 
         self.load_weights()
-        seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator).tolist()
+        if isinstance(generator, list | tuple):  # one seed per prompt, from its own generator
+            seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generator]
+        else:
+            seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator).tolist()
         params = [
             SamplingParams(
                 n=n,
