@@ -77,6 +77,23 @@ def _parser() -> argparse.ArgumentParser:
         default="group_norm",
         help="advantage estimator: raw, relu, group_norm, group_mean, rloo",
     )
+    lad = sub.add_parser(
+        "ladder",
+        help="train every rung and variant on one budget and report which parts matter",
+        description="Train every preset of the ladder on the same task, model, prompts, seeds and "
+        "rollout budget, evaluate each on the same held-out set, and write REPORT.md with curves, a "
+        "table and a verdict on each of the seed's claims. Rerun the same command to resume.",
+    )
+    lad.add_argument("--task", default=None, help="reasoning-gym task or .jsonl file (default: chain_sum)")
+    lad.add_argument("--model", default=None, help="model.name for every run (default: smollm2-135m)")
+    lad.add_argument("--budget", default="default", help="small (a few minutes) or default (under an hour)")
+    lad.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the budget)")
+    lad.add_argument("--seeds", type=int, default=None, help="seeds per preset (overrides the budget)")
+    lad.add_argument("--presets", default=None, help="comma-separated presets (default: all 12)")
+    lad.add_argument("--output", default="ladder", help="folder for runs, logs and REPORT.md")
+    lad.add_argument("--keep-models", action="store_true", help="keep each run's model/ (540 MB for 135M)")
+    lad.add_argument("--dry-run", action="store_true", help="print the plan and the estimate only")
+    lad.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     return p
 
 
@@ -193,9 +210,26 @@ def cmd_advantages(args) -> int:
     return 0
 
 
+def cmd_ladder(args) -> int:
+    from .ladder import run_ladder
+
+    return run_ladder(
+        budget=args.budget,
+        steps=args.steps,
+        seeds=args.seeds,
+        presets=args.presets,
+        task=args.task,
+        model=args.model,
+        output=args.output,
+        overrides=args.overrides,
+        keep_models=args.keep_models,
+        dry_run=args.dry_run,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "advantages": cmd_advantages}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "advantages": cmd_advantages, "ladder": cmd_ladder}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -1,0 +1,593 @@
+"""`sft2grpo ladder`: every rung and variant on one budget, and a report that answers the seed's claims.
+
+    sft2grpo ladder --budget small                       # all 12 presets, a smoke check of a few minutes
+    sft2grpo ladder                                      # the default budget: under an hour on 2 CPU cores
+    sft2grpo ladder --presets sft,reinforce,grpo --steps 30 --seeds 3 train.lr=2e-5
+
+Every (preset, seed) run gets the same task, model, prompts (train.seed = seed), rollout budget and
+held-out set; only the preset's own objective and train.mu differ (mu = 2 from rung 4 on is the rung).
+The work, in order, each part skipped when its output exists, so rerunning the same command resumes
+an interrupted ladder:
+
+1. each run trains in its own process (`python -m sft2grpo train`): ru_maxrss only grows within a
+   process, so each run's peak memory is its own and no_kl's missing reference model shows. A run
+   with a finished summary.json is skipped, one with a checkpoint resumed, one with neither restarted.
+2. one more process (`measure`) evaluates the base model on the held-out set once (step 0 of every
+   accuracy curve) and estimates KL(trained || base) for every run the same way (`kl_to_base`).
+3. REPORT.md, curves.png and final.png (`ladder_report.py`): a table per preset (mean +- std over
+   seeds) and a verdict on each of the seed's claims, from the numbers.
+
+This process never loads a model (it imports torch at most, to look for checkpoints): a child
+process starts with its parent's peak RSS as its own, so a parent holding a model would inflate every
+run's peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The rungs in the seed's order, then the variants; `--presets` picks a subset.
+PRESETS = (
+    "sft",
+    "reinforce",
+    "reward_norm",
+    "importance",
+    "grpo",
+    "sft_o1",
+    "no_is",
+    "no_kl",
+    "dr_grpo",
+    "dapo",
+    "gspo",
+    "rloo",
+)
+RUNGS = PRESETS[:5]
+DESCRIPTIONS = {
+    "sft": "rung 1: on-policy SFT, A = ReLU(r)",
+    "reinforce": "rung 2: + negative gradient, A = r",
+    "reward_norm": "rung 3: + normalised, clipped A",
+    "importance": "rung 4: + importance sampling (mu 2)",
+    "grpo": "rung 5: + KL penalty = GRPO",
+    "sft_o1": "sft-o1: no negative gradient, 4 passes",
+    "no_is": "GRPO without importance sampling",
+    "no_kl": "GRPO without KL (no reference model)",
+    "dr_grpo": "Dr. GRPO: A = r - mean, token sums",
+    "dapo": "DAPO: clip-higher, dynamic sampling",
+    "gspo": "GSPO: one ratio per sequence",
+    "rloo": "RLOO: leave-one-out baseline",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    seeds: int
+    settings: tuple[str, ...]  # config overrides given to every run and to the base evaluation
+    kl_prompts: int  # held-out prompts for KL(trained || base)
+    kl_samples: int  # completions sampled from the trained policy per prompt
+
+
+# Both keep the `make run` recipe (bf16 autocast, lr 3e-5), task and rewards, and write no periodic
+# checkpoint: a 135M checkpoint is 1.6 GB and a default run a few minutes, so a crashed run restarts,
+# while Ctrl-C still checkpoints the run it stops (pass checkpoint.every=N for more). "default" is
+# sized by `estimate_run_s` to about 50 minutes for 12 presets x 2 seeds on 2 quiet CPU cores (a
+# step of every preset for both seeds costs about 8 minutes, so there is room for 5 steps).
+BUDGETS = {
+    "small": Budget(
+        steps=2,
+        seeds=1,
+        settings=(
+            "train.prompts_per_step=2",
+            "rollout.group_size=4",
+            "rollout.max_new_tokens=32",
+            "train.lr=3e-5",
+            "train.autocast=bf16",
+            "eval.size=16",
+            "eval.every=1",
+            "checkpoint.every=0",
+            "log.plots=false",
+        ),
+        kl_prompts=4,
+        kl_samples=2,
+    ),
+    "default": Budget(
+        steps=5,
+        seeds=2,
+        settings=(
+            "train.prompts_per_step=2",
+            "rollout.group_size=8",
+            "rollout.max_new_tokens=48",
+            "train.lr=3e-5",
+            "train.autocast=bf16",
+            "eval.size=100",
+            "eval.every=3",
+            "checkpoint.every=0",
+        ),
+        kl_prompts=8,
+        kl_samples=2,
+    ),
+}
+
+# Seconds per unit of work of SmolLM2-135M with bf16 autocast on this project's 2-core machine, for
+# the estimate printed before a ladder starts: a process start (imports, model load and save); a
+# rollout's decode step (a fixed cost, plus a cost per row: the batch runs until its longest row
+# stops, usually at max_new_tokens); one row-token of a forward+backward pass; one greedy
+# problem-token of held-out evaluation. Fitted to steps measured when the machine was quiet: 4 x 8
+# completions at 64 tokens, 7.0-8.2 s rollout and 10.2 s update (`make run`); 2 x 8 at 48 tokens,
+# 4.2-5.4 s and 3.8-5.5 s; 100 held-out problems at 48 tokens, 10-21 s. The progress lines rescale
+# the estimate by what the finished runs actually took.
+COST = {"start": 15.0, "decode": 0.05, "decode_row": 2.5e-3, "update": 4.9e-3, "eval": 3.5e-3}
+
+
+@dataclass
+class Run:
+    preset: str
+    seed: int
+    dir: Path
+    overrides: list[str]  # everything after `sft2grpo train --config PRESET`
+    cfg: Any  # the resolved Config (validated before anything runs)
+
+
+@dataclass
+class Plan:
+    out: Path
+    presets: list[str]
+    seeds: list[int]
+    steps: int
+    budget_name: str
+    budget: Budget
+    shared: list[str]  # overrides every run and the base evaluation share
+    runs: list[Run]
+    command: str
+    keep_models: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan.
+
+
+def parse_presets(text: str | None) -> list[str]:
+    """'sft,grpo' -> ['sft', 'grpo'] (duplicates dropped); None -> every preset of the ladder."""
+    from .config import list_presets
+
+    available = list_presets()
+    if not text:
+        return [p for p in PRESETS if p in available]
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for n in names:
+        if n not in available:
+            raise ValueError(f"--presets: unknown preset '{n}'; available: {', '.join(available)}")
+    if not names:
+        raise ValueError("--presets: no preset named")
+    return names
+
+
+def make_plan(
+    *,
+    budget: str = "default",
+    steps: int | None = None,
+    seeds: int | None = None,
+    presets: str | None = None,
+    task: str | None = None,
+    model: str | None = None,
+    output: str | Path = "ladder",
+    overrides: list[str] | None = None,
+    keep_models: bool = False,
+) -> Plan:
+    """Every run's overrides and resolved config; a bad preset, budget or key stops here, before any
+    training, with one line naming it."""
+    from .config import load_config
+
+    if budget not in BUDGETS:
+        raise ValueError(f"--budget: unknown budget '{budget}'; available: {', '.join(BUDGETS)}")
+    b = BUDGETS[budget]
+    steps = b.steps if steps is None else steps
+    n_seeds = b.seeds if seeds is None else seeds
+    if steps < 1:
+        raise ValueError(f"--steps {steps}: must be >= 1")
+    if n_seeds < 1:
+        raise ValueError(f"--seeds {n_seeds}: must be >= 1")
+    names = parse_presets(presets)
+    out = Path(output)
+    shared = list(b.settings)
+    shared += [f"model.name={model}"] if model else []
+    shared += [f"task.name={task}"] if task else []
+    shared += list(overrides or [])
+    shared.append(f"train.steps={steps}")
+    runs = []
+    # seed-major: every preset gets seed 0 before any gets seed 1, so a ladder stopped half-way
+    # still compares every preset
+    for s in range(n_seeds):
+        for p in names:
+            d = out / "runs" / f"{p}-s{s}"
+            # the ladder's own keys come last: one base evaluation for all, the same seeds for all
+            ov = shared + [
+                "eval.before=false",
+                "eval.after=true",
+                "log.progress=false",
+                f"train.seed={s}",
+                f"log.output_dir={d}",
+            ]
+            runs.append(Run(p, s, d, ov, load_config(p, ov)))
+    argv = ["sft2grpo", "ladder"]
+    argv += ["--task", task] if task else []
+    argv += ["--model", model] if model else []
+    argv += ["--budget", budget] if budget != "default" else []
+    argv += ["--steps", str(steps)] if steps != b.steps else []
+    argv += ["--seeds", str(n_seeds)] if n_seeds != b.seeds else []
+    argv += ["--presets", ",".join(names)] if presets else []
+    argv += ["--output", str(output)] if str(output) != "ladder" else []
+    argv += ["--keep-models"] if keep_models else []
+    argv += list(overrides or [])
+    return Plan(
+        out=out,
+        presets=names,
+        seeds=list(range(n_seeds)),
+        steps=steps,
+        budget_name=budget,
+        budget=b,
+        shared=shared,
+        runs=runs,
+        command=" ".join(shlex.quote(a) for a in argv),
+        keep_models=keep_models,
+    )
+
+
+def estimate_run_s(cfg) -> float:
+    """Expected seconds of one run of the 135M model on 2 CPU cores (COST), from its config."""
+    t, r = cfg.train, cfg.rollout
+    rows = t.prompts_per_step * r.group_size
+    rollouts = 1 + (r.max_resample_rounds if r.dynamic_sampling else 0)  # DAPO: worst case
+    rollout = rollouts * r.max_new_tokens * (COST["decode"] + COST["decode_row"] * rows)
+    # mu forward+backward passes, plus a no-grad forward (about a third) for pi_old and for pi_ref
+    passes = t.mu + (t.mu > 1) / 3 + (cfg.objective.beta > 0) / 3
+    step = rollout + COST["update"] * rows * r.max_new_tokens * passes
+    evals = (1 + (t.steps - 1) // cfg.eval.every) if cfg.eval.every else 1
+    size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
+    eval_s = evals * COST["eval"] * size * (cfg.eval.max_new_tokens or r.max_new_tokens)
+    return COST["start"] + t.steps * step + eval_s
+
+
+def estimate_measure_s(plan: Plan) -> float:
+    """The measure process: start, the base evaluation, and per run a load and a small rollout."""
+    cfg = plan.runs[0].cfg
+    tokens = cfg.rollout.max_new_tokens
+    size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
+    kl_row_tokens = plan.budget.kl_prompts * plan.budget.kl_samples * tokens
+    rows = plan.budget.kl_prompts * plan.budget.kl_samples
+    decode = tokens * (COST["decode"] + COST["decode_row"] * rows)
+    per_run = 3 + decode + 2 * COST["update"] / 3 * kl_row_tokens  # load, sample, two forwards
+    return COST["start"] + COST["eval"] * size * tokens + len(plan.runs) * per_run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running.
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
+
+
+def is_finished(run: Run) -> bool:
+    s = read_json(run.dir / "summary.json")
+    return bool(s) and not s.get("interrupted") and s.get("steps") == run.cfg.train.steps
+
+
+def run_state(run: Run) -> str:
+    """'done' (finished), 'resume' (has a complete checkpoint) or 'fresh'."""
+    if is_finished(run):
+        return "done"
+    if run.dir.is_dir():
+        from . import checkpoint  # imports torch (a few hundred MB, less than any run's own peak)
+
+        if checkpoint.latest(run.dir) is not None:
+            return "resume"
+    return "fresh"
+
+
+def check_same_settings(run: Run) -> None:
+    """A run folder trained with other settings would mix budgets in one table: refuse it."""
+    import yaml
+
+    from .config import to_dict
+
+    saved = read_yaml(run.dir / "config.yaml", yaml)
+    if saved is None:
+        return
+    planned = to_dict(run.cfg)
+    for section, values in planned.items():
+        if section in ("log", "checkpoint"):  # where and how often to write: not the experiment
+            continue
+        diff = first_difference(values, saved[section], section) if section in saved else None
+        if diff:
+            raise ValueError(
+                f"{run.dir} holds a run with other settings ({diff}); rerun the same command, "
+                "choose another --output, or delete that folder"
+            )
+
+
+def read_yaml(path: Path, yaml) -> dict | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def first_difference(a: Any, b: Any, key: str) -> str | None:
+    """'train.steps: 20 planned, 3 saved' for the first leaf where a and b differ, else None. A key
+    the saved config lacks is no difference: it came with a newer sft2grpo, at its default."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in a.keys() & b.keys():
+            d = first_difference(a[k], b[k], f"{key}.{k}")
+            if d:
+                return d
+        return None
+    if a != b and not (isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b)):
+        return f"{key}: {a!r} planned, {b!r} saved"
+    return None
+
+
+def train_run(run: Run, state: str, log: Path) -> int:
+    """Train (or resume) one run in its own process; its output goes to `log`. Returns the exit code."""
+    if state == "fresh":
+        shutil.rmtree(run.dir, ignore_errors=True)  # a crashed start without a checkpoint
+    argv = [sys.executable, "-m", "sft2grpo", "train"]
+    argv += ["--resume", str(run.dir)] if state == "resume" else ["--config", run.preset, *run.overrides]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ {shlex.join(argv)}\n")
+        f.flush()
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too: it finishes its step, checkpoints and exits
+            proc.wait()
+            raise
+        finally:
+            add_wall_time(run.dir, time.time() - t0)
+    return rc
+
+
+def add_wall_time(run_dir: Path, seconds: float) -> None:
+    """Process wall time of a run, summed over its resumed pieces (ladder.json in the run folder)."""
+    if not run_dir.is_dir():
+        return
+    prev = read_json(run_dir / "ladder.json") or {}
+    write_json(run_dir / "ladder.json", {"wall_s": prev.get("wall_s", 0.0) + seconds})
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """A finished run's checkpoints only served resuming (1.6 GB each for the 135M model)."""
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # checkpoint.folder(run_dir)
+
+
+def last_error(log: Path) -> str:
+    """The last 'sft2grpo: error' line (or the last line) of a run's log, for the report."""
+    try:
+        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return "no log"
+    errors = [x for x in lines if x.startswith("sft2grpo: error")]
+    return (errors or lines or ["no output"])[-1][:200]
+
+
+def run_ladder(**kwargs) -> int:
+    """`sft2grpo ladder`: plan, train what is not finished, measure, report. Returns the exit code:
+    0 when every run finished, 1 when some failed (the report then shows the others)."""
+    dry_run = kwargs.pop("dry_run", False)
+    plan = make_plan(**kwargs)
+    for run in plan.runs:
+        check_same_settings(run)
+    states = {(r.preset, r.seed): run_state(r) for r in plan.runs}
+    todo = [r for r in plan.runs if states[(r.preset, r.seed)] != "done"]
+    est = {(r.preset, r.seed): estimate_run_s(r.cfg) for r in todo}
+    print_plan(plan, states, est)
+    if dry_run:
+        return 0
+    plan.out.mkdir(parents=True, exist_ok=True)
+    failed: dict[tuple[str, int], str] = {}
+    t_start, spent, spent_est = time.time(), 0.0, 0.0
+    for i, run in enumerate(plan.runs, 1):
+        key, tag = (run.preset, run.seed), f"[{i:2d}/{len(plan.runs)}] {run.preset:11s} seed {run.seed}"
+        if states[key] == "done":
+            drop_checkpoints(run.dir)
+            print(f"{tag}  finished before: skipped", flush=True)
+            continue
+        log = plan.out / "logs" / f"{run.preset}-s{run.seed}.log"
+        t0 = time.time()
+        try:
+            rc = train_run(run, states[key], log)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted during {run.preset} seed {run.seed}; rerun the same command to resume")
+            raise
+        took = time.time() - t0
+        spent, spent_est = spent + took, spent_est + est[key]
+        left = sum(est[(r.preset, r.seed)] for r in plan.runs[i:] if (r.preset, r.seed) in est)
+        left = (left + estimate_measure_s(plan)) * spent / max(spent_est, 1e-9)
+        if rc == 0 and is_finished(run):
+            drop_checkpoints(run.dir)
+            s = read_json(run.dir / "summary.json") or {}
+            acc = (s.get("after") or {}).get("accuracy")
+            what = f"held-out {100 * acc:.1f}%" if acc is not None else "no held-out evaluation"
+            mem = s.get("peak_mem_mb", 0) / 1024
+            print(f"{tag}  {states[key]:6s} {took:5.0f} s  {what}  peak {mem:.2f} GiB", end="")
+        elif rc == 0 and (read_json(run.dir / "summary.json") or {}).get("interrupted"):
+            # stopped by a signal (it checkpointed first): stop the ladder too, as Ctrl-C would
+            print(f"{tag}  interrupted after {took:.0f} s; rerun the same command to resume", flush=True)
+            return 130
+        else:
+            failed[key] = last_error(log)
+            print(f"{tag}  FAILED after {took:.0f} s (log: {log}): {failed[key]}", end="")
+        print(f"  | ladder {(time.time() - t_start) / 60:.1f} min, ~{left / 60:.0f} min left", flush=True)
+    problem = measure_runs(plan)
+    from .ladder_report import write_report
+
+    report = write_report(plan, failed)
+    print(f"report: {report}")
+    if problem:
+        print(f"sft2grpo: warning: {problem}; the report lacks those numbers", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(plan.runs)} runs failed; see {plan.out / 'logs'}", file=sys.stderr)
+    return 1 if failed or problem else 0
+
+
+def print_plan(plan: Plan, states: dict, est: dict) -> None:
+    cfg = plan.runs[0].cfg
+    done = sum(s == "done" for s in states.values())
+    seeds = f"{len(plan.seeds)} seed{'s' if len(plan.seeds) > 1 else ''}"
+    print(
+        f"ladder: {len(plan.presets)} presets x {seeds} = {len(plan.runs)} runs, "
+        f"budget {plan.budget_name}: {plan.steps} steps of {cfg.train.prompts_per_step} prompts x "
+        f"{cfg.rollout.group_size} completions x <= {cfg.rollout.max_new_tokens} tokens, held-out "
+        f"{min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)} problems; "
+        f"task {cfg.task.name}, model {cfg.model.name}; output {plan.out}/"
+    )
+    for p in plan.presets:
+        runs = [r for r in plan.runs if r.preset == p]
+        marks = " ".join(f"s{r.seed}:{states[(p, r.seed)]}" for r in runs)
+        secs = [est[(p, r.seed)] for r in runs if (p, r.seed) in est]
+        mins = f"~{sum(secs) / 60:4.1f} min" if secs else "    -    "
+        print(f"  {p:11s} mu {runs[0].cfg.train.mu}  beta {runs[0].cfg.objective.beta:<5g} {mins}  {marks}")
+    total = sum(est.values()) + (estimate_measure_s(plan) if est else 0.0)
+    print(
+        f"{done} of {len(plan.runs)} runs finished before; estimate for the rest, with measurements: "
+        f"~{total / 60:.0f} min (SmolLM2-135M timings on 2 CPU cores)",
+        flush=True,
+    )
+
+
+def measure_runs(plan: Plan) -> str | None:
+    """Base evaluation and KL of every finished run, in one process of their own (`measure`).
+    Returns what went wrong, or None."""
+    finished = [r for r in plan.runs if is_finished(r)]
+    need_base = not (plan.out / "base" / "eval.json").exists()
+    need_kl = [r for r in finished if not (r.dir / "kl.json").exists() and (r.dir / "model").is_dir()]
+    if need_base or need_kl:
+        spec = {
+            "shared": plan.shared,
+            "runs": [str(r.dir) for r in need_kl],
+            "kl_prompts": plan.budget.kl_prompts,
+            "kl_samples": plan.budget.kl_samples,
+        }
+        write_json(plan.out / "measure.json", spec)
+        log = plan.out / "logs" / "measure.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        what = (["the base model's held-out accuracy"] if need_base else []) + [f"KL of {len(need_kl)} runs"]
+        print(f"measuring {' and '.join(what)}", flush=True)
+        with open(log, "a", encoding="utf-8") as f:
+            argv = [sys.executable, "-m", "sft2grpo.ladder", "measure", str(plan.out / "measure.json")]
+            rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            return f"measuring the base model and KL failed: {last_error(log)} (log: {log})"
+        (plan.out / "base").mkdir(exist_ok=True)
+        prev = read_json(plan.out / "base" / "time.json") or {}
+        write_json(plan.out / "base" / "time.json", {"wall_s": prev.get("wall_s", 0.0) + time.time() - t0})
+    if not plan.keep_models:
+        for r in finished:
+            if (r.dir / "kl.json").exists():
+                shutil.rmtree(r.dir / "model", ignore_errors=True)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The measure process: everything that needs a model, outside the ladder's own process.
+
+
+def kl_to_base(policy, base, tokenizer, examples: list, cfg, samples: int, seed: int = 0) -> dict[str, float]:
+    """Per-token KL(policy || base) on `samples` completions of `policy` per example.
+
+    The policy samples at the rollout temperature; both models score the same tokens, and the mean
+    over every completion token of Schulman's k3 = exp(d) - d - 1, d = log pi_base - log pi (>= 0,
+    unbiased for each token's KL given its prefix, the estimator GRPO's loss uses) is the number
+    reported; the mean of k1 = -d is kept too (unbiased, noisier). Zero for policy == base.
+    """
+    import torch
+
+    from . import objective, rollout
+    from .models import chat_prompt_ids, group_logprobs
+
+    dev = next(policy.parameters()).device
+    engine = rollout.make_engine(cfg.rollout.engine, policy, tokenizer)
+    ids = chat_prompt_ids(tokenizer, [e.prompt for e in examples], cfg.model.system_prompt)
+    ro = engine.generate(
+        ids,
+        n=samples,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    row_prompt = torch.arange(len(ids), device=dev).repeat_interleave(samples)  # (B,)
+    comp, mask = ro.completion_ids.to(dev), ro.mask.float().to(dev)  # (B, T)
+    with torch.no_grad():
+        lp = group_logprobs(policy, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # (B, T)
+        ref = group_logprobs(base, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # (B, T)
+    tokens = mask.sum().clamp(min=1)
+    k3 = objective.kl_penalty(lp, ref, "k3")  # (B, T)
+    return {
+        "kl_k3": float((k3 * mask).sum() / tokens),
+        "kl_k1": float(((lp - ref) * mask).sum() / tokens),
+        "tokens": int(mask.sum()),
+        "prompts": len(ids),
+        "samples": samples,
+    }
+
+
+def measure(spec_path: Path) -> None:
+    """Write <out>/base/eval.json (held-out metrics of the base model) and <run>/kl.json for each run
+    listed in the spec that `measure_runs` wrote."""
+    from dataclasses import replace
+
+    from . import models, rewards, rollout, tasks
+    from .config import LoraConfig, load_config
+    from .evaluate import evaluate_heldout, write_jsonl
+
+    spec = json.loads(spec_path.read_text())
+    out = spec_path.parent
+    cfg = load_config(None, [*spec["shared"], "log.progress=false"])
+    plain = replace(cfg.model, lora=LoraConfig(enabled=False))  # trained models are saved merged
+    base, tok = models.load_policy(plain)
+    task = tasks.load_task(cfg.task)
+    if not (out / "base" / "eval.json").exists():
+        t0 = time.perf_counter()
+        engine = rollout.make_engine(cfg.rollout.engine, base, tok)
+        res = evaluate_heldout(engine, tok, task, rewards.build_reward(cfg.reward, task), cfg)
+        (out / "base").mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "base" / "eval_samples.jsonl", res.samples)
+        write_json(out / "base" / "eval.json", {**res.metrics, "time_s": time.perf_counter() - t0})
+        print(f"base: held-out accuracy {res.metrics['accuracy']:.3f}", flush=True)
+    examples = task.eval[: spec["kl_prompts"]]
+    for d in map(Path, spec["runs"]):
+        t0 = time.perf_counter()
+        policy, _ = models.load_policy(replace(plain, name=str(d / "model")))
+        kl = kl_to_base(policy, base, tok, examples, cfg, spec["kl_samples"])
+        write_json(d / "kl.json", {**kl, "time_s": time.perf_counter() - t0})
+        print(f"{d.name}: KL k3 {kl['kl_k3']:.4g} per token", flush=True)
+        del policy
+
+
+if __name__ == "__main__":
+    # `python -m sft2grpo.ladder measure SPEC.json`: the measure process of `measure_runs`
+    if len(sys.argv) != 3 or sys.argv[1] != "measure":
+        raise SystemExit("usage: python -m sft2grpo.ladder measure SPEC.json")
+    measure(Path(sys.argv[2]))
