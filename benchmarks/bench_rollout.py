@@ -37,6 +37,52 @@ def task_prompts(k: int, seed: int) -> list[str]:
         return [f"What is {a} + {b} - {c}?\nAnswer with the final number." for a, b, c in nums]
 
 
+def compare_engines(
+    model,
+    tok,
+    ids: list[list[int]],
+    names: list[str],
+    samples: int,
+    tokens: int,
+    temperature: float = 1.0,
+    repeats: int = 1,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """Time each engine on the same prompt ids, alternating within each repeat.
+
+    Returns {name: {"tokens", "seconds", "tokens_per_s"}} plus "fast/hf" when both ran.
+    """
+    engines = {name: make_engine(name, model, tok) for name in names}
+    for engine in engines.values():  # warm-up: first-call allocations and lazy imports
+        engine.generate(ids[:1], n=2, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+
+    count = dict.fromkeys(names, 0)
+    seconds = dict.fromkeys(names, 0.0)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            gen = torch.Generator().manual_seed(seed + r)
+            t0 = time.perf_counter()
+            ro = engines[name].generate(
+                ids, n=samples, max_new_tokens=tokens, temperature=temperature, generator=gen
+            )
+            seconds[name] += time.perf_counter() - t0
+            count[name] += ro.num_tokens
+            lengths = ro.mask.sum(1)
+            log(
+                f"  repeat {r} {name:>5}: {ro.num_tokens:5d} tokens in {seconds[name]:.2f} s so far; "
+                f"length mean {lengths.mean():.1f} max {int(lengths.max())}, "
+                f"{ro.finish_reasons.count('stop')}/{len(lengths)} stopped"
+            )
+    out: dict = {
+        name: {"tokens": count[name], "seconds": seconds[name], "tokens_per_s": count[name] / seconds[name]}
+        for name in names
+    }
+    if "fast" in out and "hf" in out:
+        out["fast/hf"] = out["fast"]["tokens_per_s"] / out["hf"]["tokens_per_s"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny, a folder or a .gguf")
@@ -54,37 +100,19 @@ def main() -> None:
     model, tok = load_policy(ModelConfig(name=args.model, dtype=args.dtype, threads=args.threads))
     ids = chat_prompt_ids(tok, task_prompts(args.prompts, args.seed), None)
     names = args.engines.split(",")
-    engines = {name: make_engine(name, model, tok) for name in names}
     print(
         f"model={args.model} prompts={args.prompts} samples={args.samples} max_new_tokens={args.tokens} "
         f"temperature={args.temperature} threads={torch.get_num_threads()} "
         f"prompt_tokens={sum(map(len, ids))}"
     )
-    for engine in engines.values():  # warm-up: first-call allocations and lazy imports
-        engine.generate(ids[:1], n=2, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
-
-    tokens = dict.fromkeys(names, 0)
-    seconds = dict.fromkeys(names, 0.0)
-    for r in range(args.repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            gen = torch.Generator().manual_seed(args.seed + r)
-            t0 = time.perf_counter()
-            ro = engines[name].generate(
-                ids, n=args.samples, max_new_tokens=args.tokens, temperature=args.temperature, generator=gen
-            )
-            seconds[name] += time.perf_counter() - t0
-            tokens[name] += ro.num_tokens
-            lengths = ro.mask.sum(1)
-            print(
-                f"  repeat {r} {name:>5}: {ro.num_tokens:5d} tokens in {seconds[name]:.2f} s so far; "
-                f"length mean {lengths.mean():.1f} max {int(lengths.max())}, "
-                f"{ro.finish_reasons.count('stop')}/{len(lengths)} stopped"
-            )
-    rate = {name: tokens[name] / seconds[name] for name in names}
+    res = compare_engines(
+        model, tok, ids, names, args.samples, args.tokens, args.temperature, args.repeats, args.seed
+    )
     for name in names:
-        print(f"{name:>5}: {tokens[name]:6d} tokens {seconds[name]:7.2f} s {rate[name]:8.1f} tokens/s")
-    if "fast" in rate and "hf" in rate:
-        print(f"fast/hf: {rate['fast'] / rate['hf']:.2f}x")
+        r = res[name]
+        print(f"{name:>5}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s")
+    if "fast/hf" in res:
+        print(f"fast/hf: {res['fast/hf']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def test_kill_9_then_resume_is_bit_exact(tmp_path, capsys):
     a child process killed with SIGKILL after its step-2 checkpoint, then `--resume`."""
     settings = ["train.steps=6", "checkpoint.every=2", "checkpoint.keep=2"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert main(["train", "--config", "grpo", *tiny_args(whole, *settings, reward="slow_lowercase_share")]) == 0
+    assert (
+        main(["train", "--config", "grpo", *tiny_args(whole, *settings, reward="slow_lowercase_share")]) == 0
+    )
 
     env = {**os.environ, "SFT2GRPO_TEST_SLEEP": "0.4"}
     cmd = [sys.executable, "-m", "sft2grpo", "train", "--config", "grpo"]
@@ -108,7 +110,9 @@ def interrupt_during_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
-@pytest.mark.parametrize("preset,extra", [("no_kl", []), ("grpo", ["model.lora.enabled=true", "model.lora.r=4"])])
+@pytest.mark.parametrize(
+    "preset,extra", [("no_kl", []), ("grpo", ["model.lora.enabled=true", "model.lora.r=4"])]
+)
 def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path, monkeypatch, preset, extra):
     """Ctrl-C finishes the step, saves a checkpoint (no `checkpoint.every` needed) and the resumed
     run equals the uninterrupted one; with LoRA the checkpoint holds the adapter alone."""

@@ -406,8 +406,11 @@ def group_logprobs(
         logits_to_keep=T,
         **{kw: cache},
     )
-    logits = torch.cat([first, out.logits[:, :-1]], dim=1)  # [B, T, V]
-    return selective_logprobs(logits, completion_ids, temperature)
+    # Log-probs of token 0 (from the prompt's last position) and of tokens 1..T-1 (from completion
+    # positions 0..T-2), joined as [B, T]: joining the logits first would copy a [B, T, V] tensor.
+    first_lp = selective_logprobs(first, completion_ids[:, :1], temperature)  # [B, 1]
+    rest_lp = selective_logprobs(out.logits[:, :-1], completion_ids[:, 1:], temperature)  # [B, T-1]
+    return torch.cat([first_lp, rest_lp], dim=1)  # [B, T]
 
 
 # ---------------------------------------------------------------------------------------------------

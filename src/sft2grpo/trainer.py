@@ -129,6 +129,9 @@ class Trainer:
             lr=cfg.train.lr,
             betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
             weight_decay=cfg.train.weight_decay,
+            # one fused kernel for all parameters: 0.08 s instead of 0.59 s a step for the 135M model
+            # on 2 CPU cores (benchmarks/profile_step.py); FSDP2's sharded parameters use the default
+            fused=not self.sharded and self.device.type in ("cpu", "cuda"),
         )
         total_updates = cfg.train.steps * cfg.train.mu
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

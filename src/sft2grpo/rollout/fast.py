@@ -115,6 +115,19 @@ class FastEngine:
         x = x + layer.self_attn.o_proj(o)  # [b, L, H]
         return x + layer.mlp(layer.post_attention_layernorm(x))  # [b, L, H]
 
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head on a few rows of final hidden states: h [b, H] -> logits [b, V] float32.
+
+        On CPU, W @ h^T (the [V, H] weight as stored, times b columns) takes about half the time of
+        F.linear's h @ W^T for 2-16 rows and a 49k vocabulary, which is most of a decode step's head
+        (measured with torch 2.13 on 2 AMD EPYC cores: 15 vs 33 ms for 8 rows, equal for 1 row).
+        Same values up to rounding. A head with a bias or a LoRA layer keeps its own forward.
+        """
+        head = self.lm.lm_head
+        if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
+            return (head.weight @ h.t()).t().float().contiguous()  # [b, V]
+        return head(h).float()  # [b, V]
+
     def _prefill(
         self, ids: torch.Tensor, att: torch.Tensor, kv: torch.Tensor, n: int, start: int
     ) -> torch.Tensor:
@@ -149,7 +162,7 @@ class FastEngine:
                 q, keys, values, attn_mask=allowed, scale=layer.self_attn.scaling
             )
             x = self._finish_layer(layer, x, o.transpose(1, 2).reshape(P, L, -1))  # [P, L, H]
-        return self.lm.lm_head(inner.norm(x[:, -1])).float()  # [P, V]
+        return self._logits(inner.norm(x[:, -1]))  # [P, V]
 
     def _decode(self, tok: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor, slot: int, bias: torch.Tensor):
         """One token for each of the b live rows, which occupy cache rows 0..b-1.
@@ -177,7 +190,7 @@ class FastEngine:
                 torch.softmax(scores.float(), dim=-1).to(values.dtype), values
             )  # [b, nkv, g, hd]
             x = self._finish_layer(layer, x, o.reshape(b, 1, -1))  # [b, 1, H]
-        return self.lm.lm_head(inner.norm(x[:, 0])).float()  # [b, V]
+        return self._logits(inner.norm(x[:, 0]))  # [b, V]
 
     # -- sampling -------------------------------------------------------------------------------
 
