@@ -58,7 +58,10 @@ def setup() -> Context:
 
 
 def shutdown() -> None:
+    """Leave the process group once every process is done with it (a process that leaves while
+    another still talks to it can abort the other's communication threads)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
