@@ -5,7 +5,8 @@ A checkpoint is a folder `<run_dir>/checkpoints/step-000120/` holding
   transformers and vLLM load as they are; with FSDP2, `shards/` instead: each process's shards of
   the weights and the optimizer state (torch.distributed.checkpoint), written in parallel;
 - `trainer_state.pt`: optimizer, LR scheduler, every RNG state (python, numpy, torch, CUDA, the
-  rollout sampler's generator, the data order's generator), the data position and the counters;
+  data order's generator), the data position, the prompt counter that seeds each prompt's sampling
+  generator, and the counters;
 - `state.json`: the step and a human-readable summary, written last.
 
 It is written into `checkpoints/.tmp-step-000120/`, every file fsynced, then renamed into place
