@@ -68,6 +68,7 @@ def assert_close_runs(a: Path, b: Path, atol: float) -> None:
         for k in ("reward_mean", "reward_std", "completion_len", "zero_std_frac"):
             assert x[k] == pytest.approx(y[k], abs=1e-6), k
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)  # the reduced gradient
     ea, eb = rows(a, "evals.jsonl"), rows(b, "evals.jsonl")
     assert ea[-1]["problems"] == eb[-1]["problems"] == 6
     assert ea[-1]["accuracy"] == eb[-1]["accuracy"]
@@ -100,7 +101,11 @@ def test_two_processes_equal_one(tmp_path, single, parallel):
     )
     (out,) = (tmp_path / "runs").iterdir()
     assert json.loads((out / "summary.json").read_text())["processes"] == 2
-    assert_close_runs(single, out, atol=5e-5)  # Adam divides by sqrt(v): rounding is amplified
+    # Parameters agree less closely than the gradients (grad_norm to 1e-5 above): Adam's first step
+    # moves a weight by lr * g / (|g| + eps), so where a gradient element is near eps (1e-8) its
+    # rounding changes the step by a visible fraction of lr (1e-3). 2 processes pack other
+    # micro-batches than 1 does, so their rounding differs (measured: 7.9e-5 packed, 1.2e-5 padded).
+    assert_close_runs(single, out, atol=1e-4)
 
 
 def test_fsdp2_checkpoint_resumes(tmp_path):

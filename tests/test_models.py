@@ -224,3 +224,59 @@ def test_group_logprobs_equals_unshared_forward_in_value_and_gradient():
     assert torch.allclose(shared * mask, full * mask, atol=1e-5)
     for a, b in zip(g_shared, g_full):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_pack_layout_by_hand():
+    """Two prompts (lengths 2 and 1), three rows: row 0 and 2 on prompt 0 (2 and 1 tokens), row 1 on
+    prompt 1 (empty). The packed row is p0 p0 | c0 c0 | c2 | p1."""
+    from sft2grpo.models import pack_layout
+
+    lay = pack_layout([2, 1], [0, 1, 0], [2, 0, 1])
+    assert lay["src"].tolist() == [[0, 0], [0, 1], [2, 0], [2, 1], [4, 0], [1, 0]]
+    assert lay["position"].tolist() == [0, 1, 2, 3, 2, 0]
+    assert lay["keep"].tolist() == [1, 2, 1]  # c0[0] from p0's last token, c0[1] from c0[0], c2[0] from p0's last
+    assert lay["row"].tolist() == [0, 0, 2] and lay["col"].tolist() == [0, 1, 0]
+    expected = [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 0],  # row 2's token sees its prompt and itself, not row 0's completion
+        [0, 0, 0, 0, 0, 1],  # prompt 1 sees nothing of prompt 0
+    ]
+    assert lay["allowed"].long().tolist() == expected
+
+
+def test_packed_logprobs_equal_group_logprobs_in_value_and_gradient():
+    """One packed row with a block mask must give the log-probs and parameter gradient of the padded
+    computation, zero where the mask is 0, and refuse a mask with holes."""
+    from sft2grpo.models import can_pack, group_logprobs, packed_logprobs
+
+    torch.manual_seed(0)
+    model, _ = build_tiny()
+    model.train()
+    assert can_pack(model)
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    row_prompt = torch.tensor([0, 2, 1, 1, 0, 2])  # rows of one prompt need not be adjacent
+    comp = torch.randint(3, 200, (6, 5))
+    mask = torch.ones(6, 5)
+    mask[1, 3:] = 0
+    mask[4, 1:] = 0
+    mask[5, :] = 0  # an empty completion
+    grads = []
+    for fn in (group_logprobs, packed_logprobs):
+        lp = fn(model, prompts, row_prompt, comp, mask, 0.7)
+        (lp * mask * torch.arange(1.0, 31.0).view(6, 5)).sum().backward()  # weights differ per token
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+        if fn is group_logprobs:
+            padded = lp.detach()
+    packed = lp.detach()
+    assert torch.allclose(packed * mask, padded * mask, atol=1e-5)
+    assert torch.equal(packed[mask == 0], torch.zeros(int((mask == 0).sum())))
+    for a, b in zip(*grads):  # gradients reach ~350 here: compare relative to each tensor's scale
+        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
+    holes = mask.clone()
+    holes[0, 2] = 0
+    with pytest.raises(ValueError, match="right-padded"):
+        packed_logprobs(model, prompts, row_prompt, comp, holes)

@@ -120,6 +120,9 @@ class TrainConfig:
     prompts_per_step: int = 4  # groups per step; completions per step = prompts_per_step * group_size
     mu: int = 1  # optimisation passes over each batch of rollouts
     micro_batch_size: int = 16  # sequences per forward/backward
+    # pack each micro-batch's prompts and completions into one row with no padding (SDPA models);
+    # false: one padded row per completion, each prompt's keys/values shared through the cache
+    packing: bool = True
     lr: float = 1e-5
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0

@@ -108,14 +108,16 @@ class Scorer(nn.Module):
     """The policy's log-prob computation as one module, so DDP sees one forward per micro-batch
     (its gradient hooks are armed by `forward`; `group_logprobs` calls the model twice)."""
 
-    def __init__(self, model: nn.Module, temperature: float):
+    def __init__(self, model: nn.Module, temperature: float, packing: bool = True):
         super().__init__()
-        self.policy, self.temperature = model, temperature
+        self.policy, self.temperature, self.packing = model, temperature, packing
 
     def forward(self, prompts, row_prompt, completion_ids, mask) -> torch.Tensor:
-        from .models import group_logprobs
+        from .models import completion_logprobs
 
-        return group_logprobs(self.policy, prompts, row_prompt, completion_ids, mask, self.temperature)
+        return completion_logprobs(
+            self.policy, prompts, row_prompt, completion_ids, mask, self.temperature, self.packing
+        )
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -128,11 +130,13 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def parallelize(model: nn.Module, strategy: str, temperature: float, ctx: Context) -> nn.Module:
+def parallelize(
+    model: nn.Module, strategy: str, temperature: float, ctx: Context, packing: bool = True
+) -> nn.Module:
     """The callable the update uses for the policy's log-probs: `Scorer(model)`, wrapped in DDP,
     or over a model whose layers `fully_shard` has sharded (in place). Call before building the
     optimizer: FSDP2 replaces the parameters with sharded ones."""
-    scorer = Scorer(model, temperature)
+    scorer = Scorer(model, temperature, packing)
     if not ctx.enabled:
         return scorer
     if strategy == "ddp":

@@ -413,6 +413,123 @@ def group_logprobs(
     return torch.cat([first_lp, rest_lp], dim=1)  # [B, T]
 
 
+def pack_layout(prompt_lens: list[int], row_prompt: list[int], lengths: list[int]) -> dict[str, torch.Tensor]:
+    """Where every token goes when P prompts and B completions share one packed row.
+
+    The row is prompt 0, then the completions of prompt 0's rows, then prompt 1, and so on; padding
+    never enters it. prompt_lens [P], row_prompt [B] (the prompt of each row), lengths [B] (real
+    completion tokens, a right-padded prefix). N = sum(prompt_lens of used prompts) + sum(lengths),
+    K = sum(lengths). Returns
+      src [N, 2] long: (prompt, token) for a prompt token, (P + row, token) for a completion token;
+      position [N] long: a prompt counts 0.., its completions continue from the prompt's length;
+      allowed [N, N] bool: query i may attend to key j (same prompt, j <= i, and j is in the prompt
+        or in i's own completion), which makes every completion see its prompt and itself only;
+      keep [K] long: the packed index whose logits predict each completion token (the prompt's last
+        token for token 0, the previous completion token after that), row by row;
+      row, col [K] long: where each of those K log-probs goes in the [B, T] result.
+    """
+    P = len(prompt_lens)
+    src, position, group, branch, keep, row, col = [], [], [], [], [], [], []
+    for p in sorted(set(row_prompt)):
+        start, lp = len(src), prompt_lens[p]
+        src += [(p, t) for t in range(lp)]
+        position += list(range(lp))
+        group += [p] * lp
+        branch += [-1] * lp
+        for r in (r for r, q in enumerate(row_prompt) if q == p):
+            first = len(src)
+            src += [(P + r, t) for t in range(lengths[r])]
+            position += list(range(lp, lp + lengths[r]))
+            group += [p] * lengths[r]
+            branch += [r] * lengths[r]
+            if lengths[r]:  # an empty completion predicts nothing
+                keep += [start + lp - 1] + list(range(first, first + lengths[r] - 1))
+            row += [r] * lengths[r]
+            col += list(range(lengths[r]))
+    n = len(src)
+    g, b = torch.tensor(group), torch.tensor(branch)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    same_branch = (b[None, :] == -1) | (b[None, :] == b[:, None])  # key in the prompt, or in my completion
+    return {
+        "src": torch.tensor(src, dtype=torch.long).view(n, 2),
+        "position": torch.tensor(position, dtype=torch.long),
+        "allowed": causal & (g[:, None] == g[None, :]) & same_branch,
+        "keep": torch.tensor(keep, dtype=torch.long),
+        "row": torch.tensor(row, dtype=torch.long),
+        "col": torch.tensor(col, dtype=torch.long),
+    }
+
+
+def completion_logprobs(
+    model: nn.Module,
+    prompts: list[list[int]],
+    row_prompt: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    packing: bool = True,
+) -> torch.Tensor:
+    """[B, T] log-probs of the completions: `packed_logprobs` where the model allows it (`can_pack`)
+    and `packing` is on, otherwise `group_logprobs`. The two agree up to float rounding."""
+    fn = packed_logprobs if packing and can_pack(model) else group_logprobs
+    return fn(model, prompts, row_prompt, completion_ids, completion_mask, temperature)
+
+
+def can_pack(model: nn.Module) -> bool:
+    """Packing hands the model a ready [1, 1, N, N] boolean mask: transformers >= 4.53 (masking_utils)
+    passes such a mask to SDPA as it is; eager attention would add it as a float, and a sliding window
+    would be ignored, so those models keep `group_logprobs`."""
+    cfg = unwrap(model).config
+    window = getattr(cfg, "use_sliding_window", True) and getattr(cfg, "sliding_window", None)
+    return (
+        importlib.util.find_spec("transformers.masking_utils") is not None
+        and getattr(cfg, "_attn_implementation", None) == "sdpa"
+        and not window
+    )
+
+
+def packed_logprobs(
+    model: nn.Module,
+    prompts: list[list[int]],
+    row_prompt: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """`group_logprobs` with no padding: every distinct prompt once and every completion's real
+    tokens, all in one row of the batch, with a mask that lets each completion see only its prompt
+    and itself (`pack_layout`). Same arguments and result ([B, T] float32; zero where the mask is
+    0). Rows sorted by length still pad to the longest row of their micro-batch in
+    `group_logprobs`; here the work is the real tokens alone, and the LM head runs only on the K
+    positions that predict a completion token.
+    """
+    dev = completion_ids.device
+    B, T = completion_ids.shape
+    lengths = completion_mask.sum(1).long()
+    if not torch.equal(completion_mask.bool(), torch.arange(T, device=dev)[None, :] < lengths[:, None].to(dev)):
+        raise ValueError("packed_logprobs needs right-padded completions (each mask a prefix of ones)")
+    lay = pack_layout([len(p) for p in prompts], row_prompt.tolist(), lengths.tolist())
+    P = len(prompts)
+    width = max(max(len(p) for p in prompts), T)
+    table = torch.zeros(P + B, width, dtype=torch.long, device=dev)  # prompts, then completions
+    for i, p in enumerate(prompts):
+        table[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+    table[P:, :T] = completion_ids
+    src = lay["src"].to(dev)
+    ids = table[src[:, 0], src[:, 1]][None, :]  # [1, N]
+    out = model(
+        input_ids=ids,
+        attention_mask=lay["allowed"].to(dev)[None, None],  # [1, 1, N, N]
+        position_ids=lay["position"].to(dev)[None, :],
+        logits_to_keep=lay["keep"].to(dev),
+        use_cache=False,
+    )
+    targets = completion_ids[lay["row"].to(dev), lay["col"].to(dev)]  # [K]
+    lp = selective_logprobs(out.logits[0][:, None, :], targets[:, None], temperature, chunk=256)  # [K, 1]
+    result = torch.zeros(B, T, dtype=torch.float32, device=dev)
+    return result.index_put((lay["row"].to(dev), lay["col"].to(dev)), lp[:, 0])  # [B, T]
+
+
 # ---------------------------------------------------------------------------------------------------
 # LoRA and the reference policy.
 

@@ -121,7 +121,9 @@ class Trainer:
         self.reward_fn = rewards.build_reward(cfg.reward, self.task)
         self.engine = rollout.make_engine(cfg.rollout.engine, self.model, self.tokenizer)
         # The policy's log-probs with gradient go through `scorer`: DDP-wrapped, or over FSDP2 shards.
-        self.scorer = distributed.parallelize(self.model, cfg.train.parallel, cfg.rollout.temperature, ctx)
+        self.scorer = distributed.parallelize(
+            self.model, cfg.train.parallel, cfg.rollout.temperature, ctx, cfg.train.packing
+        )
         self.sharded = distributed.is_fsdp(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -322,7 +324,7 @@ class Trainer:
         """(len(rows), t) log-probs of the rows' completion tokens under `model` (None: the policy,
         with gradient, through `scorer`), t = their longest completion. Each distinct prompt among
         the rows goes through the model once."""
-        from .models import group_logprobs
+        from .models import completion_logprobs
 
         dev = self.device
         groups, local = torch.unique(batch.row_prompt[rows], return_inverse=True)  # prompts of these rows
@@ -336,12 +338,13 @@ class Trainer:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.autocast == "bf16"):
             if model is None:
                 return self.scorer(*args)
-            return group_logprobs(model, *args, self.cfg.rollout.temperature)
+            return completion_logprobs(model, *args, self.cfg.rollout.temperature, self.cfg.train.packing)
 
     def micro_batches(self, batch: Batch) -> list[list[int]]:
         """Rows sorted by completion length, so each micro-batch pads to a similar length (long and
-        short completions in one micro-batch would pad every row to the longest). A micro-batch
-        still runs each of its distinct prompts once. The loss is normalised by whole-batch counts,
+        short completions in one micro-batch would pad every row to the longest) when
+        `train.packing` is off; packed, a micro-batch has no padding and the order only decides
+        which rows share a pack. Either way a micro-batch runs each of its distinct prompts once. The loss is normalised by whole-batch counts,
         so any partition gives the same gradient."""
         lengths = batch.mask.sum(1)
         order = torch.argsort(lengths, descending=True, stable=True).tolist()
