@@ -64,7 +64,9 @@ def main() -> None:
         tr.model.zero_grad(set_to_none=True)
         return t1 - t0, t2 - t1, lp
 
-    times: dict[tuple[bool, str], list[float]] = {(p, k): [] for p in (True, False) for k in ("grad", "nograd")}
+    times: dict[tuple[bool, str], list[float]] = {
+        (p, k): [] for p in (True, False) for k in ("grad", "nograd")
+    }
     gap = 0.0
     errors: dict[bool, list[float]] = {}
     real = padded = 0
@@ -94,7 +96,10 @@ def main() -> None:
         f"autocast {args.autocast}, {args.batches} batches x {args.rounds} rounds, threads {torch.get_num_threads()}"
     )
     print(f"completion tokens: {real} real of {padded} padded positions ({100 * real / max(padded, 1):.0f}%)")
-    for k, what in (("grad", "policy forward + backward"), ("nograd", "no-grad forward (pi_old / reference)")):
+    for k, what in (
+        ("grad", "policy forward + backward"),
+        ("nograd", "no-grad forward (pi_old / reference)"),
+    ):
         a, b = statistics.median(times[(True, k)]), statistics.median(times[(False, k)])
         print(f"{what:<40} packed {a:6.2f} s  padded {b:6.2f} s  packed/padded {a / b:.2f}x")
     print(f"largest |log-prob difference| packed vs padded: {gap:.2e}")

@@ -234,7 +234,8 @@ def test_pack_layout_by_hand():
     lay = pack_layout([2, 1], [0, 1, 0], [2, 0, 1])
     assert lay["src"].tolist() == [[0, 0], [0, 1], [2, 0], [2, 1], [4, 0], [1, 0]]
     assert lay["position"].tolist() == [0, 1, 2, 3, 2, 0]
-    assert lay["keep"].tolist() == [1, 2, 1]  # c0[0] from p0's last token, c0[1] from c0[0], c2[0] from p0's last
+    # c0[0] is predicted by p0's last token, c0[1] by c0[0], c2[0] by p0's last token again
+    assert lay["keep"].tolist() == [1, 2, 1]
     assert lay["row"].tolist() == [0, 0, 2] and lay["col"].tolist() == [0, 1, 0]
     expected = [
         [1, 0, 0, 0, 0, 0],
@@ -280,3 +281,18 @@ def test_packed_logprobs_equal_group_logprobs_in_value_and_gradient():
     holes[0, 2] = 0
     with pytest.raises(ValueError, match="right-padded"):
         packed_logprobs(model, prompts, row_prompt, comp, holes)
+
+
+def test_a_model_packing_cannot_serve_falls_back_to_the_padded_path():
+    """Eager attention would add a boolean mask as numbers: such a model is not packed, and
+    `completion_logprobs` gives exactly `group_logprobs`."""
+    from sft2grpo.models import can_pack, completion_logprobs, group_logprobs
+
+    model, _ = build_tiny()
+    model.config._attn_implementation = "eager"
+    assert not can_pack(model)
+    prompts, row_prompt = [[5, 6, 7], [8, 9]], torch.tensor([0, 1, 1])
+    comp, mask = torch.randint(3, 200, (3, 4)), torch.ones(3, 4)
+    with torch.no_grad():
+        got = completion_logprobs(model, prompts, row_prompt, comp, mask, packing=True)
+        assert torch.equal(got, group_logprobs(model, prompts, row_prompt, comp, mask))

@@ -506,7 +506,9 @@ def packed_logprobs(
     dev = completion_ids.device
     B, T = completion_ids.shape
     lengths = completion_mask.sum(1).long()
-    if not torch.equal(completion_mask.bool(), torch.arange(T, device=dev)[None, :] < lengths[:, None].to(dev)):
+    if not torch.equal(
+        completion_mask.bool(), torch.arange(T, device=dev)[None, :] < lengths[:, None].to(dev)
+    ):
         raise ValueError("packed_logprobs needs right-padded completions (each mask a prefix of ones)")
     lay = pack_layout([len(p) for p in prompts], row_prompt.tolist(), lengths.tolist())
     P = len(prompts)

@@ -341,11 +341,11 @@ class Trainer:
             return completion_logprobs(model, *args, self.cfg.rollout.temperature, self.cfg.train.packing)
 
     def micro_batches(self, batch: Batch) -> list[list[int]]:
-        """Rows sorted by completion length, so each micro-batch pads to a similar length (long and
-        short completions in one micro-batch would pad every row to the longest) when
-        `train.packing` is off; packed, a micro-batch has no padding and the order only decides
-        which rows share a pack. Either way a micro-batch runs each of its distinct prompts once. The loss is normalised by whole-batch counts,
-        so any partition gives the same gradient."""
+        """Rows sorted by completion length, so that without `train.packing` each micro-batch pads to
+        a similar length (long and short completions together would pad every row to the longest);
+        packed, a micro-batch has no padding and the order only decides which rows share a pack.
+        Either way a micro-batch runs each of its distinct prompts once. The loss is normalised by
+        whole-batch counts, so any partition gives the same gradient."""
         lengths = batch.mask.sum(1)
         order = torch.argsort(lengths, descending=True, stable=True).tolist()
         mb = self.cfg.train.micro_batch_size
