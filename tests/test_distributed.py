@@ -69,6 +69,8 @@ def assert_close_runs(a: Path, b: Path, atol: float) -> None:
             assert x[k] == pytest.approx(y[k], abs=1e-6), k
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)  # the reduced gradient
+        for k in ("kl", "ratio_mean", "clip_frac_low", "clip_frac_high"):  # token means of the step
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
     ea, eb = rows(a, "evals.jsonl"), rows(b, "evals.jsonl")
     assert ea[-1]["problems"] == eb[-1]["problems"] == 6
     assert ea[-1]["accuracy"] == eb[-1]["accuracy"]

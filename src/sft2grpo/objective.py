@@ -418,6 +418,10 @@ def policy_loss(
     return loss, metrics
 
 
+# `policy_loss` metrics that are means over completions; every other one is a mean over tokens.
+PER_SEQUENCE_METRICS = ("adv_mean", "adv_std")
+
+
 def loss_switches(obj: ObjectiveConfig, default_max_len: int) -> dict:
     """The config's objective section as the explicit keyword scalars of `policy_loss`.
 

@@ -420,8 +420,11 @@ class Trainer:
                 except RuntimeError as e:
                     self.raise_if_out_of_memory(e, batch, rows)
                     raise
-                w = len(rows) / total_seqs  # metrics are per-micro-batch means; weight them
+                # metrics are micro-batch means over its completions or its tokens: weighted by the
+                # micro-batch's share of each, they sum to the whole step's means
+                w_seq, w_tok = len(rows) / total_seqs, mask.sum().item() / total_tokens
                 for k, v in m.items():
+                    w = w_seq if k in objective.PER_SEQUENCE_METRICS else w_tok
                     sums[k] = sums.get(k, 0.0) + v.detach().float().item() * w / cfg.train.mu
                 sums["loss"] = sums.get("loss", 0.0) + loss.detach().float().item() / cfg.train.mu
                 if epoch == 0:  # engine numbers vs ours, on the tokens both computed
