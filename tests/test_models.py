@@ -296,3 +296,21 @@ def test_a_model_packing_cannot_serve_falls_back_to_the_padded_path():
     with torch.no_grad():
         got = completion_logprobs(model, prompts, row_prompt, comp, mask, packing=True)
         assert torch.equal(got, group_logprobs(model, prompts, row_prompt, comp, mask))
+
+
+def test_sliding_window_configs_are_recognised():
+    """Neither the fast engine nor packing applies a sliding window, so both must see one."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    from sft2grpo.models import can_pack, uses_sliding_window
+    from sft2grpo.rollout.fast import unsupported_reason
+
+    assert not uses_sliding_window(LlamaConfig())
+    assert uses_sliding_window(MistralConfig(sliding_window=4096))
+    assert not uses_sliding_window(MistralConfig(sliding_window=None))
+    assert not uses_sliding_window(Qwen2Config(use_sliding_window=False, sliding_window=4096))
+    assert uses_sliding_window(Qwen2Config(use_sliding_window=True, sliding_window=4096, max_window_layers=1))
+    model, _ = build_tiny()
+    model.config.sliding_window = 8  # a llama config given a window, as Mistral's has
+    assert not can_pack(model)
+    assert "sliding-window" in unsupported_reason(model)

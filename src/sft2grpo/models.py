@@ -475,16 +475,23 @@ def completion_logprobs(
     return fn(model, prompts, row_prompt, completion_ids, completion_mask, temperature)
 
 
+def uses_sliding_window(cfg) -> bool:
+    """Whether a transformers config has any attention layer with a sliding window (Mistral, some
+    Qwen2 setups, models with `layer_types`): code that builds its own mask or cache ignores it."""
+    layer_types = getattr(cfg, "layer_types", None) or []
+    window = getattr(cfg, "use_sliding_window", True) and getattr(cfg, "sliding_window", None)
+    return bool(window) or any(t != "full_attention" for t in layer_types)
+
+
 def can_pack(model: nn.Module) -> bool:
     """Packing hands the model a ready [1, 1, N, N] boolean mask: transformers >= 4.53 (masking_utils)
     passes such a mask to SDPA as it is; eager attention would add it as a float, and a sliding window
     would be ignored, so those models keep `group_logprobs`."""
     cfg = unwrap(model).config
-    window = getattr(cfg, "use_sliding_window", True) and getattr(cfg, "sliding_window", None)
     return (
         importlib.util.find_spec("transformers.masking_utils") is not None
         and getattr(cfg, "_attn_implementation", None) == "sdpa"
-        and not window
+        and not uses_sliding_window(cfg)
     )
 
 
@@ -526,10 +533,12 @@ def packed_logprobs(
         logits_to_keep=lay["keep"].to(dev),
         use_cache=False,
     )
-    targets = completion_ids[lay["row"].to(dev), lay["col"].to(dev)]  # [K]
-    lp = selective_logprobs(out.logits[0][:, None, :], targets[:, None], temperature, chunk=256)  # [K, 1]
+    row, col = lay["row"].to(dev), lay["col"].to(dev)  # [K] each
+    lp = selective_logprobs(
+        out.logits[0][:, None, :], completion_ids[row, col][:, None], temperature, chunk=256
+    )
     result = torch.zeros(B, T, dtype=torch.float32, device=dev)
-    return result.index_put((lay["row"].to(dev), lay["col"].to(dev)), lp[:, 0])  # [B, T]
+    return result.index_put((row, col), lp[:, 0])  # [B, T]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sft2grpo.models import positions, unwrap
+from sft2grpo.models import positions, unwrap, uses_sliding_window
 from sft2grpo.rollout.base import (
     Generators,
     Rollout,
@@ -52,9 +52,7 @@ def unsupported_reason(model) -> str | None:
     for part in ("embed_tokens", "layers", "norm", "rotary_emb"):
         if not hasattr(inner, part):
             return f"{type(lm).__name__} has no model.{part}"
-    layer_types = getattr(cfg, "layer_types", None) or []
-    uses_window = getattr(cfg, "use_sliding_window", True) and getattr(cfg, "sliding_window", None)
-    if uses_window or any(t != "full_attention" for t in layer_types):
+    if uses_sliding_window(cfg):
         return "sliding-window attention is not implemented"
     return None
 
