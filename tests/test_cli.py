@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sft2grpo.cli import main
-from sft2grpo.evaluate import pass_at_k
+from sft2grpo.evaluate import heldout_change, paired_bootstrap, pass_at_k, problem_scores
 from sft2grpo.tracking import plot_metrics
 
 
@@ -40,6 +40,11 @@ def test_advantages_prints_formula_values(capsys):
             "/no/such/model",
         ),
         (["train", "model.name=tiny", "task.name=/no/such.jsonl", "log.output_dir=OUT"], "/no/such.jsonl"),
+        (["train", "task.val_size=-1"], "task.val_size=-1: must be >= 0 or null"),
+        (
+            ["train", "model.name=tiny", "task.val_size=0", "eval.every=2", "log.output_dir=OUT"],
+            "eval.every=2 evaluates on the validation split, but task chain_sum has none; set task.val_size",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, expected):
@@ -78,20 +83,37 @@ def test_train_and_eval_smoke_on_tiny_model(capsys, tmp_path):
         "model.name=tiny",
         "task.size=8",
         "task.eval_size=4",
+        "task.val_size=3",
         "train.steps=2",
         "train.prompts_per_step=2",
         "rollout.group_size=2",
         "rollout.max_new_tokens=4",
+        "eval.every=1",
         "log.progress=false",
         f"log.output_dir={out}",
     )
     assert code == 0, stdout
     assert "held-out" in stdout and "accuracy" in stdout
+    assert "held-out accuracy change:" in stdout and "validation accuracy: best" in stdout
     for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "training.png"):
         assert (out / name).exists(), name
     assert (out / "model" / "config.json").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and "before" in summary and "after" in summary
+    # the change is the mean of the per-problem differences, read back from the eval files
+    before, after = (
+        [json.loads(x) for x in (out / f"eval_{t}.jsonl").read_text().splitlines()]
+        for t in ("before", "after")
+    )
+    diffs = [float(a["correct"][0]) - float(b["correct"][0]) for a, b in zip(after, before)]
+    assert summary["change"]["diff"] == pytest.approx(sum(diffs) / 4)
+    assert summary["change"]["problems"] == 4
+    lo, hi = summary["change"]["ci95"]
+    assert lo <= summary["change"]["diff"] <= hi
+    vals = [json.loads(x) for x in (out / "evals.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["accuracy"] for r in vals if r["tag"] == "val"}
+    assert sorted(val) == [0, 1, 2] and all(r["problems"] == 3 for r in vals if r["tag"] == "val")
+    assert summary["val"]["final"] == val[2] and summary["val"]["best"] == max(val.values())
 
     code, stdout, _ = run(
         capsys,
@@ -123,6 +145,31 @@ def test_train_and_eval_smoke_on_tiny_model(capsys, tmp_path):
 )
 def test_pass_at_k_closed_form(n, c, k, expected):
     assert math.isclose(pass_at_k(n, c, k), expected)
+
+
+def test_paired_bootstrap_closed_form():
+    # one problem of four goes 0 -> 1: diff 1/4. A resample of 4 problems holds it j times with
+    # j ~ Binomial(4, 1/4): P(j = 0) = 0.316 > 2.5%, so the low end is 0; P(j >= 3) = 0.051 > 2.5%
+    # and P(j = 4) = 0.004 < 2.5%, so the high end is 3/4.
+    r = paired_bootstrap([0, 0, 1, 0], [1, 0, 1, 0])
+    assert r["diff"] == 0.25 and r["ci95"] == [0.0, 0.75] and r["problems"] == 4
+    same = paired_bootstrap([1, 0, 1], [1, 0, 1])  # no problem changed: no resample can differ
+    assert same["diff"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    # 30 of 100 problems gained, none lost: the interval is about 0.3 +- 1.96 * sqrt(0.21 / 100)
+    gain = paired_bootstrap([0.0] * 100, [1.0] * 30 + [0.0] * 70)
+    assert gain["ci95"][0] == pytest.approx(0.21, abs=0.02) and gain["ci95"][1] == pytest.approx(
+        0.39, abs=0.02
+    )
+    with pytest.raises(ValueError, match="got 2 and 1"):
+        paired_bootstrap([0, 1], [1])
+
+
+def test_heldout_change_pairs_problems_by_prompt():
+    before = [{"prompt": "a", "correct": [False]}, {"prompt": "b", "correct": [True]}]
+    after = [{"prompt": "b", "correct": [True]}, {"prompt": "a", "correct": [True]}]  # another order
+    assert heldout_change(before, after)["diff"] == 0.5
+    # sampled evaluations: each problem's score is its fraction of correct answers
+    assert problem_scores([{"prompt": "a", "correct": [True, False, False, True]}]) == {"a": 0.5}
 
 
 def test_pass_at_k_rejects_impossible_counts():

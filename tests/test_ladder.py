@@ -96,7 +96,8 @@ def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_p
         config = (r / "config.yaml").read_text()
         assert "before: false" in config and f"seed: {r.name[-1]}" in config
     evals = [json.loads(x) for x in (runs[0] / "evals.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals] == [1, 2]  # eval.every=1 from the small budget
+    # eval.every=1 from the small budget, on the validation split from the base model (step 0) on
+    assert [(e["step"], e["tag"]) for e in evals] == [(0, "val"), (1, "val"), (2, "val"), (2, "after")]
     assert json.loads((out / "base" / "eval.json").read_text())["problems"] == 4
 
     mtimes = {r.name: (r / "summary.json").stat().st_mtime_ns for r in runs}

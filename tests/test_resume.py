@@ -30,6 +30,7 @@ def tiny_args(out: Path, *extra: str, reward: str = "lowercase_share") -> list[s
         "model.name=tiny",
         "task.size=16",
         "task.eval_size=4",
+        "task.val_size=4",
         "rollout.group_size=4",
         "rollout.max_new_tokens=8",
         "train.prompts_per_step=2",
@@ -133,7 +134,8 @@ def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path, monkeypatch, preset, e
     assert main(["train", "--resume", str(stopped)]) == 0
     assert_same_run(whole, stopped)
     evals = [evaluations(run) for run in (whole, stopped)]
-    assert [(e["step"], e["tag"]) for e in evals[1]] == [(2, "during"), (4, "after")]
+    # the validation curve: the base model, every 2 steps and the last step; then the held-out "after"
+    assert [(e["step"], e["tag"]) for e in evals[1]] == [(0, "val"), (2, "val"), (4, "val"), (4, "after")]
     assert evals[0] == evals[1]
 
 

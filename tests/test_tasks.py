@@ -60,6 +60,22 @@ def test_train_and_eval_share_no_question(chain_sum):
     assert chain_sum.stats.get("eval_overlap_dropped", 0) > 0
 
 
+def test_validation_split_is_apart_and_leaves_the_others_unchanged(chain_sum):
+    # val_size None: 100 validation problems for a reasoning-gym task, from a seed of their own
+    assert len(chain_sum.val) == 100
+    questions = [
+        {e.meta["question"] for e in split} for split in (chain_sum.train, chain_sum.eval, chain_sum.val)
+    ]
+    assert len(questions[2]) == 100
+    assert not questions[2] & questions[0] and not questions[2] & questions[1]
+    # asking for no validation split changes neither training nor held-out problems
+    without = load_task(TaskConfig(size=300, eval_size=100, val_size=0))
+    assert without.val == []
+    assert [e.prompt for e in without.train + without.eval] == [
+        e.prompt for e in chain_sum.train + chain_sum.eval
+    ]
+
+
 def test_scorer_is_reasoning_gyms(chain_sum):
     e = chain_sum.eval[0]
     assert chain_sum.scorer(e.answer, e) == 1.0
@@ -116,6 +132,16 @@ def test_jsonl_tail_split(tmp_path):
     assert t.eval[0].meta == {"level": 1}
     assert t.train[0].source == "d.jsonl:1" and t.eval[-1].source == "d.jsonl:10"
     assert t.scorer is None
+
+
+def test_jsonl_validation_rows_come_off_the_training_rows_end(tmp_path):
+    p = write_jsonl(tmp_path / "d.jsonl", rows(10))
+    assert load_task(TaskConfig(name=str(p), eval_size=3)).val == []  # files: none unless asked
+    t = load_task(TaskConfig(name=str(p), eval_size=3, val_size=2))
+    assert [e.answer for e in t.train] == ["1", "2", "3", "4", "5"]
+    assert [e.answer for e in t.val] == ["6", "7"] and [e.answer for e in t.eval] == ["8", "9", "10"]
+    with pytest.raises(TaskError, match=r"d\.jsonl: 7 training rows leave none after task.val_size=7"):
+        load_task(TaskConfig(name=str(p), eval_size=3, val_size=7))
 
 
 def test_jsonl_custom_fields_and_blank_lines(tmp_path):

@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--task", default=None, help="reasoning-gym task name or a .jsonl file")
     e.add_argument("--config", default=None, help="YAML file or preset for task/reward/eval settings")
     e.add_argument("--output", default=None, help="folder for eval.json and samples (default: none)")
+    e.add_argument(
+        "--split",
+        choices=("heldout", "val"),
+        default="heldout",
+        help="heldout: the problems a run reports on; val: the validation problems, for choosing "
+        "settings and checkpoints (default: heldout)",
+    )
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
     a = sub.add_parser(
@@ -161,6 +168,19 @@ def format_summary(s: dict) -> str:
             lines.append(
                 f"{k:20s} {fmt(b) if b is not None else '-':>10s} {fmt(a) if a is not None else '-':>10s} {delta:>10s}"
             )
+    if s.get("change"):
+        c = s["change"]
+        lo, hi = (100 * x for x in c["ci95"])
+        lines.append(
+            f"held-out accuracy change: {100 * c['diff']:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}] "
+            f"({c['method']}, {c['problems']} problems)"
+        )
+    if s.get("val"):
+        v = s["val"]
+        lines.append(
+            f"validation accuracy: best {100 * v['best']:.1f}% at step {v['best_step']}, "
+            f"final {100 * v['final']:.1f}% at step {v['final_step']}"
+        )
     lines.append(
         f"wall time: {s.get('wall_time_s', 0):.0f} s, peak memory: {s.get('peak_mem_mb', 0):.0f} MiB"
     )
@@ -183,13 +203,15 @@ def cmd_eval(args) -> int:
     task = tasks.load_task(cfg.task)
     reward_fn = rewards.build_reward(cfg.reward, task)
     engine = rollout.make_engine(cfg.rollout.engine, model, tok)
-    res = evaluate_heldout(engine, tok, task, reward_fn, cfg)
+    res = evaluate_heldout(engine, tok, task, reward_fn, cfg, split=args.split)
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(res.metrics, indent=2))
         write_jsonl(out / "eval_samples.jsonl", res.samples)
-    print(json.dumps({"model": args.model, "task": cfg.task.name, **res.metrics}, indent=2))
+    print(
+        json.dumps({"model": args.model, "task": cfg.task.name, "split": args.split, **res.metrics}, indent=2)
+    )
     return 0
 
 

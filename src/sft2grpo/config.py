@@ -58,6 +58,11 @@ class TaskConfig:
     name: str = "chain_sum"
     size: int = 2000  # training examples generated (reasoning-gym)
     eval_size: int = 200  # held-out examples, disjoint from training
+    # validation examples, disjoint from training and held-out: what eval.every scores, so that
+    # choosing a checkpoint or a setting never looks at the held-out split. None -> 100 for
+    # reasoning-gym tasks (generated apart, no training row is lost) and 0 for files (set it to
+    # take that many rows off the end of the training rows)
+    val_size: int | None = None
     seed: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reasoning-gym generator
     prompt_field: str = "prompt"
@@ -133,8 +138,9 @@ class TrainConfig:
     seed: int = 0
     max_bad_steps: int = 5  # consecutive NaN/inf steps before the run stops
     # "bf16": forward/backward under bfloat16 autocast, fp32 weights and optimizer (faster on CPUs
-    # with AVX512-BF16/AMX and on GPUs); "off": everything in model.dtype
-    autocast: Literal["off", "bf16"] = "off"
+    # with AVX512-BF16/AMX and on GPUs, several times slower on CPUs without them, where PyTorch
+    # emulates it); "auto": bf16 where it is native, else off; "off": everything in model.dtype
+    autocast: Literal["off", "bf16", "auto"] = "off"
     # with several processes (torchrun): "ddp" replicates the model, "fsdp2" shards it (fully_shard)
     parallel: Literal["ddp", "fsdp2"] = "ddp"
 
@@ -149,7 +155,9 @@ class EvalConfig:
     k: int = 1  # pass@k; 1 = greedy decoding, one answer per problem
     samples: int | None = None  # draws per problem when k > 1 (>= k); None -> k
     temperature: float = 1.0  # sampling temperature when k > 1
-    every: int = 0  # steps between held-out evaluations during training (evals.jsonl); 0 = off
+    # steps between evaluations on the validation split during training (evals.jsonl, the plot);
+    # the held-out split is scored before and after training only. 0 = off
+    every: int = 0
 
 
 @dataclass
@@ -412,6 +420,8 @@ def validate(cfg: Config) -> None:
     need(t.max_bad_steps >= 1, "train.max_bad_steps", t.max_bad_steps, "must be >= 1")
     need(cfg.task.size >= 1, "task.size", cfg.task.size, "must be >= 1")
     need(cfg.task.eval_size >= 0, "task.eval_size", cfg.task.eval_size, "must be >= 0")
+    vs = cfg.task.val_size
+    need(vs is None or vs >= 0, "task.val_size", vs, "must be >= 0 or null")
     need(cfg.eval.k >= 1, "eval.k", cfg.eval.k, "must be >= 1")
     need(
         cfg.eval.samples is None or cfg.eval.samples >= cfg.eval.k,

@@ -124,16 +124,25 @@ def sample_and_score(engine, tokenizer, examples: list, reward_fn, n: int, syste
 
 
 def evaluate_heldout(
-    engine, tokenizer, task, reward_fn, cfg, shard: tuple[int, int] = (0, 1), progress: bool | None = None
+    engine,
+    tokenizer,
+    task,
+    reward_fn,
+    cfg,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool | None = None,
+    split: str = "heldout",
 ) -> EvalResult:
-    """`evaluate` on the task's held-out split with the settings of `cfg` (a Config): the one call
-    that `sft2grpo eval` and the trainer's evaluations share. `shard=(i, n)` takes every n-th
-    problem from the i-th (one process's share; `merge_evals` puts the shares back together)."""
+    """`evaluate` on the task's held-out split (or, with split="val", its validation split) with
+    the settings of `cfg` (a Config): the one call that `sft2grpo eval` and the trainer's
+    evaluations share. `shard=(i, n)` takes every n-th problem from the i-th (one process's share;
+    `merge_evals` puts the shares back together)."""
     i, n = shard
+    examples = task.val if split == "val" else task.eval[: cfg.eval.size or cfg.task.eval_size]
     return evaluate(
         engine,
         tokenizer,
-        task.eval[: cfg.eval.size or cfg.task.eval_size][i::n],
+        examples[i::n],
         reward_fn,
         system_prompt=cfg.model.system_prompt,
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
@@ -144,6 +153,47 @@ def evaluate_heldout(
         generator=torch.Generator().manual_seed(cfg.train.seed + i),
         progress=cfg.log.progress if progress is None else progress,
     )
+
+
+def paired_bootstrap(
+    before: list[float], after: list[float], iters: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
+    """Mean change after - before over paired per-problem scores, with a 95% percentile interval
+    from resampling the problems (the same resampled problems on both sides, so the problem-to-
+    problem spread, which both share, cancels). `before` and `after` are (P,) scores in [0, 1].
+
+    Example: before = [0, 0, 1, 0], after = [1, 0, 1, 0] -> diff 0.25; every resample's diff is a
+    multiple of 1/4 between 0 and 1, so the interval is [0.0, 0.75] or tighter.
+    """
+    import numpy as np
+
+    if len(before) != len(after) or not before:
+        raise ValueError(
+            f"paired_bootstrap needs two equal, non-empty lists, got {len(before)} and {len(after)}"
+        )
+    d = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)  # (P,)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(iters, len(d)))  # (iters, P)
+    means = d[idx].mean(axis=1)  # (iters,)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {
+        "diff": float(d.mean()),
+        "ci95": [float(lo), float(hi)],
+        "problems": len(d),
+        "method": f"paired bootstrap over problems, {iters} resamples",
+    }
+
+
+def problem_scores(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """prompt -> the fraction of its answers that were correct, from `EvalResult.samples` rows (or
+    the eval_*.jsonl files the trainer writes from them)."""
+    return {r["prompt"]: sum(map(float, r["correct"])) / max(1, len(r["correct"])) for r in samples}
+
+
+def heldout_change(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
+    """`paired_bootstrap` of the held-out scores before and after training, paired by prompt."""
+    b, a = problem_scores(before), problem_scores(after)
+    common = [p for p in b if p in a]
+    return paired_bootstrap([b[p] for p in common], [a[p] for p in common])
 
 
 def merge_evals(parts: list[EvalResult]) -> EvalResult:

@@ -47,8 +47,9 @@ class RunResult:
 # Reading the results.
 
 
-def read_rows(path: Path) -> dict[int, dict]:
-    """A JSONL log by step; a resumed run's repeated steps keep their last row."""
+def read_rows(path: Path, tag: str | None = None) -> dict[int, dict]:
+    """A JSONL log by step (only rows with `tag`, if given); a resumed run's repeated steps keep
+    their last row."""
     rows: dict[int, dict] = {}
     try:
         text = path.read_text()
@@ -59,7 +60,7 @@ def read_rows(path: Path) -> dict[int, dict]:
             r = json.loads(line)
         except ValueError:
             continue
-        if isinstance(r, dict) and "step" in r:
+        if isinstance(r, dict) and "step" in r and (tag is None or r.get("tag") == tag):
             rows[int(r["step"])] = r
     return rows
 
@@ -72,11 +73,12 @@ def load_result(run: Run, failed: dict, base_acc: float | None) -> RunResult:
     s = read_json(run.dir / "summary.json") or {}
     after = s.get("after") or {}
     metrics = read_rows(run.dir / "metrics.jsonl")
-    evals = {k: r["accuracy"] for k, r in read_rows(run.dir / "evals.jsonl").items() if k > 0}
-    if not evals and "accuracy" in after:  # a trainer without eval.every: the final point only
+    # the curve is on the validation split, from the run's own step-0 evaluation of the base model
+    evals = {k: r["accuracy"] for k, r in read_rows(run.dir / "evals.jsonl", tag="val").items()}
+    if not evals and "accuracy" in after:  # a trainer without eval.every: held-out, base and final
         evals = {s.get("steps", run.cfg.train.steps): after["accuracy"]}
-    if base_acc is not None:
-        evals[0] = base_acc
+        if base_acc is not None:
+            evals[0] = base_acc
     rewards = {k: r["reward_mean"] for k, r in metrics.items() if r.get("reward_mean") is not None}
     times = [r["time_step"] for r in metrics.values() if r.get("time_step") is not None]
     last = [rewards[k] for k in sorted(rewards)[-max(1, len(rewards) // 4) :]]
@@ -325,7 +327,7 @@ def machine_info() -> list[str]:
 
 
 def plot_curves(plan: Plan, by_preset: dict[str, list[RunResult]], path: Path) -> int:
-    """Reward and held-out accuracy per step, one line per preset (mean over seeds) with the seeds'
+    """Reward and validation accuracy per step, one line per preset (mean over seeds) with the seeds'
     min-max band. Rungs solid, variants dashed. Returns the running-mean window of the reward."""
     import matplotlib
 
@@ -356,7 +358,7 @@ def plot_curves(plan: Plan, by_preset: dict[str, list[RunResult]], path: Path) -
                 ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.12, lw=0)
     smoothing = f", running mean over {window} steps" if window > 1 else ""
     ax_r.set_title(f"training reward (mean over seeds{smoothing}; band: min-max over seeds)")
-    ax_a.set_title("held-out accuracy, greedy (step 0: the base model)")
+    ax_a.set_title("validation accuracy, greedy (step 0: the base model)")
     ax_r.set_ylabel("reward")
     ax_a.set_ylabel("accuracy (%)")
     for ax in (ax_r, ax_a):
@@ -471,10 +473,12 @@ def write_report(plan: Plan, failed: dict | None = None) -> Path:
         "",
         "## Curves",
         "",
-        "![reward and held-out accuracy per step](curves.png)",
+        "![reward and validation accuracy per step](curves.png)",
         "",
         f"Left: training reward per step (mean over seeds{smoothing}; band: min to max over seeds). "
-        "Right: held-out accuracy; step 0 is the base model. Rungs solid, variants dashed.",
+        "Right: accuracy on the validation split, which runs are evaluated on while they train (the "
+        "held-out problems of the table are scored only after training); step 0 is the base model. "
+        "Rungs solid, variants dashed.",
         "",
         "![final held-out accuracy per preset](final.png)",
         "",
@@ -545,7 +549,9 @@ def budget_lines(plan: Plan) -> list[str]:
         "prompts)",
         f"- lr {cfg.train.lr:g}, autocast {cfg.train.autocast}; train.mu and the objective as each preset "
         "defines them",
-        f"- held-out: {size} problems of `{cfg.task.name}`, greedy, evaluated {when}; the base model once",
+        f"- held-out: {size} problems of `{cfg.task.name}`, greedy, evaluated after training; the base "
+        "model once",
+        f"- validation: {cfg.task.val_size} other problems, greedy, evaluated at step 0 and {when}",
         f"- KL to the base model: {b.kl_prompts} held-out prompts x {b.kl_samples} completions sampled "
         "from the trained policy, mean per-token k3 = exp(d) - d - 1 with d = log pi_base - log pi "
         "(`ladder.kl_to_base`)",

@@ -9,7 +9,10 @@
     a datasets folder       a directory written by HF `datasets`' `save_to_disk` (needs the
                             optional `datasets` package)
 
-and returns a `Task` with a training split and a held-out eval split that share no question text.
+and returns a `Task` with a training split, a held-out eval split and a validation split that share
+no question text. The held-out split is for the numbers a run reports (before/after); the
+validation split is for everything chosen while training (periodic evaluations, checkpoints), so
+that nothing reported on the held-out problems was selected on them.
 `cfg.instruction` ("Answer with the final number." by default) is appended to every prompt on a
 line of its own, unless the prompt already ends with it.
 
@@ -55,6 +58,7 @@ class Task:
     scorer: Callable[[str, Example], float] | None = None
     # what loading dropped or shortened, e.g. {"eval_overlap_dropped": 3}; reported, never silent
     stats: dict[str, int] = field(default_factory=dict)
+    val: list[Example] = field(default_factory=list)  # validation: disjoint from train and eval
 
 
 # The project's default difficulty per reasoning-gym task, applied under the user's kwargs. The
@@ -68,6 +72,8 @@ DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
 # with Random(seed + i), so seeds 0 and 1 would give the same items shifted by one; an offset far
 # beyond any split size keeps the two index ranges apart. Dedup by question text is the real guard.
 EVAL_SEED_OFFSET = 2**31
+VAL_SEED_OFFSET = 2**30  # the validation split's seed, as far from train's and eval's
+DEFAULT_VAL_SIZE = 100  # reasoning-gym tasks when task.val_size is None (files: 0)
 
 
 def default_kwargs(name: str) -> dict[str, Any]:
@@ -138,34 +144,40 @@ def _load_reasoning_gym(name: str, cfg: TaskConfig) -> Task:
     train = [to_example(e) for e in _entries(train_ds)]
     seen = {e.meta["question"] for e in train}
 
-    # Fresh questions from another seed until eval_size are found; candidates are capped so that a
+    # Fresh questions from another seed until `size` are found; candidates are capped so that a
     # task whose whole problem space fits in the training split cannot loop forever.
-    evals: list[Example] = []
-    dropped = 0
-    if cfg.eval_size > 0:
-        cap = 4 * cfg.eval_size + 1000
-        eval_ds = make((cfg.seed + EVAL_SEED_OFFSET) % 2**32, cap)
-        for entry in _entries(eval_ds):
+    def fresh(offset: int, size: int, key: str, label: str) -> tuple[list[Example], int]:
+        out: list[Example] = []
+        dropped = 0
+        if size <= 0:
+            return out, dropped
+        for entry in _entries(make((cfg.seed + offset) % 2**32, 4 * size + 1000)):
             if entry["question"] in seen:
                 dropped += 1
                 continue
             seen.add(entry["question"])
-            evals.append(to_example(entry))
-            if len(evals) == cfg.eval_size:
+            out.append(to_example(entry))
+            if len(out) == size:
                 break
-        if not evals:
+        if not out:
             raise TaskError(
-                f"task {name}: no held-out questions left: all {dropped} eval candidates also occur "
-                f"in the {cfg.size} training examples; lower task.size or make task.kwargs harder"
+                f"task {name}: no {label} questions left: all {dropped} candidates also occur in the "
+                f"{cfg.size} training examples; lower task.size or make task.kwargs harder"
             )
-        if len(evals) < cfg.eval_size:
+        if len(out) < size:
             warnings.warn(
-                f"task {name}: only {len(evals)} of task.eval_size={cfg.eval_size} held-out questions "
-                f"are unseen in training ({dropped} duplicates dropped)",
-                stacklevel=2,
+                f"task {name}: only {len(out)} of task.{key}={size} {label} questions are "
+                f"unseen in training ({dropped} duplicates dropped)",
+                stacklevel=3,
             )
+        return out, dropped
+
+    evals, dropped = fresh(EVAL_SEED_OFFSET, cfg.eval_size, "eval_size", "held-out")
+    # validation last: the held-out split stays exactly what it was before validation existed
+    val_size = DEFAULT_VAL_SIZE if cfg.val_size is None else cfg.val_size
+    val, _ = fresh(VAL_SEED_OFFSET, val_size, "val_size", "validation")
     stats = {"eval_overlap_dropped": dropped} if dropped else {}
-    return Task(name, train, evals, scorer, stats)
+    return Task(name, train, evals, scorer, stats, val)
 
 
 def _entries(ds: Any) -> Iterator[dict[str, Any]]:
@@ -263,7 +275,13 @@ def _split(name: str, train: list[Example], evals: list[Example], cfg: TaskConfi
         )
     if not kept:
         raise TaskError(f"{name}: no training rows left once the eval split's prompts are removed")
-    return Task(name, kept, evals, None, stats)
+    n_val = cfg.val_size or 0  # files: validation only when asked for, off the training rows' end
+    if n_val and len(kept) <= n_val:
+        raise TaskError(
+            f"{name}: {len(kept)} training rows leave none after task.val_size={n_val} validation "
+            "rows; lower task.val_size"
+        )
+    return Task(name, kept[: len(kept) - n_val], evals, None, stats, kept[len(kept) - n_val :])
 
 
 # ---------------------------------------------------------------------------------------------------

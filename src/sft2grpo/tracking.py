@@ -163,6 +163,16 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path | None:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, label=k, marker="." if len(pts) < 40 else None)
                 drawn += 1
+        if title.startswith("accuracy"):  # the validation curve (eval.every) beside the training one
+            val = [
+                (r["step"], r["accuracy"])
+                for r in read_metrics(run_dir / "evals.jsonl")
+                if r.get("tag") == "val"
+            ]
+            if val:
+                xs, ys = zip(*val)
+                ax.plot(xs, ys, label="validation accuracy", marker="o", color="black")
+                drawn += 1
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

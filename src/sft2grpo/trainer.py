@@ -24,6 +24,7 @@ import random
 import resource
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ import torch
 
 from . import checkpoint, distributed, objective
 from .config import Config, dump_yaml, to_dict
-from .evaluate import evaluate_heldout, sample_and_score, write_jsonl
-from .tracking import Progress, Tracker, make_tracker, plot_metrics, truncate_jsonl
+from .evaluate import evaluate_heldout, heldout_change, sample_and_score, write_jsonl
+from .tracking import Progress, Tracker, make_tracker, plot_metrics, read_metrics, truncate_jsonl
 
 LOGS = ("metrics.jsonl", "samples.jsonl", "evals.jsonl")  # one row per step (or evaluation) each
 
@@ -114,10 +115,23 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.model, self.tokenizer = models.load_policy(cfg.model)
         self.device = next(self.model.parameters()).device
+        if cfg.train.autocast == "auto":  # resolved once; config.yaml records what the run used
+            cfg.train.autocast = "bf16" if models.has_fast_bf16(self.device) else "off"
+        elif cfg.train.autocast == "bf16" and not models.has_fast_bf16(self.device):
+            warnings.warn(
+                f"train.autocast=bf16 on {self.device.type} without native bfloat16 (AMX/AVX512-BF16 "
+                "or a bf16 GPU) is emulated and several times slower than off; use auto or off",
+                stacklevel=2,
+            )
         o = cfg.objective
         # beta = 0: the KL term is gone, and so is the second model (the seed's last variant).
         self.reference = models.make_reference(self.model, cfg.model) if o.beta > 0 else None
         self.task = tasks.load_task(cfg.task)
+        if cfg.eval.every and not self.task.val:
+            raise ValueError(
+                f"eval.every={cfg.eval.every} evaluates on the validation split, but task "
+                f"{cfg.task.name} has none; set task.val_size to hold out that many training rows"
+            )
         self.reward_fn = rewards.build_reward(cfg.reward, self.task)
         self.engine = rollout.make_engine(cfg.rollout.engine, self.model, self.tokenizer)
         # The policy's log-probs with gradient go through `scorer`: DDP-wrapped, or over FSDP2 shards.
@@ -551,6 +565,8 @@ class Trainer:
             summary["resumed_from"] = str(self.resumed_from)
         if cfg.eval.before and self.before is None:
             self.before = self.run_eval("before")
+        if cfg.eval.every and self.step == 0:  # the validation curve starts at the base model
+            self.run_eval("val", samples=False, split="val")
         if self.before is not None:
             summary["before"] = self.before
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -581,8 +597,8 @@ class Trainer:
                 if samples_file is not None:
                     write_samples(samples_file, self.step, batch, g, cfg.log.samples_per_step)
                 bar.update(reward=row["reward_mean"], acc=row["accuracy"])
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < cfg.train.steps:
-                    self.run_eval("during", samples=False)
+                if cfg.eval.every and (self.step % cfg.eval.every == 0 or self.step == cfg.train.steps):
+                    self.run_eval("val", samples=False, split="val")
                 if every and (self.step % every == 0 or self.step == cfg.train.steps):
                     self.save_checkpoint()
                 # every process stops after the same step, whichever of them got the signal
@@ -612,6 +628,8 @@ class Trainer:
         summary["model_dir"] = str(run_dir / "model")
         if cfg.eval.after and not self.stop_requested:
             summary["after"] = self.run_eval("after")
+        if main:
+            summary.update(eval_summary(run_dir))
         summary["wall_time_s"] = time.time() - t_start
         summary["peak_mem_mb"] = peak_memory_mb()
         summary["skipped_steps"] = self.skipped_steps
@@ -620,10 +638,11 @@ class Trainer:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
-    def run_eval(self, tag: str, samples: bool = True) -> dict[str, float]:
-        """Held-out evaluation at the current step: a row in evals.jsonl (step 0 = before training)
-        and, with `samples`, every completion in eval_<tag>.jsonl. With several processes each
-        evaluates every world-th problem and the counts are combined."""
+    def run_eval(self, tag: str, samples: bool = True, split: str = "heldout") -> dict[str, float]:
+        """Evaluation at the current step on the held-out split (before and after training) or the
+        validation split (tag "val", every eval.every steps): a row in evals.jsonl and, with
+        `samples`, every completion in eval_<tag>.jsonl. With several processes each evaluates
+        every world-th problem and the counts are combined."""
         from .evaluate import merge_evals
 
         t0 = time.perf_counter()
@@ -637,6 +656,7 @@ class Trainer:
                 self.cfg,
                 shard=(ctx.rank, ctx.world),
                 progress=self.cfg.log.progress and ctx.main,
+                split=split,
             )
         res = merge_evals(distributed.gather(res, ctx))
         res.metrics["time_s"] = time.perf_counter() - t0
@@ -646,6 +666,22 @@ class Trainer:
             with open(self.run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": self.step, "tag": tag, **res.metrics}) + "\n")
         return res.metrics
+
+
+def eval_summary(run_dir: Path) -> dict[str, Any]:
+    """What the run's evaluation files say, for summary.json: "change", the held-out accuracy after
+    minus before with its 95% interval (eval_before/after.jsonl, paired by problem), and "val",
+    the validation curve's best and final points (evals.jsonl), which show a collapse."""
+    out: dict[str, Any] = {}
+    before, after = run_dir / "eval_before.jsonl", run_dir / "eval_after.jsonl"
+    if before.is_file() and after.is_file():
+        out["change"] = heldout_change(read_metrics(before), read_metrics(after))
+    val = {r["step"]: r["accuracy"] for r in read_metrics(run_dir / "evals.jsonl") if r.get("tag") == "val"}
+    if val:
+        best = max(val, key=lambda k: (val[k], -k))  # the earliest of equally good steps
+        last = max(val)
+        out["val"] = {"best": val[best], "best_step": best, "final": val[last], "final_step": last}
+    return out
 
 
 def prompt_generator(seed: int, index: int) -> torch.Generator:
