@@ -32,6 +32,16 @@ def test_parse_override(text, keys, value):
     assert parse_override(text) == (keys, value)
 
 
+def test_off_is_a_word_where_it_is_a_choice(tmp_path):
+    # YAML 1.1 reads a bare `off` as false; train.autocast's choices are words, so it stays "off"
+    assert load_config(None, ["train.autocast=off"]).train.autocast == "off"
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  autocast: off\n")
+    assert load_config(f, []).train.autocast == "off"
+    with pytest.raises(ConfigError, match="train.autocast: True is not one of off, bf16, auto"):
+        load_config(None, ["train.autocast=yes"])  # no "on" among the choices: still an error
+
+
 def test_int_field_accepts_whole_float_and_float_field_accepts_int():
     cfg = load_config(None, ["train.steps=4.0", "train.lr=1"])
     assert cfg.train.steps == 4 and isinstance(cfg.train.steps, int)

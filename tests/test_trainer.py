@@ -60,11 +60,12 @@ def test_every_preset_trains(tmp_path, preset):
 def test_autocast_auto_is_bf16_only_where_it_is_native(tmp_path, monkeypatch):
     from sft2grpo import models
 
-    for native, expected in ((False, "off"), (True, "bf16")):
+    for native in (False, True):
         monkeypatch.setattr(models, "has_fast_bf16", lambda device, native=native: native)
-        cfg = tiny_cfg(tmp_path, "grpo", "train.autocast=auto")
-        Trainer(cfg, tmp_path / "run")
-        assert cfg.train.autocast == expected  # resolved, so config.yaml records what ran
+        trainer = Trainer(tiny_cfg(tmp_path, "grpo", "train.autocast=auto"), tmp_path / "run")
+        assert trainer.bf16 == native
+        assert trainer.cfg.train.autocast == "auto"  # a resumed run decides again, on its machine
+    assert not Trainer(tiny_cfg(tmp_path, "grpo", "train.autocast=off"), tmp_path / "run").bf16
     # asked for explicitly where it is emulated: it runs, with a warning that says why it is slow
     monkeypatch.setattr(models, "has_fast_bf16", lambda device: False)
     with pytest.warns(UserWarning, match="train.autocast=bf16 on cpu without native bfloat16"):

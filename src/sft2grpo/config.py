@@ -212,6 +212,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     bad = ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
+        # YAML 1.1 reads a bare off/on as false/true: give the word back where it is a choice
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
         return value

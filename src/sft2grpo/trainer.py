@@ -115,9 +115,11 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.model, self.tokenizer = models.load_policy(cfg.model)
         self.device = next(self.model.parameters()).device
-        if cfg.train.autocast == "auto":  # resolved once; config.yaml records what the run used
-            cfg.train.autocast = "bf16" if models.has_fast_bf16(self.device) else "off"
-        elif cfg.train.autocast == "bf16" and not models.has_fast_bf16(self.device):
+        # "auto" stays in the config (a resumed run resolves it again, on its own machine);
+        # summary.json records what this run used
+        native = models.has_fast_bf16(self.device)
+        self.bf16 = cfg.train.autocast == "bf16" or (cfg.train.autocast == "auto" and native)
+        if cfg.train.autocast == "bf16" and not native:
             warnings.warn(
                 f"train.autocast=bf16 on {self.device.type} without native bfloat16 (AMX/AVX512-BF16 "
                 "or a bf16 GPU) is emulated and several times slower than off; use auto or off",
@@ -349,7 +351,7 @@ class Trainer:
             batch.completion_ids[rows, :t].to(dev),
             batch.mask[rows, :t].to(dev),
         )
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.train.autocast == "bf16"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             if model is None:
                 return self.scorer(*args)
             return completion_logprobs(model, *args, self.cfg.rollout.temperature, self.cfg.train.packing)
@@ -633,6 +635,7 @@ class Trainer:
         summary["wall_time_s"] = time.time() - t_start
         summary["peak_mem_mb"] = peak_memory_mb()
         summary["skipped_steps"] = self.skipped_steps
+        summary["autocast"] = "bf16" if self.bf16 else "off"
         summary["processes"] = ctx.world
         if main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
