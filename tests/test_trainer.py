@@ -165,6 +165,39 @@ def test_dynamic_sampling_resamples_only_groups_without_spread(tmp_path, fn, rou
     assert trainer.pos == 2 * (1 + rounds)  # prompts consumed: one round of 2, plus each extra round
 
 
+def test_rows_without_advantage_skip_the_update_and_change_no_gradient(tmp_path, monkeypatch):
+    """no_kl: a row with advantage 0 adds nothing to the loss, so leaving it out of the forward/
+    backward gives the same loss and gradient (up to float summation order)."""
+    cfg = tiny_cfg(tmp_path, "no_kl", "train.mu=1")
+    (tmp_path / "run").mkdir()
+    skip, full = Trainer(cfg, tmp_path / "run"), Trainer(cfg, tmp_path / "run")  # same seed: same weights
+    batch, _ = skip.collect()
+    adv = torch.tensor([1.0, -0.5, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0])  # group 1 has no reward spread
+    seen: list[int] = []
+    real = Trainer.logprobs
+
+    def spy(self, model, batch, rows):
+        if self is skip:
+            seen.extend(rows)
+        return real(self, model, batch, rows)
+
+    monkeypatch.setattr(Trainer, "logprobs", spy)
+    monkeypatch.setattr(full, "rows_with_gradient", lambda a: list(range(a.shape[0])))
+    m_skip, m_full = skip.update(batch, adv), full.update(batch, adv)
+    assert sorted(seen) == [0, 1, 2, 3]  # group 1 never went through the model
+    assert m_skip["update_rows_frac"] == 0.5 and m_full["update_rows_frac"] == 1.0
+    # on-policy the ratio is 1: each row's token mean is -A_i, and the mean over all 8 rows (the
+    # skipped ones still count) is -(1 - 0.5 + 0.5 + 0.25) / 8
+    assert m_skip["loss"] == pytest.approx(-1.25 / 8, rel=1e-6)
+    assert m_full["loss"] == pytest.approx(-1.25 / 8, rel=1e-6)
+    grads = [(a.grad, b.grad) for a, b in zip(skip.model.parameters(), full.model.parameters())]
+    assert all(ga is not None and torch.allclose(ga, gb, rtol=1e-4, atol=1e-8) for ga, gb in grads)
+    assert any(ga.abs().max() > 0 for ga, _ in grads)
+    # with a KL term every row has a gradient (pulled toward the reference): none is skipped
+    kl = Trainer(tiny_cfg(tmp_path, "grpo", "train.mu=1"), tmp_path / "run")
+    assert kl.rows_with_gradient(adv) == list(range(8))
+
+
 def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
     """A NaN loss never reaches the parameters; max_bad_steps of them in a row stop the run."""
     from sft2grpo import objective

@@ -356,7 +356,7 @@ class Trainer:
                 return self.scorer(*args)
             return completion_logprobs(model, *args, self.cfg.rollout.temperature, self.cfg.train.packing)
 
-    def micro_batches(self, batch: Batch) -> list[list[int]]:
+    def micro_batches(self, batch: Batch, rows: list[int] | None = None) -> list[list[int]]:
         """Rows sorted by completion length, so that without `train.packing` each micro-batch pads to
         a similar length (long and short completions together would pad every row to the longest);
         packed, a micro-batch has no padding and the order only decides which rows share a pack.
@@ -364,6 +364,9 @@ class Trainer:
         whole-batch counts, so any partition gives the same gradient."""
         lengths = batch.mask.sum(1)
         order = torch.argsort(lengths, descending=True, stable=True).tolist()
+        if rows is not None:
+            keep = set(rows)
+            order = [r for r in order if r in keep]
         mb = self.cfg.train.micro_batch_size
         return [order[i : i + mb] for i in range(0, len(order), mb)]
 
@@ -394,22 +397,38 @@ class Trainer:
             f"(now {self.cfg.rollout.max_new_tokens})"
         ) from e
 
+    def rows_with_gradient(self, advantages: torch.Tensor) -> list[int]:
+        """The rows the update's forward/backward must see. Without a KL term in the loss, a row
+        whose advantage is 0 (every row of a group with no reward spread) adds exactly nothing to
+        the loss or the gradient, while the loss's normalisation counts it all the same, so it is
+        left out: most groups of a hard task have no spread, so this is most of the update's work.
+        Several processes keep every row: DDP needs as many backward passes on each."""
+        if self.reference is None and self.ctx.world == 1:
+            return torch.nonzero(advantages != 0).flatten().tolist()
+        return list(range(advantages.shape[0]))
+
     def update(self, batch: Batch, advantages: torch.Tensor) -> dict[str, float]:
         """mu passes over the batch, one optimizer step each. Returns step metrics (python floats),
-        averaged over every process's rows."""
+        averaged over every process's rows that went through the update."""
         cfg, dev, ctx = self.cfg, self.device, self.ctx
-        mbs = self.micro_batches(batch)
         # The loss is normalised by the counts of the whole step (every process), and DDP / FSDP2
         # average gradients over processes, hence the factor `world`: the sum is the full gradient.
         total_seqs, total_tokens = (
             int(x) for x in distributed.all_sum([len(batch.texts), batch.mask.sum().item()], ctx)
+        )
+        rows_used = self.rows_with_gradient(advantages)
+        mbs = self.micro_batches(batch, rows_used)
+        used_seqs, used_tokens = (
+            (total_seqs, total_tokens)
+            if len(rows_used) == len(batch.texts)
+            else (max(1, len(rows_used)), max(1.0, batch.mask[rows_used].sum().item()))
         )
 
         # pi_old is only needed when the batch is reused (mu > 1); with mu = 1 it equals pi_theta.
         old = self.no_grad_logprobs(self.model, batch, mbs) if cfg.train.mu > 1 else None
         ref = self.no_grad_logprobs(self.reference, batch, mbs) if self.reference is not None else None
 
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {"loss": 0.0}  # stays 0 when no row carries a gradient
         gap = 0.0
         grad_norm = 0.0
         self.model.train()
@@ -438,7 +457,7 @@ class Trainer:
                     raise
                 # metrics are micro-batch means over its completions or its tokens: weighted by the
                 # micro-batch's share of each, they sum to the whole step's means
-                w_seq, w_tok = len(rows) / total_seqs, mask.sum().item() / total_tokens
+                w_seq, w_tok = len(rows) / used_seqs, mask.sum().item() / used_tokens
                 for k, v in m.items():
                     w = w_seq if k in objective.PER_SEQUENCE_METRICS else w_tok
                     sums[k] = sums.get(k, 0.0) + v.detach().float().item() * w / cfg.train.mu
@@ -470,6 +489,7 @@ class Trainer:
         out = dict(zip(keys, distributed.all_sum([sums[k] for k in keys], ctx)))
         out["grad_norm"] = grad_norm
         out["logprob_gap_max"] = gap
+        out["update_rows_frac"] = len(rows_used) / max(1, len(batch.texts))  # this process's share
         return out
 
     def train_step(self) -> tuple[dict[str, Any], Batch]:
