@@ -42,7 +42,9 @@ after_ours - after_trl per problem. With several seeds each side's per-problem s
 its seeds, and the spread over seeds is shown beside it (the intervals cover problem sampling, not
 seed-to-seed variation). One seed is an anecdote: a run's gain moves by several points with the seed.
 
-Timings depend on the machine's load; the load averages before and after each run are recorded.
+Cost: per seed, ours' training time three times over (ours, TRL at ours, TRL at defaults), plus one
+evaluation per model and the model loads; on 2 cores with make run's recipe, about 3 x 7-11 minutes
+of training. Timings depend on the machine's load; the load averages before and after each run are recorded.
 Schedules: TRL's max_steps is `--trl-max-steps` (a cap; the time budget stops it), except when our
 recipe's schedule decays (cosine): then TRL decays over our number of updates, as ours does, and the
 budget may stop it before the end of the decay. TRL's defaults decay linearly over the cap, so within
@@ -134,7 +136,7 @@ def recipe_overrides(recipe: str, extra: str) -> tuple[list[str], list[str]]:
         (dropped if o.split("=", 1)[0].strip() == "train.autocast" else kept).append(o)
     # quoted: YAML reads a bare `off` as false, which the config rejects (a plain train.autocast=off
     # override fails the same way on the command line)
-    return [*kept, "train.autocast='off'", *shlex.split(extra)], dropped
+    return [*kept, 'train.autocast="off"', *shlex.split(extra)], dropped
 
 
 # ---------------------------------------------------------------------------------------------------

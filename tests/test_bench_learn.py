@@ -81,7 +81,7 @@ def test_recipe_drops_autocast_and_extras_win(bench):
         "train.mu=1",
         "train.steps=36",
         "train.lr=3e-5",
-        "train.autocast='off'",
+        'train.autocast="off"',
         "train.lr=1e-5",
     ]
     cfg = load_config("grpo", overrides)
