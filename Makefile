@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup run test test-fast bench bench-rollout ladder lint clean
+.PHONY: setup run test test-fast bench bench-learn bench-rollout ladder lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -56,6 +56,11 @@ $(BENCH_STAMP): pyproject.toml
 # spinning threads slowed decoding up to 8x); both trainers run under it.
 bench: $(BENCH_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_trl.py $(ARGS)
+
+# Who learns more in the same minutes: make run's recipe (in fp32) vs TRL's GRPOTrainer, both scored
+# by `sft2grpo eval` on the same held-out problems; prints gains with intervals, writes bench_learn.json.
+bench-learn: $(BENCH_STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_learn.py --recipe "$(RUN_SETTINGS)" $(ARGS)
 
 # Every rung and variant on one budget, then ladder/REPORT.md (README, "Which trick matters").
 ladder: setup
