@@ -22,10 +22,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job: train SmolLM2-135M-Instruct with GRPO, evaluate before and after, write plots.
-# RUN_SETTINGS fit the job into ~15 minutes on 2 CPU cores (README, "Results"); ARGS adds overrides.
-RUN_SETTINGS ?= train.mu=1 train.steps=36 train.lr=3e-5 train.autocast=bf16
+# The recipe is configs/run.yaml (fits ~15 minutes on 2 CPU cores, docs/learning.md); ARGS adds
+# overrides, e.g. make run ARGS='train.seed=1'.
+# OMP_WAIT_POLICY=PASSIVE as for make bench below: idle OpenMP threads sleep instead of spinning.
+RUN_CONFIG ?= configs/run.yaml
 run: setup
-	$(VENV)/bin/sft2grpo train --config grpo $(RUN_SETTINGS) $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/sft2grpo train --config $(RUN_CONFIG) $(ARGS)
 
 # pytest exits 5 when it collected no test; make treats any non-zero exit as failure.
 test: setup
@@ -60,7 +62,7 @@ bench: $(BENCH_STAMP)
 # Who learns more in the same minutes: make run's recipe (in fp32) vs TRL's GRPOTrainer, both scored
 # by `sft2grpo eval` on the same held-out problems; prints gains with intervals, writes bench_learn.json.
 bench-learn: $(BENCH_STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_learn.py --recipe "$(RUN_SETTINGS)" $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_learn.py --config $(RUN_CONFIG) --recipe "" $(ARGS)
 
 # Every rung and variant on one budget, then ladder/REPORT.md (README, "Which trick matters").
 ladder: setup
