@@ -782,7 +782,7 @@ class RewardFn:
                 f"reward: '{term.spec}' failed on all {n} completions ({_one_line(e)}); "
                 f"they get the format-error reward {penalty:g}",
                 RewardWarning,
-                4,
+                5,  # _read_values, _call_terms' list, _call_terms, __call__: the caller's line
             )
             return values, bad
         for i, v in enumerate(out):
@@ -802,7 +802,7 @@ class RewardFn:
                 f"reward: '{term.spec}' returned {k} of {n} values that are not finite numbers "
                 f"(NaN, inf or text); they get the format-error reward {penalty:g}",
                 RewardWarning,
-                4,
+                5,  # _read_values, _call_terms' list, _call_terms, __call__: the caller's line
             )
         return values, bad
 
