@@ -535,6 +535,17 @@ def test_log_metric_is_averaged_until_drained_and_log_extra_is_per_completion():
     assert reward.drain_metrics() == {}  # drained
 
 
+def test_log_extra_values_are_made_json():
+    import numpy as np
+
+    def fn(completions, log_extra, **kw):
+        log_extra("v", [np.float32(1.5), float("nan"), {1, 2}])  # numpy scalar, NaN, not JSON at all
+        return [0.0] * len(completions)
+
+    r = _user_reward(fn)(["a", "b", "c"], [ex("1")] * 3)
+    assert [row["v"] for row in r.extras] == [1.5, None, "{1, 2}"]
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

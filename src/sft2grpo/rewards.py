@@ -544,8 +544,10 @@ class _CallLog:
 
 
 def _jsonable(v: Any) -> Any:
-    """A value samples.jsonl can hold: numpy and torch scalars as numbers, anything else unknown to
-    JSON as its str()."""
+    """A value samples.jsonl can hold: numpy and torch scalars as numbers, NaN and inf as null (JSON
+    has neither), anything else unknown to JSON as its str()."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     try:
         json.dumps(v)
         return v
@@ -769,8 +771,10 @@ class RewardFn:
         values = torch.full((n,), penalty, dtype=torch.float32)
         bad = torch.ones(n, dtype=torch.bool)
         try:
-            if isinstance(out, BaseException):
+            if isinstance(out, Exception):  # what gather() handed back for an async function
                 raise out
+            if isinstance(out, BaseException):  # CancelledError and kin: a fault, never a crash
+                raise RuntimeError(_one_line(out))
             if isinstance(out, torch.Tensor):
                 out = out.tolist()
             out = list(out)
