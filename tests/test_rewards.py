@@ -6,6 +6,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -26,7 +27,6 @@ from sft2grpo.rewards import (
     last_number,
     load_reward_function,
     math_equal,
-    score,
 )
 from sft2grpo.tasks import Example, Task
 
@@ -188,12 +188,6 @@ def test_scheme_values_come_from_config():
     assert r.rewards.tolist() == [2.0, 0.0, -0.5]
 
 
-def test_score_for_evaluation():
-    assert score("the answer is 12", ex("12")) == (True, False)
-    assert score("the answer is 13", ex("12")) == (False, False)
-    assert score("no clue", ex("12")) == (False, True)
-
-
 def test_reasoning_gym_scorer_through_auto():
     from sft2grpo.config import TaskConfig
     from sft2grpo.tasks import load_task
@@ -322,8 +316,8 @@ def _short(prompts, completions, **kw):
     return [1.0]
 
 
-def _nan_and_none(prompts, completions, **kw):
-    return [1.0, float("nan"), None, "high"]
+def _nan_and_text(prompts, completions, **kw):
+    return [1.0, 2.0, float("nan"), "high"]
 
 
 def _slow(prompts, completions, **kw):
@@ -336,7 +330,7 @@ def _slow(prompts, completions, **kw):
     [
         (_raises, 4, "failed on all 4 completions.*ZeroDivisionError: boom"),
         (_short, 4, "returned 1 values for 4 completions"),
-        (_nan_and_none, 3, "returned 3 of 4 values that are not finite"),
+        (_nan_and_text, 2, "returned 2 of 4 values that are not finite"),
         (_slow, 4, "TimeoutError"),
     ],
 )
@@ -347,7 +341,6 @@ def test_faulty_user_functions_get_format_error_reward(fn, bad, match):
         r = reward(["1", "2", "3", "4"], [ex("1")] * 4)
     assert time.perf_counter() - t0 < 1.5  # the slow one was cut off, not waited for
     assert r.faults == bad
-    assert reward.total_faults == bad
     assert r.rewards.tolist()[-bad:] == [-2.0] * bad
     assert all(math.isfinite(v) for v in r.rewards.tolist())
 
@@ -408,3 +401,269 @@ def test_batch_is_fast():
     t0 = time.perf_counter()
     fn(completions, [ex("7")] * 64)
     assert time.perf_counter() - t0 < 2.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# TRL's calling convention: keywords, columns, conversations, trainer_state, logging, None, async
+
+
+def _user_reward(*fns, weights=None, **cfg):
+    """A RewardFn whose terms are the given functions (no module on disk)."""
+    reward = build_reward(RewardConfig(**cfg), file_task())
+    weights = weights or [1.0] * len(fns)
+    reward.terms = [_term(fn, w) for fn, w in zip(fns, weights)]
+    return reward
+
+
+# The shapes TRL users write, each scoring "7" against the gold answer in a `solution` column.
+def trl_completions_only(completions, **kwargs):
+    return [float(c == s) for c, s in zip(completions, kwargs["solution"])]
+
+
+def trl_prompts_first(prompts, completions, **kwargs):
+    return [
+        float(c == s) + 0.5 * p.startswith("q for")
+        for p, c, s in zip(prompts, completions, kwargs["solution"])
+    ]
+
+
+def trl_solution(completions, solution, **kwargs):
+    return [float(c == s) for c, s in zip(completions, solution)]
+
+
+def trl_ids(completion_ids, **kwargs):
+    return [len(ids) / 10 for ids in completion_ids]
+
+
+@pytest.mark.parametrize(
+    "fn, want",
+    [
+        (trl_completions_only, [1.0, 0.0]),
+        (trl_prompts_first, [1.5, 0.5]),  # +0.5 for a prompt that starts with "q for"
+        (trl_solution, [1.0, 0.0]),
+        (trl_ids, [0.3, 0.1]),  # 3 and 1 token ids
+    ],
+)
+def test_trl_shaped_functions_get_keyword_arguments(fn, want):
+    reward = _user_reward(fn)
+    examples = [ex("7", solution="7"), ex("7", solution="7")]
+    r = reward(["7", "8"], examples, completion_ids=[[5, 6, 7], [9]])
+    assert r.rewards.tolist() == pytest.approx(want)
+    assert r.faults == 0
+
+
+def test_positional_only_function_is_a_fault_not_a_silent_mismatch():
+    # A function that cannot take TRL's keywords must fail loudly, not score prompts as completions.
+    def positional(p, c, /):
+        return [1.0] * len(c)
+
+    with pytest.warns(RewardWarning, match="failed on all 2 completions.*TypeError"):
+        r = _user_reward(positional)(["1", "2"], [ex("1")] * 2)
+    assert r.faults == 2
+
+
+def test_every_keyword_a_trl_function_gets():
+    seen = {}
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return [0.0] * len(kwargs["completions"])
+
+    reward = build_reward(RewardConfig(), file_task(), max_steps=40)
+    reward.terms = [_term(spy)]
+    # a column named like one of TRL's own keywords is dropped, never shadows it
+    reward(["a", "b"], [ex("1", level=3, tag="x", trainer_state="col"), ex("2", level=4)], step=5)
+    assert seen["prompts"] == ["q for 1", "q for 2"]
+    assert seen["completions"] == ["a", "b"]
+    assert seen["completion_ids"] is None  # the caller gave none
+    assert seen["answer"] == ["1", "2"]
+    assert seen["level"] == [3, 4]
+    assert seen["tag"] == ["x", None]
+    assert seen["trainer_state"].global_step == 5 and seen["trainer_state"].max_steps == 40
+    assert callable(seen["log_metric"]) and callable(seen["log_extra"])
+    assert set(seen) == {"prompts", "completions", "completion_ids", "answer", "level", "tag"} | {
+        "trainer_state",
+        "log_metric",
+        "log_extra",
+    }
+
+
+def test_conversational_rows_get_messages_in_and_out():
+    seen = {}
+
+    def accuracy(completions, solution, **kwargs):  # the shape of TRL's accuracy_reward
+        seen["prompts"] = kwargs["prompts"]
+        return [float(c[0]["content"] == s) for c, s in zip(completions, solution)]
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "3+4?"}]
+    chat = Example("3+4?", "7", {"solution": "7"}, "t", messages)
+    r = _user_reward(accuracy)(["7", "6"], [chat, chat])
+    assert r.rewards.tolist() == [1.0, 0.0]
+    assert seen["prompts"] == [messages, messages]
+    seen["prompts"][0].append({"role": "user", "content": "edited"})
+    assert chat.messages == messages and len(messages) == 2  # the function got copies
+
+
+def test_none_means_not_applicable_and_is_left_out_of_the_sum():
+    def math_only(completions, kind, **kw):
+        return [1.0 if k == "math" else None for k in kind]
+
+    def code_only(completions, kind, **kw):
+        return [0.5 if k == "code" else None for k in kind]
+
+    reward = _user_reward(math_only, code_only, weights=[2.0, 4.0])
+    examples = [ex("1", kind="math"), ex("1", kind="code"), ex("1", kind="text")]
+    with pytest.warns(RewardWarning, match="every reward function returned None for 1 of 3"):
+        r = reward(["a", "b", "c"], examples)
+    # math row: 2 * 1.0 (code term left out); code row: 4 * 0.5; text row: no term applies -> 0
+    assert r.rewards.tolist() == [2.0, 2.0, 0.0]
+    assert r.faults == 0  # None is not a fault
+
+
+def test_log_metric_is_averaged_until_drained_and_log_extra_is_per_completion():
+    def logs(completions, log_metric, log_extra, **kw):
+        log_metric("mean_len", sum(map(len, completions)) / len(completions))
+        log_metric("accuracy", 0.25)  # a name the trainer uses itself
+        log_extra("length", [len(c) for c in completions])
+        return [0.0] * len(completions)
+
+    reward = _user_reward(logs)
+    r = reward(["a", "abc"], [ex("1")] * 2)  # mean_len 2
+    reward(["abcdef", "abcdef"], [ex("1")] * 2)  # mean_len 6
+    assert r.extras == [{"length": 1}, {"length": 3}]
+    assert reward.drain_metrics(reserved={"accuracy"}) == {"mean_len": 4.0, "reward/accuracy": 0.25}
+    assert reward.drain_metrics() == {}  # drained
+
+
+def test_log_extra_values_are_made_json():
+    import numpy as np
+
+    def fn(completions, log_extra, **kw):
+        log_extra("v", [np.float32(1.5), float("nan"), {1, 2}])  # numpy scalar, NaN, not JSON at all
+        return [0.0] * len(completions)
+
+    r = _user_reward(fn)(["a", "b", "c"], [ex("1")] * 3)
+    assert [row["v"] for row in r.extras] == [1.5, None, "{1, 2}"]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda log_metric, log_extra: log_metric("x", "high"), "log_metric.*not a number"),
+        (lambda log_metric, log_extra: log_extra("x", [1]), "1 values for 2 completions"),
+        (lambda log_metric, log_extra: log_extra("reward", [1, 2]), "writes that column itself"),
+    ],
+)
+def test_bad_logging_warns_and_is_ignored(call, match):
+    def fn(completions, log_metric, log_extra, **kw):
+        call(log_metric, log_extra)
+        return [1.0] * len(completions)
+
+    reward = _user_reward(fn)
+    with pytest.warns(RewardWarning, match=match):
+        r = reward(["a", "b"], [ex("1")] * 2)
+    assert r.rewards.tolist() == [1.0, 1.0] and r.extras == [{}, {}]
+    assert reward.drain_metrics() == {}
+
+
+def test_async_functions_are_awaited_concurrently():
+    import asyncio
+
+    async def slow_len(completions, log_metric, **kw):
+        await asyncio.sleep(0.4)
+        log_metric("async_calls", 1.0)
+        return [float(len(c)) for c in completions]
+
+    class SlowHalf:  # an object with `async def __call__` is awaited too
+        async def __call__(self, completions, **kw):
+            await asyncio.sleep(0.4)
+            return [0.5] * len(completions)
+
+    reward = _user_reward(slow_len, SlowHalf(), trl_completions_only)
+    t0 = time.perf_counter()
+    r = reward(["7", "abc"], [ex("7", solution="7")] * 2)
+    elapsed = time.perf_counter() - t0
+    # len + 0.5 + exact match: "7" -> 1 + 0.5 + 1, "abc" -> 3 + 0.5 + 0
+    assert r.rewards.tolist() == [2.5, 3.5]
+    assert elapsed < 0.75, f"two 0.4 s sleeps took {elapsed:.2f} s: not concurrent"
+    assert reward.drain_metrics() == {"async_calls": 1.0}
+
+
+def test_async_faults_are_faults():
+    import asyncio
+
+    async def hangs(completions, **kw):
+        await asyncio.sleep(10)
+
+    async def raises(completions, **kw):
+        raise KeyError("solution")
+
+    reward = _user_reward(hangs, raises, timeout=0.2)
+    t0 = time.perf_counter()
+    with pytest.warns(RewardWarning) as record:
+        r = reward(["1", "2"], [ex("1")] * 2)
+    assert time.perf_counter() - t0 < 1.5
+    text = " ".join(str(w.message) for w in record)
+    assert "'hangs' failed on all 2 completions (TimeoutError: ran past 0.2 s)" in text
+    assert "'raises' failed on all 2 completions (KeyError: 'solution')" in text
+    assert r.rewards.tolist() == [-4.0, -4.0] and r.faults == 2  # two terms of -2 each
+
+
+# ---------------------------------------------------------------------------------------------------
+# A function that can never work stops the run after reward.max_failed_steps steps
+
+
+def _step(reward, completions=("1", "2")):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RewardWarning)
+        reward(list(completions), [ex("1")] * len(completions))
+    return reward.end_step()
+
+
+def test_end_step_reports_a_function_failing_every_completion_for_max_failed_steps():
+    calls = []
+
+    def broken(completions, **kw):
+        calls.append(1)
+        raise ZeroDivisionError(f"boom {len(calls)}")
+
+    def fine(completions, **kw):
+        return [1.0] * len(completions)
+
+    reward = _user_reward(fine, broken, max_failed_steps=3)
+    assert _step(reward) is None
+    assert _step(reward) is None
+    msg = _step(reward)
+    assert msg == (
+        "reward function 'broken' failed on every completion for 3 steps in a row "
+        "(reward.max_failed_steps=3); first error: ZeroDivisionError: boom 1"
+    )
+
+
+def test_a_working_step_resets_the_count_and_none_or_partial_faults_do_not_count():
+    state = {"fail": True}
+
+    def flaky(completions, **kw):
+        if state["fail"]:
+            raise RuntimeError("down")
+        return [1.0] * len(completions)
+
+    def abstains(completions, **kw):
+        return [None] * len(completions)
+
+    def half_bad(completions, **kw):
+        return [1.0] + [float("nan")] * (len(completions) - 1)
+
+    reward = _user_reward(flaky, abstains, half_bad, max_failed_steps=2)
+    assert _step(reward) is None  # flaky: 1
+    state["fail"] = False
+    assert _step(reward) is None  # flaky: back to 0
+    state["fail"] = True
+    assert _step(reward) is None  # flaky: 1
+    assert "'flaky' failed on every completion for 2 steps" in _step(reward)
+    # abstains (all None) and half_bad (one good value) never counted
+
+
+def test_max_failed_steps_zero_never_stops():
+    reward = _user_reward(_raises, max_failed_steps=0)
+    assert all(_step(reward) is None for _ in range(5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -177,7 +178,10 @@ def test_jsonl_eval_sibling(tmp_path):
         (['{"prompt": "  ", "answer": "1"}'], r"d\.jsonl:1: field 'prompt' is empty"),
         (['{"prompt": "a", "answer": ""}'], r"d\.jsonl:1: field 'answer' is empty"),
         (['{"prompt": "a", "answer": null}'], r"d\.jsonl:1: field 'answer' must be a string or a number"),
-        (['{"prompt": ["a"], "answer": "1"}'], r"d\.jsonl:1: field 'prompt' must be a string"),
+        (
+            ['{"prompt": 3, "answer": "1"}'],
+            r"d\.jsonl:1: field 'prompt' must be a string or a list of chat messages",
+        ),
         (["[1, 2]"], r"d\.jsonl:1: expected a JSON object, got list"),
         ([], r"d\.jsonl: no examples"),
         (['{"prompt": "a", "answer": "1"}'], r"d\.jsonl: 1 rows leave none for training"),
@@ -199,12 +203,137 @@ def test_missing_files(tmp_path):
         load_task(TaskConfig(name=str(tmp_path)))
 
 
-def test_datasets_folder_without_datasets(tmp_path):
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        (tmp_path / "dataset_info.json").write_text("{}")
-        with pytest.raises(TaskError, match="needs the optional 'datasets' package"):
-            load_task(TaskConfig(name=str(tmp_path)))
-    else:
-        pytest.skip("datasets is installed; the folder path is exercised by its own loader")
+def test_datasets_and_parquet_without_datasets(tmp_path, monkeypatch):
+    (tmp_path / "dataset_info.json").write_text("{}")
+    (tmp_path / "d.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(
+        TaskError, match=r"needs the optional 'datasets' package: pip install 'sft2grpo\[data\]'"
+    ):
+        load_task(TaskConfig(name=str(tmp_path)))
+    with pytest.raises(TaskError, match=r"d.parquet: reading Parquet needs the optional 'datasets'"):
+        load_task(TaskConfig(name=str(tmp_path / "d.parquet")))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conversational rows (TRL's format)
+
+CHAT = [{"role": "system", "content": "You add."}, {"role": "user", "content": "What is 2 + 2?"}]
+
+
+def chat_rows(n, system=True):
+    msgs = CHAT if system else CHAT[1:]
+    return [
+        {"prompt": [*msgs[:-1], {"role": "user", "content": f"What is {i} + 1?"}], "solution": str(i + 1)}
+        for i in range(n)
+    ]
+
+
+def test_conversational_jsonl(tmp_path):
+    p = write_jsonl(tmp_path / "c.jsonl", chat_rows(4))
+    t = load_task(TaskConfig(name=str(p), eval_size=1, answer_field="solution"))
+    e = t.train[1]
+    # the instruction goes at the end of the last user message; the system message stays as it was
+    assert e.messages == [CHAT[0], {"role": "user", "content": "What is 1 + 1?\n" + INSTR}]
+    assert e.prompt == "What is 1 + 1?\n" + INSTR and e.chat is e.messages
+    assert e.answer == "2"
+    assert e.meta == {"solution": "2"}  # an answer column not named "answer" keeps its name for rewards
+
+
+def test_conversations_differing_only_in_system_message_are_different_prompts(tmp_path):
+    p = write_jsonl(tmp_path / "c.jsonl", chat_rows(3, system=False))
+    write_jsonl(eval_sibling(p), chat_rows(1, system=True) + chat_rows(1, system=False))
+    with pytest.warns(UserWarning, match="dropped 1 training rows"):
+        t = load_task(TaskConfig(name=str(p), eval_size=2, answer_field="solution"))
+    # the eval row without a system message equals train row 0; the one with a system message doesn't
+    assert [e.prompt.split("\n")[0] for e in t.train] == ["What is 1 + 1?", "What is 2 + 1?"]
+    assert t.stats == {"train_overlap_dropped": 1}
+
+
+@pytest.mark.parametrize(
+    "prompt, match",
+    [
+        ([], r"c\.jsonl:1: field 'prompt' is an empty list of messages"),
+        (
+            ["hi"],
+            r"c\.jsonl:1: field 'prompt' message 0: expected an object with 'role' and 'content', got str",
+        ),
+        ([{"content": "hi"}], r"c\.jsonl:1: field 'prompt' message 0: missing 'role'"),
+        ([{"role": "user"}], r"c\.jsonl:1: field 'prompt' message 0: missing 'content'"),
+        (
+            [{"role": "human", "content": "hi"}],
+            r"message 0: role 'human' is not one of system, user, assistant, tool",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            r"message 0: 'content' must be a string, got list",
+        ),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}],
+            r"message 1: a system message must come first",
+        ),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            r"c\.jsonl:1: field 'prompt': the last message must be the user's \(got 'assistant'\)",
+        ),
+        ([{"role": "user", "content": " "}], r"c\.jsonl:1: field 'prompt': the last user message is empty"),
+    ],
+)
+def test_malformed_messages_are_one_line_errors_naming_file_and_line(tmp_path, prompt, match):
+    p = write_jsonl(tmp_path / "c.jsonl", [{"prompt": prompt, "answer": "1"}, *rows(3)])
+    with pytest.raises(TaskError, match=match) as info:
+        load_task(TaskConfig(name=str(p), eval_size=1))
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# HF datasets folders and Parquet files (the `data` extra)
+
+
+def test_datasets_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    folder = tmp_path / "ds"
+    datasets.Dataset.from_list(chat_rows(5)).save_to_disk(str(folder))
+    t = load_task(TaskConfig(name=str(folder), eval_size=2, answer_field="solution"))
+    assert len(t.train) == 3 and len(t.eval) == 2
+    assert t.train[0].messages == [CHAT[0], {"role": "user", "content": "What is 0 + 1?\n" + INSTR}]
+    assert t.eval[-1].answer == "5" and t.eval[-1].source == "ds[rows]:4"
+
+    splits = tmp_path / "splits"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows(4)), "test": datasets.Dataset.from_list(rows(2, start=10))}
+    ).save_to_disk(str(splits))
+    t = load_task(TaskConfig(name=str(splits), eval_size=5))
+    assert len(t.train) == 4 and [e.answer for e in t.eval] == ["11", "12"]
+    assert t.eval[0].meta == {"level": 1}
+
+    bad = tmp_path / "bad"
+    datasets.Dataset.from_list([{"prompt": "a", "answer": "1"}, {"prompt": "", "answer": "2"}]).save_to_disk(
+        str(bad)
+    )
+    with pytest.raises(TaskError, match=r"bad\[rows\] row 1: field 'prompt' is empty"):
+        load_task(TaskConfig(name=str(bad), eval_size=1))
+
+
+def test_parquet_file_with_eval_sibling(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(chat_rows(5)), p)
+    t = load_task(TaskConfig(name=str(p), eval_size=1, answer_field="solution"))
+    assert len(t.train) == 4 and t.eval[0].answer == "5" and t.eval[0].source == "d.parquet:4"
+    assert t.train[2].messages[-1]["content"] == "What is 2 + 1?\n" + INSTR
+
+    pq.write_table(pa.Table.from_pylist(rows(2, start=20)), eval_sibling(tmp_path / "e.parquet"))
+    pq.write_table(pa.Table.from_pylist(rows(3)), tmp_path / "e.parquet")
+    t = load_task(TaskConfig(name=str(tmp_path / "e.parquet"), eval_size=5))
+    assert len(t.train) == 3 and [e.answer for e in t.eval] == ["21", "22"]
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a"}, {"prompt": "b"}]), tmp_path / "f.parquet")
+    with pytest.raises(TaskError, match=r"f\.parquet row 0: missing field 'answer'"):
+        load_task(TaskConfig(name=str(tmp_path / "f.parquet"), eval_size=1))
+    (tmp_path / "g.parquet").write_text("not parquet")
+    with pytest.raises(TaskError, match=r"g\.parquet: not a readable Parquet file"):
+        load_task(TaskConfig(name=str(tmp_path / "g.parquet"), eval_size=1))

@@ -54,7 +54,8 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    # a reasoning-gym task name (chain_sum, basic_arithmetic, ...), a .jsonl file, or an HF datasets folder
+    # a reasoning-gym task name (chain_sum, basic_arithmetic, ...), a .jsonl or .parquet file, or an HF
+    # datasets folder; a row's prompt is a string or a list of chat messages
     name: str = "chain_sum"
     size: int = 2000  # training examples generated (reasoning-gym)
     eval_size: int = 200  # held-out examples, disjoint from training
@@ -80,6 +81,8 @@ class RewardConfig:
     functions: list[str] = field(default_factory=list)  # extra user rewards, "module:fn" or "file.py:fn"
     weights: list[float] = field(default_factory=list)  # one per function; default 1.0 each
     timeout: float = 5.0  # seconds per reward-function call
+    # stop the run when one reward function faults on every completion this many steps in a row; 0 = never
+    max_failed_steps: int = 3
 
 
 @dataclass
@@ -444,6 +447,7 @@ def validate(cfg: Config) -> None:
         f"needs one weight per reward.functions entry ({len(rw.functions)})",
     )
     need(rw.timeout > 0, "reward.timeout", rw.timeout, "must be > 0")
+    need(rw.max_failed_steps >= 0, "reward.max_failed_steps", rw.max_failed_steps, "must be >= 0 (0 = never)")
     need(cfg.model.lora.r >= 1, "model.lora.r", cfg.model.lora.r, "must be >= 1")
 
 

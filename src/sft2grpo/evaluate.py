@@ -47,8 +47,10 @@ def evaluate(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    step: int = 0,
 ) -> EvalResult:
-    """Score `examples` with `engine`; greedy when k == 1, else `samples` (>= k) draws per problem."""
+    """Score `examples` with `engine`; greedy when k == 1, else `samples` (>= k) draws per problem.
+    `step` is the training step, which user reward functions see as `trainer_state.global_step`."""
     n = 1 if k == 1 else max(k, samples or k)
     greedy = k == 1
     per_problem = max(1, batch_size // n)  # rows per generate call stay near batch_size
@@ -73,6 +75,7 @@ def evaluate(
             temperature=temperature,
             greedy=greedy,
             generator=generator,
+            step=step,
         )
         correct = res.correct.view(len(chunk), n)  # (P, n)
         fmt = res.format_error.view(len(chunk), n)
@@ -104,10 +107,13 @@ def evaluate(
         "problems": len(examples),
         "samples_per_problem": n,
     }
+    metrics.update(reward_fn.drain_metrics(reserved=metrics))  # reward functions' log_metric means
     return EvalResult(metrics, out)
 
 
-def sample_and_score(engine, tokenizer, examples: list, reward_fn, n: int, system_prompt, **generate_kwargs):
+def sample_and_score(
+    engine, tokenizer, examples: list, reward_fn, n: int, system_prompt, step: int = 0, **generate_kwargs
+):
     """n completions per example in the chat template, decoded and scored.
 
     Returns (prompt ids, one per example; Rollout; texts; RewardResult), rows prompt-major
@@ -116,10 +122,12 @@ def sample_and_score(engine, tokenizer, examples: list, reward_fn, n: int, syste
     """
     from .models import chat_prompt_ids
 
-    ids = chat_prompt_ids(tokenizer, [e.prompt for e in examples], system_prompt)
+    ids = chat_prompt_ids(tokenizer, [e.chat for e in examples], system_prompt)
     ro = engine.generate(ids, n=n, **generate_kwargs)
     texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
-    res = reward_fn(texts, [e for e in examples for _ in range(n)])
+    lengths = ro.mask.sum(1).long().tolist()
+    completion_ids = [row[:k].tolist() for row, k in zip(ro.completion_ids, lengths)]  # unpadded, as TRL's
+    res = reward_fn(texts, [e for e in examples for _ in range(n)], completion_ids=completion_ids, step=step)
     return ids, ro, texts, res
 
 
@@ -132,6 +140,7 @@ def evaluate_heldout(
     shard: tuple[int, int] = (0, 1),
     progress: bool | None = None,
     split: str = "heldout",
+    step: int = 0,
 ) -> EvalResult:
     """`evaluate` on the task's held-out split (or, with split="val", its validation split) with
     the settings of `cfg` (a Config): the one call that `sft2grpo eval` and the trainer's
@@ -152,6 +161,7 @@ def evaluate_heldout(
         temperature=cfg.eval.temperature,
         generator=torch.Generator().manual_seed(cfg.train.seed + i),
         progress=cfg.log.progress if progress is None else progress,
+        step=step,
     )
 
 

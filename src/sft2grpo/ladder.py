@@ -531,7 +531,7 @@ def kl_to_base(policy, base, tokenizer, examples: list, cfg, samples: int, seed:
 
     dev = next(policy.parameters()).device
     engine = rollout.make_engine(cfg.rollout.engine, policy, tokenizer)
-    ids = chat_prompt_ids(tokenizer, [e.prompt for e in examples], cfg.model.system_prompt)
+    ids = chat_prompt_ids(tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
     ro = engine.generate(
         ids,
         n=samples,

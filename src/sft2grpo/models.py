@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -270,20 +270,25 @@ def build_tiny(
 # Prompts and log-probabilities.
 
 
-def chat_prompt_ids(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[list[int]]:
-    """Token ids of each prompt as a user turn, followed by the assistant header.
+def chat_prompt_ids(
+    tokenizer, prompts: Sequence[str | list[dict[str, str]]], system_prompt: str | None = None
+) -> list[list[int]]:
+    """Token ids of each prompt through the chat template, followed by the assistant header.
 
-    Without a system prompt the template's own default applies (SmolLM2 adds one). A tokenizer
-    without a chat template gets the plain text (system prompt, a blank line, the prompt).
+    A prompt is a string (one user turn) or a conversation (a list of {"role", "content"} messages),
+    templated once as it is. `system_prompt` goes first unless the conversation has its own system
+    message; without one the template's own default applies (SmolLM2 adds one). A tokenizer without
+    a chat template gets the plain text: the messages' contents separated by blank lines.
     """
     out = []
     for p in prompts:
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        if system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system_prompt})
         if tokenizer.chat_template:
-            messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-            messages.append({"role": "user", "content": p})
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         else:
-            text = f"{system_prompt}\n\n{p}" if system_prompt else p
+            text = "\n\n".join(m["content"] for m in messages)
         # The template already wrote every special token it wants; don't let the tokenizer add a BOS.
         out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return out

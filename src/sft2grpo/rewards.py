@@ -13,20 +13,32 @@ Verifiers (`VERIFIERS`, picked by `reward.verifier`) share one contract,
     task   the task's own scorer (reasoning-gym's `score_answer`); a score of 1.0 is correct
     auto   `task` when the task has a scorer, else `exact`, then `math`
 
-User reward functions use TRL's signature, `fn(prompts, completions, **columns) -> list[float]`,
-where `columns` holds `answer` and every `Example.meta` key as lists. They are named in
-`reward.functions` as "module:function" or "path/to/file.py:function". When any are given, their
-weighted sum REPLACES the built-in verifier reward; put the special name "builtin" in the list to
-keep it as one more term (with its own weight). The `correct` and `format_error` flags always
-come from the built-in extractor and verifier, so accuracy means the same thing in every run.
+User reward functions are called the way TRL's GRPOTrainer calls them, with keyword arguments only:
+
+    fn(prompts=, completions=, completion_ids=, trainer_state=, log_metric=, log_extra=, **columns)
+
+`columns` holds `answer` and every other dataset column (`Example.meta`) by name, as lists; a row
+whose prompt is a conversation gives its prompt as messages and its completion as
+`[{"role": "assistant", "content": text}]`. `trainer_state.global_step` is the number of optimizer
+steps done. `log_metric(name, value)` lands in metrics.jsonl (the step's mean), `log_extra(column,
+values)` in samples.jsonl. `async def` functions are awaited, concurrently with each other. So
+`def f(completions, **kwargs)` and `def accuracy(completions, solution, **kwargs)` work unchanged.
+They are named in `reward.functions` as "module:function" or "path/to/file.py:function". When any
+are given, their weighted sum REPLACES the built-in verifier reward; put the special name "builtin"
+in the list to keep it as one more term (with its own weight). A None value means "does not apply
+here": that term is left out of the completion's sum, as TRL's nansum does. The `correct` and
+`format_error` flags always come from the built-in extractor and verifier, so accuracy means the
+same thing in every run.
 
 Nothing here may crash a training run: a reward function (or verifier) that raises, returns the
-wrong length, returns NaN/None or runs past `reward.timeout` seconds gives the format-error reward
-to the completions it should have scored, a `RewardWarning` with the count, and `faults` in the
-result. Timeouts interrupt the call with a SIGALRM timer when called from the main thread (the
+wrong length, returns NaN/inf/text or runs past `reward.timeout` seconds gives the format-error
+reward to the completions it should have scored, a `RewardWarning` with the count, and `faults` in
+the result. Timeouts interrupt the call with a SIGALRM timer when called from the main thread (the
 usual case, and the only way to actually stop runaway sympy work); elsewhere the call runs in a
 daemon thread that is abandoned on timeout. Neither can stop a single long C call that never
-returns to the interpreter, so math-verify never sees answers longer than `MAX_MATH_CHARS`.
+returns to the interpreter, so math-verify never sees answers longer than `MAX_MATH_CHARS`. What
+must not pass quietly is a function that can never work: `end_step` tells the trainer when one has
+failed on every completion for `reward.max_failed_steps` steps in a row, and the run stops.
 
     fn = build_reward(RewardConfig(), task)
     res = fn(["... so the answer is 7.", "no idea"], [ex, ex])
@@ -35,19 +47,24 @@ returns to the interpreter, so math-verify never sees answers longer than `MAX_M
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
+import json
 import math
 import os
 import re
 import signal
 import sys
 import threading
+import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -58,8 +75,8 @@ from .config import RewardConfig
 from .tasks import Example, Task
 
 Extractor = Callable[[str], "str | None"]
-Scorer = Callable[[str, Example], float]
-Verifier = Callable[[str, Example, "Scorer | None"], bool]
+TaskScorer = Callable[[str, Example], float]
+Verifier = Callable[[str, Example, "TaskScorer | None"], bool]
 
 BUILTIN = "builtin"  # the name that keeps the verifier reward among user functions
 MAX_MATH_CHARS = 200  # longer answers skip math-verify: sympy on huge inputs can stall in C code
@@ -300,15 +317,15 @@ def math_equal(pred: str, gold: str) -> bool:
     return bool(verify(list(g), list(p), timeout_seconds=None))
 
 
-def verify_math(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+def verify_math(extracted: str, example: Example, scorer: TaskScorer | None = None) -> bool:
     return math_equal(extracted, example.answer)
 
 
-def verify_exact(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+def verify_exact(extracted: str, example: Example, scorer: TaskScorer | None = None) -> bool:
     return exact_match(extracted, example.answer)
 
 
-def verify_task(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+def verify_task(extracted: str, example: Example, scorer: TaskScorer | None = None) -> bool:
     """reasoning-gym scorers return a float in [0, 1] and give partial credit (e.g. 0.5 for "15"
     when the answer is "5", since the answer is a substring); only a full 1.0 counts as correct."""
     if scorer is None:
@@ -316,7 +333,7 @@ def verify_task(extracted: str, example: Example, scorer: Scorer | None = None) 
     return float(scorer(extracted, example)) >= 1.0 - 1e-9
 
 
-def verify_auto(extracted: str, example: Example, scorer: Scorer | None = None) -> bool:
+def verify_auto(extracted: str, example: Example, scorer: TaskScorer | None = None) -> bool:
     if scorer is not None:
         return verify_task(extracted, example, scorer)
     # exact first: it is microseconds, and settles most right answers without sympy
@@ -401,17 +418,58 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+# The keyword arguments TRL passes besides the dataset's columns; a column with one of these names
+# would be shadowed, so it is left out (TRL drops its "prompt", "completion" and "completion_ids").
+RESERVED_KWARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_metric", "log_extra")
+# samples.jsonl columns the trainer writes itself; `log_extra` may not overwrite them.
+RESERVED_EXTRA = ("step", "prompt", "answer", "completion", "reward")
+
+
 def example_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
-    """TRL-style keyword columns: `answer`, then every meta key (missing ones as None). Keys that
-    would collide with the positional `prompts`/`completions` are left out."""
+    """TRL-style keyword columns: `answer`, then every meta key (missing ones as None), minus the
+    names of RESERVED_KWARGS."""
     cols: dict[str, list[Any]] = {"answer": [e.answer for e in examples]}
     keys: dict[str, None] = {}
     for e in examples:
         keys.update(dict.fromkeys(e.meta))
     for k in keys:
-        if k not in cols and k not in ("prompts", "completions"):
+        if k not in cols and k not in RESERVED_KWARGS:
             cols[k] = [e.meta.get(k) for e in examples]
     return cols
+
+
+@dataclass
+class TrainerState:
+    """Stands in for TRL's `trainer_state` (a transformers TrainerState) for rewards that change
+    with training progress, e.g. `min(1, trainer_state.global_step / 100)`."""
+
+    global_step: int = 0  # optimizer steps finished before these completions were sampled
+    max_steps: int = 0  # train.steps (0 when not known)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Async reward functions share one event loop, run forever in a daemon thread: calls from any thread
+# (the trainer's, or a worker's) submit to it, and a client a function keeps (an HTTP session) stays
+# bound to the same loop from one step to the next, as with TRL's.
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            _LOOP = asyncio.new_event_loop()
+            threading.Thread(target=_LOOP.run_forever, name="sft2grpo-async-rewards", daemon=True).start()
+        return _LOOP
+
+
+async def _await_with_timeout(awaitable: Any, timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"ran past {timeout:g} s") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -425,6 +483,8 @@ class RewardResult:
     format_error: torch.Tensor  # (B,) bool, no parsable answer
     faults: int  # completions whose reward was replaced because a reward call failed
     extracted: list[str | None]
+    # one dict per completion: the columns reward functions gave `log_extra` (for samples.jsonl)
+    extras: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -432,20 +492,83 @@ class _Term:
     spec: str
     weight: float
     fn: Callable[..., Any] | None  # None = the built-in verifier reward
+    # For reward.max_failed_steps: calls since the last `end_step`, how many of them faulted on every
+    # completion and the first such error; then the run of consecutive all-failed steps.
+    calls: int = 0
+    failed_calls: int = 0
+    window_error: str | None = None
+    failed_steps: int = 0
+    first_error: str | None = None
+
+    @property
+    def is_async(self) -> bool:
+        # an `async def`, or an object whose class defines `async def __call__`
+        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(type(self.fn).__call__)
+
+
+class _CallLog:
+    """`log_metric` and `log_extra` for one call of one reward function. Closed when the call is
+    over, so a call abandoned on timeout cannot write into a later step."""
+
+    def __init__(self, spec: str, n: int):
+        self.spec, self.n, self.open = spec, n, True
+        self.metrics: list[tuple[str, float]] = []
+        self.extras: dict[str, list[Any]] = {}
+
+    def _warn(self, msg: str) -> None:
+        warnings.warn(f"reward: '{self.spec}': {msg}", RewardWarning, 3)
+
+    def log_metric(self, name: str, value: float) -> None:
+        if not self.open:
+            return
+        try:
+            self.metrics.append((str(name), float(value)))
+        except (TypeError, ValueError):
+            self._warn(f"log_metric({name!r}, {value!r}): the value is not a number; ignored")
+
+    def log_extra(self, column: str, values: Sequence[Any]) -> None:
+        if not self.open:
+            return
+        if column in RESERVED_EXTRA:
+            self._warn(f"log_extra({column!r}): samples.jsonl writes that column itself; ignored")
+            return
+        try:
+            values = list(values)
+        except TypeError:
+            self._warn(f"log_extra({column!r}, ...): expected one value per completion; ignored")
+            return
+        if len(values) != self.n:
+            self._warn(f"log_extra({column!r}, ...): {len(values)} values for {self.n} completions; ignored")
+            return
+        self.extras[str(column)] = [_jsonable(v) for v in values]
+
+
+def _jsonable(v: Any) -> Any:
+    """A value samples.jsonl can hold: numpy and torch scalars as numbers, NaN and inf as null (JSON
+    has neither), anything else unknown to JSON as its str()."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    try:
+        json.dumps(v)
+        return v
+    except (TypeError, ValueError):
+        item = getattr(v, "item", None)
+        return _jsonable(item()) if callable(item) and getattr(v, "ndim", 0) == 0 else str(v)
 
 
 class RewardFn:
-    """`fn(completions, examples) -> RewardResult`; build it with `build_reward`.
+    """`fn(completions, examples, completion_ids=..., step=...) -> RewardResult`; build it with
+    `build_reward`. User functions are called as TRL calls them (see `_user_kwargs`); what they log
+    with `log_metric` is averaged until the caller takes it with `drain_metrics`, and after each
+    training step the caller asks `end_step` whether a function has failed for too long."""
 
-    `total_faults` counts faulted completions over the object's life, for the run summary.
-    """
-
-    def __init__(self, cfg: RewardConfig, task: Task | None = None):
+    def __init__(self, cfg: RewardConfig, task: Task | None = None, max_steps: int = 0):
         self.cfg = cfg
-        self.scorer: Scorer | None = task.scorer if task is not None else None
+        self.max_steps = max_steps
+        self.task_scorer: TaskScorer | None = task.scorer if task is not None else None
         self.extract = get_extractor(cfg.extractor)
         self.verify = get_verifier(cfg.verifier)
-        if cfg.verifier == "task" and self.scorer is None:
+        if cfg.verifier == "task" and self.task_scorer is None:
             name = task.name if task is not None else "this task"
             raise RewardError(
                 f"reward.verifier=task: {name} has no scorer of its own; use auto, math or exact"
@@ -459,7 +582,7 @@ class RewardFn:
             _Term(spec, float(w), None if spec == BUILTIN else load_reward_function(spec))
             for spec, w in zip(cfg.functions, weights)
         ]
-        self.total_faults = 0
+        self._metric_sums: dict[str, list[float]] = {}  # name -> [sum, count] since the last drain
 
     # -- built-in ------------------------------------------------------------------------------------
 
@@ -470,25 +593,26 @@ class RewardFn:
         if extracted is None:
             return None, False, None
         try:
-            ok = call_with_timeout(self.verify, self.cfg.timeout, extracted, example, self.scorer)
+            ok = call_with_timeout(self.verify, self.cfg.timeout, extracted, example, self.task_scorer)
             return extracted, bool(ok), None
         except RewardError:
             raise
         except Exception as e:  # TimeoutError included
             return extracted, False, e
 
-    def score(self, completion: str, example: Example) -> tuple[bool, bool]:
-        """(correct, format_error) for one completion, as evaluation counts it. A verifier that
-        fails counts as wrong (not as a format error), with a RewardWarning."""
-        extracted, ok, err = self._check(completion, example)
-        if err is not None:
-            self.total_faults += 1
-            warnings.warn(f"reward: verifier failed on one completion: {_one_line(err)}", RewardWarning, 2)
-        return ok, extracted is None
-
     # -- batch ---------------------------------------------------------------------------------------
 
-    def __call__(self, completions: Sequence[str], examples: Sequence[Example]) -> RewardResult:
+    def __call__(
+        self,
+        completions: Sequence[str],
+        examples: Sequence[Example],
+        *,
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        step: int = 0,
+    ) -> RewardResult:
+        """Score completion i of example i. `completion_ids` (the generated token ids, unpadded) and
+        `step` (optimizer steps done) are handed to user functions as `completion_ids=` and
+        `trainer_state.global_step`."""
         if len(completions) != len(examples):
             raise RewardError(f"reward: {len(completions)} completions but {len(examples)} examples")
         cfg, n = self.cfg, len(completions)
@@ -516,77 +640,217 @@ class RewardFn:
                 RewardWarning,
                 2,
             )
-
+        extras: list[dict[str, Any]] = [{} for _ in range(n)]
         if not self.terms:
-            rewards = builtin
-        else:
-            rewards = torch.zeros(n, dtype=torch.float32)
-            prompts = [ex.prompt for ex in examples]
-            columns = example_columns(examples)
-            for term in self.terms:
-                if term.fn is None:
-                    rewards += term.weight * builtin
-                    continue
-                values, bad = self._call_user(term, prompts, list(completions), columns)
-                faulted |= bad
-                rewards += term.weight * values
+            return RewardResult(builtin, correct, fmt, int(faulted.sum()), extracted, extras)
 
-        faults = int(faulted.sum())
-        self.total_faults += faults
-        return RewardResult(rewards, correct, fmt, faults, extracted)
+        kwargs = self._user_kwargs(completions, examples, completion_ids, step)
+        weighted = torch.empty(len(self.terms), n, dtype=torch.float32)  # (terms, B), NaN = None
+        for j, (term, (values, bad, log)) in enumerate(zip(self.terms, self._call_terms(kwargs, n))):
+            if term.fn is None:
+                weighted[j] = term.weight * builtin
+                continue
+            faulted |= bad
+            weighted[j] = term.weight * values
+            for name, value in log.metrics:
+                self._metric_sums.setdefault(name, [0.0, 0])
+                self._metric_sums[name][0] += value
+                self._metric_sums[name][1] += 1
+            for column, vals in log.extras.items():
+                for row, v in zip(extras, vals):
+                    row[column] = v
+        # TRL's rule for None: that function does not apply to that completion, so its term is left
+        # out of the sum (nansum); a completion no function applies to gets 0, with a warning.
+        unscored = torch.isnan(weighted).all(0)  # (B,)
+        if unscored.any():
+            warnings.warn(
+                f"reward: every reward function returned None for {int(unscored.sum())} of {n} "
+                "completions; they get reward 0",
+                RewardWarning,
+                2,
+            )
+        rewards = weighted.nansum(0)  # (B,)
+        return RewardResult(rewards, correct, fmt, int(faulted.sum()), extracted, extras)
 
-    def _call_user(
-        self, term: _Term, prompts: list[str], completions: list[str], columns: dict[str, list[Any]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One user function on the whole batch -> (values (B,), faulted (B,)). Failed entries hold
-        the format-error reward, so a broken function pushes the policy away from nothing in
-        particular rather than crashing the run."""
-        n, penalty = len(completions), self.cfg.format_error
+    def _user_kwargs(
+        self,
+        completions: Sequence[str],
+        examples: Sequence[Example],
+        completion_ids: Sequence[Sequence[int]] | None,
+        step: int,
+    ) -> dict[str, Any]:
+        """The keyword arguments of TRL's reward call. A row whose prompt is a conversation gets its
+        prompt as messages and its completion as `[{"role": "assistant", "content": text}]`, as TRL
+        does for conversational datasets; copies, so a function that edits them edits nothing else."""
+        prompts: list[Any] = []
+        comps: list[Any] = []
+        for c, e in zip(completions, examples):
+            if e.messages is None:
+                prompts.append(e.prompt)
+                comps.append(c)
+            else:
+                prompts.append([dict(m) for m in e.messages])
+                comps.append([{"role": "assistant", "content": c}])
+        ids = None if completion_ids is None else [list(map(int, x)) for x in completion_ids]
+        if ids is not None and len(ids) != len(comps):
+            raise RewardError(f"reward: {len(ids)} completion_ids for {len(comps)} completions")
+        return {
+            **example_columns(examples),
+            "prompts": prompts,
+            "completions": comps,
+            "completion_ids": ids,
+            "trainer_state": TrainerState(global_step=step, max_steps=self.max_steps),
+        }
+
+    def _call_terms(
+        self, kwargs: dict[str, Any], n: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor, _CallLog]]:
+        """Every user function on the batch -> per term (values (B,) with NaN for None, faulted (B,),
+        its logs). The async ones are started first and run concurrently on the shared event loop
+        while the plain ones run here, one after another, each under the timeout."""
+        logs = [_CallLog(t.spec, n) for t in self.terms]
+
+        def call_kwargs(log: _CallLog) -> dict[str, Any]:
+            return {**kwargs, "log_metric": log.log_metric, "log_extra": log.log_extra}
+
+        timeout = self.cfg.timeout
+        async_terms = [i for i, t in enumerate(self.terms) if t.fn is not None and t.is_async]
+        pending = None
+        if async_terms:
+
+            async def run_all() -> list[Any]:
+                calls = [
+                    _await_with_timeout(self.terms[i].fn(**call_kwargs(logs[i])), timeout)  # type: ignore[misc]
+                    for i in async_terms
+                ]
+                return await asyncio.gather(*calls, return_exceptions=True)
+
+            pending = asyncio.run_coroutine_threadsafe(run_all(), _event_loop())
+            deadline = time.monotonic() + timeout + 1.0
+
+        outputs: dict[int, Any] = {}
+        for i, term in enumerate(self.terms):
+            if term.fn is None or i in async_terms:
+                continue
+            try:
+                out = call_with_timeout(term.fn, timeout, **call_kwargs(logs[i]))
+                if inspect.isawaitable(out):  # a plain callable that hands back a coroutine
+                    out = asyncio.run_coroutine_threadsafe(
+                        _await_with_timeout(out, timeout), _event_loop()
+                    ).result(timeout + 1.0)
+                outputs[i] = out
+            except Exception as e:  # TimeoutError included
+                outputs[i] = e
+            logs[i].open = False
+        if pending is not None:
+            try:
+                results = pending.result(max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError:
+                # A coroutine that blocks the loop (time.sleep in an async def) cannot be cancelled
+                # by wait_for; it is left behind and every async function of this call has failed.
+                pending.cancel()
+                results = [TimeoutError(f"ran past {timeout:g} s (blocking its event loop)")] * len(
+                    async_terms
+                )
+            for i, out in zip(async_terms, results):
+                outputs[i] = out
+                logs[i].open = False
+
+        return [
+            (*self._read_values(term, outputs[i], n), logs[i])
+            if term.fn is not None
+            else (torch.empty(0), torch.zeros(n, dtype=torch.bool), logs[i])
+            for i, term in enumerate(self.terms)
+        ]
+
+    def _read_values(self, term: _Term, out: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One function's output -> (values (B,), faulted (B,)). None is NaN (not applicable, not a
+        fault); NaN, inf, text or a failed call get the format-error reward, so a broken function
+        pushes the policy away from nothing in particular rather than crashing the run."""
+        penalty = self.cfg.format_error
         values = torch.full((n,), penalty, dtype=torch.float32)
         bad = torch.ones(n, dtype=torch.bool)
         try:
-            out = call_with_timeout(term.fn, self.cfg.timeout, prompts, completions, **columns)
+            if isinstance(out, Exception):  # what gather() handed back for an async function
+                raise out
+            if isinstance(out, BaseException):  # CancelledError and kin: a fault, never a crash
+                raise RuntimeError(_one_line(out))
             if isinstance(out, torch.Tensor):
                 out = out.tolist()
             out = list(out)
             if len(out) != n:
                 raise ValueError(f"returned {len(out)} values for {n} completions")
-        except Exception as e:  # TimeoutError included
+        except Exception as e:
+            self._record(term, True, _one_line(e))
             warnings.warn(
                 f"reward: '{term.spec}' failed on all {n} completions ({_one_line(e)}); "
                 f"they get the format-error reward {penalty:g}",
                 RewardWarning,
-                3,
+                5,  # _read_values, _call_terms' list, _call_terms, __call__: the caller's line
             )
             return values, bad
         for i, v in enumerate(out):
+            if v is None:
+                values[i], bad[i] = math.nan, False
+                continue
             try:
-                f = float(v)  # bools and numpy scalars welcome; None and strings are not
+                f = float(v)  # bools and numpy scalars welcome; strings are not
             except (TypeError, ValueError):
                 continue
             if math.isfinite(f):
                 values[i], bad[i] = f, False
         k = int(bad.sum())
+        self._record(term, n > 0 and k == n, f"returned {k} of {n} values that are not finite numbers")
         if k:
             warnings.warn(
                 f"reward: '{term.spec}' returned {k} of {n} values that are not finite numbers "
-                f"(None, NaN, inf or text); they get the format-error reward {penalty:g}",
+                f"(NaN, inf or text); they get the format-error reward {penalty:g}",
                 RewardWarning,
-                3,
+                5,  # _read_values, _call_terms' list, _call_terms, __call__: the caller's line
             )
         return values, bad
 
+    # -- what the caller collects ----------------------------------------------------------------------
 
-def build_reward(cfg: RewardConfig, task: Task | None = None) -> RewardFn:
-    """The reward callable for a run: checks names, loads user functions (RewardError if any fails)."""
-    return RewardFn(cfg, task)
+    @staticmethod
+    def _record(term: _Term, failed_all: bool, error: str) -> None:
+        term.calls += 1
+        if failed_all:
+            term.failed_calls += 1
+            term.window_error = term.window_error or error
+
+    def end_step(self) -> str | None:
+        """Call once per training step. Returns a one-line message when a user function has faulted
+        on every completion of every call in `reward.max_failed_steps` consecutive steps (0: never),
+        else None. A step without a call of a function leaves its count as it was."""
+        limit, stop = self.cfg.max_failed_steps, None
+        for t in self.terms:
+            if t.calls and t.failed_calls == t.calls:
+                t.failed_steps += 1
+                t.first_error = t.first_error or t.window_error
+            elif t.calls:
+                t.failed_steps, t.first_error = 0, None
+            t.calls = t.failed_calls = 0
+            t.window_error = None
+            if stop is None and limit and t.failed_steps >= limit:
+                stop = (
+                    f"reward function '{t.spec}' failed on every completion for {t.failed_steps} steps "
+                    f"in a row (reward.max_failed_steps={limit}); first error: {t.first_error}"
+                )
+        return stop
+
+    def drain_metrics(self, reserved: Collection[str] = ()) -> dict[str, float]:
+        """The means of what reward functions gave `log_metric` since the last drain, then forgets
+        them. A name in `reserved` (the caller's own metric keys) comes back as "reward/<name>"."""
+        out = {
+            (f"reward/{k}" if k in reserved else k): total / count
+            for k, (total, count) in self._metric_sums.items()
+        }
+        self._metric_sums = {}
+        return out
 
 
-def score(
-    completion: str, example: Example, cfg: RewardConfig | None = None, task: Task | None = None
-) -> tuple[bool, bool]:
-    """(correct, format_error) for one completion with the built-in extractor and verifier.
-    Builds a fresh checker each call; in a loop, use `build_reward(...).score` instead."""
-    cfg = cfg or RewardConfig()
-    no_user = RewardConfig(**{**cfg.__dict__, "functions": [], "weights": []})
-    return RewardFn(no_user, task).score(completion, example)
+def build_reward(cfg: RewardConfig, task: Task | None = None, max_steps: int = 0) -> RewardFn:
+    """The reward callable for a run: checks names, loads user functions (RewardError if any fails).
+    `max_steps` is what user functions see as `trainer_state.max_steps`."""
+    return RewardFn(cfg, task, max_steps)

@@ -6,8 +6,9 @@
                             scored by reasoning-gym's own `score_answer` (`Task.scorer`)
     a JSONL file            "data/train.jsonl": one JSON object a line, `cfg.prompt_field` and
                             `cfg.answer_field` read from each, every other key kept in `meta`
+    a Parquet file          "data/train.parquet", rows as in JSONL (needs the `data` extra)
     a datasets folder       a directory written by HF `datasets`' `save_to_disk` (needs the
-                            optional `datasets` package)
+                            `data` extra: pip install 'sft2grpo[data]')
 
 and returns a `Task` with a training split, a held-out eval split and a validation split that share
 no question text. The held-out split is for the numbers a run reports (before/after); the
@@ -20,8 +21,15 @@ line of its own, unless the prompt already ends with it.
     task.train[0].prompt
     # 'State the final answer to the following arithmetic problem: 15 - 43 - 75 =\\nAnswer with the final number.'
 
+A row's prompt is a string, or a conversation in TRL's format: a list of {"role", "content"}
+messages ending with the user's turn, e.g. [{"role": "system", "content": "Be brief."},
+{"role": "user", "content": "2+2?"}]. A conversation goes through the chat template once, as it is;
+its own system message wins over `model.system_prompt`, and the instruction goes at the end of its
+last user message.
+
 Bad data never passes silently: a missing file, a line that is not JSON, a missing or empty field,
-or an empty dataset raises `TaskError` with one line naming the file, the line and the field.
+a malformed message or an empty dataset raises `TaskError` with one line naming the file, the line
+and the field.
 """
 
 from __future__ import annotations
@@ -43,10 +51,22 @@ class TaskError(ValueError):
 
 @dataclass
 class Example:
-    prompt: str  # the user message, instruction already appended
+    prompt: str  # the user message (a conversation's last one), instruction already appended
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)  # every other column; reasoning-gym: the entry
     source: str = ""  # "reasoning_gym:chain_sum" or "train.jsonl:12"
+    messages: list[dict[str, str]] | None = None  # the prompt as a conversation, when it was one
+
+    @property
+    def chat(self) -> str | list[dict[str, str]]:
+        """What the chat template gets: the conversation, or the prompt as one user turn."""
+        return self.messages if self.messages is not None else self.prompt
+
+    @property
+    def key(self) -> str:
+        """Identity for train/eval deduplication: two conversations that differ only in their system
+        message are different prompts."""
+        return self.prompt if self.messages is None else json.dumps(self.messages, sort_keys=True)
 
 
 @dataclass
@@ -98,11 +118,13 @@ def load_task(cfg: TaskConfig) -> Task:
     path = Path(name).expanduser()
     if name.endswith(".jsonl"):
         return _load_jsonl(path, cfg)
+    if name.endswith(".parquet"):
+        return _load_parquet(path, cfg)
     if path.is_dir():
         return _load_hf_folder(path, cfg)
-    if "/" in name or "\\" in name or path.suffix in (".json", ".csv", ".parquet", ".txt"):
+    if "/" in name or "\\" in name or path.suffix in (".json", ".csv", ".txt"):
         if path.exists():
-            raise TaskError(f"task.name={name}: not a .jsonl file or a datasets folder")
+            raise TaskError(f"task.name={name}: not a .jsonl or .parquet file or a datasets folder")
         raise TaskError(f"task.name={name}: file not found")
     return _load_reasoning_gym(name, cfg)
 
@@ -119,7 +141,7 @@ def _load_reasoning_gym(name: str, cfg: TaskConfig) -> Task:
         close = difflib.get_close_matches(name, list(DATASETS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise TaskError(
-            f"task.name={name}: not a reasoning-gym task, a .jsonl file or a datasets folder{hint}"
+            f"task.name={name}: not a reasoning-gym task, a .jsonl or .parquet file or a datasets folder{hint}"
         )
     kwargs = {**default_kwargs(name), **cfg.kwargs}
 
@@ -190,6 +212,42 @@ def _entries(ds: Any) -> Iterator[dict[str, Any]]:
 # Files
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _read_messages(value: list, where: str, name: str) -> list[dict[str, str]]:
+    """A conversation prompt, checked: a non-empty list of {"role", "content"} objects with known
+    roles and text content, a system message only first, the user's turn last."""
+    at = f"{where}: field '{name}'"
+    if not value:
+        raise TaskError(f"{at} is an empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise TaskError(
+                f"{at} message {i}: expected an object with 'role' and 'content', got {type(m).__name__}"
+            )
+        for k in ("role", "content"):
+            if m.get(k) is None:
+                raise TaskError(f"{at} message {i}: missing '{k}'")
+        role, content = m["role"], m["content"]
+        if role not in ROLES:
+            raise TaskError(f"{at} message {i}: role {role!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise TaskError(f"{at} message {i}: 'content' must be a string, got {type(content).__name__}")
+        if role == "system" and i > 0:
+            raise TaskError(f"{at} message {i}: a system message must come first")
+        # datasets fills keys that only some messages have with None; those are not the user's data
+        out.append({k: v for k, v in m.items() if v is not None})
+    if out[-1]["role"] != "user":
+        raise TaskError(
+            f"{at}: the last message must be the user's (got '{out[-1]['role']}'), for the model to answer"
+        )
+    if not out[-1]["content"].strip():
+        raise TaskError(f"{at}: the last user message is empty")
+    return out
+
+
 def _row_example(row: Any, where: str, cfg: TaskConfig, source: str) -> Example:
     """One row -> Example, or TaskError naming `where` ("file.jsonl:12") and the field."""
     if not isinstance(row, dict):
@@ -200,17 +258,28 @@ def _row_example(row: Any, where: str, cfg: TaskConfig, source: str) -> Example:
             keys = ", ".join(map(str, row)) or "none"
             raise TaskError(f"{where}: missing field '{f}' (fields: {keys}; see task.{_which(f, cfg)})")
     prompt, answer = row[pf], row[af]
-    if not isinstance(prompt, str):
-        raise TaskError(f"{where}: field '{pf}' must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
+    messages = None
+    if isinstance(prompt, list):
+        messages = _read_messages(prompt, where, pf)
+        last = messages[-1]
+        last["content"] = prompt = with_instruction(last["content"], cfg.instruction)
+    elif not isinstance(prompt, str):
+        raise TaskError(
+            f"{where}: field '{pf}' must be a string or a list of chat messages, got {type(prompt).__name__}"
+        )
+    elif not prompt.strip():
         raise TaskError(f"{where}: field '{pf}' is empty")
+    else:
+        prompt = with_instruction(prompt, cfg.instruction)
     if isinstance(answer, bool) or not isinstance(answer, str | int | float):
         raise TaskError(f"{where}: field '{af}' must be a string or a number, got {type(answer).__name__}")
-    answer = str(answer).strip()
-    if not answer:
+    text = str(answer).strip()
+    if not text:
         raise TaskError(f"{where}: field '{af}' is empty")
-    meta = {k: v for k, v in row.items() if k not in (pf, af)}
-    return Example(with_instruction(prompt, cfg.instruction), answer, meta, source)
+    # Reward functions get every column by name; an answer column not called "answer" (TRL's
+    # `solution`) keeps its own name too, since `def accuracy(completions, solution, **kw)` asks for it.
+    meta = {k: v for k, v in row.items() if k != pf and (k != af or af != "answer")}
+    return Example(prompt, text, meta, source, messages)
 
 
 def _which(f: str, cfg: TaskConfig) -> str:
@@ -237,8 +306,8 @@ def _read_jsonl(path: Path, cfg: TaskConfig) -> list[Example]:
 
 
 def eval_sibling(path: Path) -> Path:
-    """data/train.jsonl -> data/train.eval.jsonl"""
-    return path.with_name(path.name[: -len(".jsonl")] + ".eval.jsonl")
+    """data/train.jsonl -> data/train.eval.jsonl (and .parquet alike)"""
+    return path.with_name(f"{path.stem}.eval{path.suffix}")
 
 
 def _load_jsonl(path: Path, cfg: TaskConfig) -> Task:
@@ -264,8 +333,8 @@ def _split_tail(name: str, rows: list[Example], cfg: TaskConfig, alt: str) -> Ta
 
 
 def _split(name: str, train: list[Example], evals: list[Example], cfg: TaskConfig) -> Task:
-    held = {e.prompt for e in evals}
-    kept = [e for e in train if e.prompt not in held]
+    held = {e.key for e in evals}
+    kept = [e for e in train if e.key not in held]
     stats: dict[str, int] = {}
     if len(kept) < len(train):
         stats["train_overlap_dropped"] = len(train) - len(kept)
@@ -285,7 +354,39 @@ def _split(name: str, train: list[Example], evals: list[Example], cfg: TaskConfi
 
 
 # ---------------------------------------------------------------------------------------------------
-# HF datasets folders
+# HF datasets folders and Parquet files
+
+NEEDS_DATA = "needs the optional 'datasets' package: pip install 'sft2grpo[data]'"
+
+
+def _load_parquet(path: Path, cfg: TaskConfig) -> Task:
+    """Rows as in JSONL, named by 0-based index; `<name>.eval.parquet` beside it is the eval split
+    if present, else the last `eval_size` rows. Read with pyarrow (which the `data` extra brings)
+    rather than datasets, which would first copy the file into its cache."""
+    if not path.is_file():
+        raise TaskError(f"{path}: file not found")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TaskError(f"{path}: reading Parquet {NEEDS_DATA}") from None
+
+    def read(p: Path) -> list[Example]:
+        try:
+            table = pq.read_table(p)
+        except Exception as e:  # pyarrow raises its own ArrowInvalid, OSError, ...
+            raise TaskError(f"{p}: not a readable Parquet file ({' '.join(str(e).split())})") from None
+        out = [
+            _row_example(row, f"{p} row {i}", cfg, f"{p.name}:{i}") for i, row in enumerate(table.to_pylist())
+        ]
+        if not out:
+            raise TaskError(f"{p}: no examples (the file has no rows)")
+        return out
+
+    rows = read(path)
+    sibling = eval_sibling(path)
+    if sibling.is_file():
+        return _split(str(path), rows, read(sibling)[: cfg.eval_size], cfg)
+    return _split_tail(str(path), rows, cfg, f" or add {sibling.name}")
 
 
 def _load_hf_folder(path: Path, cfg: TaskConfig) -> Task:
@@ -298,9 +399,7 @@ def _load_hf_folder(path: Path, cfg: TaskConfig) -> Task:
     try:
         import datasets
     except ImportError:
-        raise TaskError(
-            f"{path}: reading a datasets folder needs the optional 'datasets' package (pip install datasets)"
-        ) from None
+        raise TaskError(f"{path}: reading a datasets folder {NEEDS_DATA}") from None
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as e:

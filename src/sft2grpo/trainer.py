@@ -93,6 +93,7 @@ class Batch:
     format_error: torch.Tensor  # (B,) bool
     texts: list[str]
     examples: list
+    extras: list[dict[str, Any]]  # per row: the columns reward functions gave log_extra
 
 
 class Trainer:
@@ -134,7 +135,7 @@ class Trainer:
                 f"eval.every={cfg.eval.every} evaluates on the validation split, but task "
                 f"{cfg.task.name} has none; set task.val_size to hold out that many training rows"
             )
-        self.reward_fn = rewards.build_reward(cfg.reward, self.task)
+        self.reward_fn = rewards.build_reward(cfg.reward, self.task, max_steps=cfg.train.steps)
         self.engine = rollout.make_engine(cfg.rollout.engine, self.model, self.tokenizer)
         # The policy's log-probs with gradient go through `scorer`: DDP-wrapped, or over FSDP2 shards.
         self.scorer = distributed.parallelize(
@@ -292,6 +293,7 @@ class Trainer:
                 top_k=r.top_k,
                 stop=r.stop or None,
                 generator=generators,
+                step=self.step,
             )
         self.reward_faults += res.faults
         return Batch(
@@ -305,6 +307,7 @@ class Trainer:
             format_error=res.format_error,
             texts=texts,
             examples=[e for e in examples for _ in range(g)],  # prompt-major: groups are contiguous
+            extras=res.extras,
         )
 
     def collect(self) -> tuple[Batch, int]:
@@ -498,6 +501,9 @@ class Trainer:
         t0 = time.perf_counter()
         self.reward_faults = 0
         batch, rounds = self.collect()
+        failure = self.reward_fn.end_step()  # a reward function that failed on everything for too long
+        if distributed.any_rank(failure is not None, self.ctx):
+            raise TrainingError(failure or "a reward function failed on every completion on another process")
         t1 = time.perf_counter()
         rewards = batch.rewards
         if self.reference is not None and cfg.objective.kl_in == "reward":
@@ -551,6 +557,7 @@ class Trainer:
             "peak_mem_mb": peak_memory_mb(),
             **m,
         }
+        row.update(self.reward_fn.drain_metrics(reserved=row))  # what reward functions gave log_metric
         return row, batch
 
     def fit(self) -> dict[str, Any]:
@@ -680,6 +687,7 @@ class Trainer:
                 shard=(ctx.rank, ctx.world),
                 progress=self.cfg.log.progress and ctx.main,
                 split=split,
+                step=self.step,
             )
         res = merge_evals(distributed.gather(res, ctx))
         res.metrics["time_s"] = time.perf_counter() - t0
@@ -719,8 +727,8 @@ def merge_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if len(rows) == 1:
         return rows[0]
     out = {}
-    for k in rows[0]:
-        vals = [r[k] for r in rows]
+    for k in dict.fromkeys(k for r in rows for k in r):  # a reward's log_metric may come from some only
+        vals = [r[k] for r in rows if k in r]
         if k.startswith("time_") or k == "peak_mem_mb":
             out[k] = max(vals)
         elif k in ("tokens_per_s", "reward_faults"):
@@ -740,6 +748,7 @@ def write_samples(f, step: int, batch: Batch, g: int, k: int) -> None:
             "answer": batch.examples[j].answer,
             "completion": batch.texts[j],
             "reward": batch.rewards[j].item(),
+            **batch.extras[j],
         }
         f.write(json.dumps(sample) + "\n")
     f.flush()
@@ -762,6 +771,7 @@ def cat_batches(a: Batch, b: Batch) -> Batch:
         format_error=torch.cat([a.format_error, b.format_error]),
         texts=a.texts + b.texts,
         examples=a.examples + b.examples,
+        extras=a.extras + b.extras,
     )
 
 
@@ -778,6 +788,7 @@ def select_groups(batch: Batch, groups: list[int], g: int) -> Batch:
         format_error=batch.format_error[rows],
         texts=[batch.texts[i] for i in rows],
         examples=[batch.examples[i] for i in rows],
+        extras=[batch.extras[i] for i in rows],
     )
 
 
