@@ -12,9 +12,9 @@ Needs `trl` (only in the benchmark venv): `make bench-learn` runs this in .venv-
 What runs, per seed, each in its own process (so neither trainer shares memory or threads with the other):
 1. Ours: `sft2grpo train --config grpo <recipe> <--ours-args>` on the same model folder TRL loads,
    with train.seed = the seed, no evaluation inside the run, and train.autocast=off: the comparison is
-   fp32 on both sides (bf16 is emulated, several times slower, on CPUs without AVX512-BF16/AMX). The
-   recipe defaults to `make run`'s (the Makefile passes its RUN_SETTINGS as --recipe; any
-   train.autocast in it is dropped). Its training time is summary.json's train_time_s (the steps
+   fp32 on both sides (bf16 is emulated, several times slower, on CPUs without AVX512-BF16/AMX).
+   `make bench-learn` passes make run's recipe, `--config configs/run.yaml --recipe ""`; run directly,
+   the script defaults to `--config grpo` and DEFAULT_RECIPE below (any train.autocast is dropped). Its training time is summary.json's train_time_s (the steps
    alone, without loading or evaluation).
 2. TRL: GRPOTrainer on the same folder, the same training split (`load_task` of our recipe's task
    config), the same prompts in the same order (our trainer's permutation for that seed, fed with
@@ -71,8 +71,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_trl import TRL_MISSING, model_folder, peak_rss_mb, versions  # noqa: E402
 
-# make run's recipe in fp32 (issue 14: bf16 autocast is emulated on this CPU and is one suspect of the
-# collapse); the Makefile passes its current RUN_SETTINGS instead
+# the recipe of make run before configs/run.yaml, in fp32 (bf16 autocast is emulated on this CPU);
+# `make bench-learn` passes configs/run.yaml instead
 DEFAULT_RECIPE = "train.mu=1 train.steps=36 train.lr=3e-5"
 SMOKE_RECIPE = "train.steps=2"
 TRL_CONFIGS = ("ours", "defaults")
