@@ -176,6 +176,8 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path | None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+        if not drawn:  # e.g. KL with beta = 0: say so rather than leave an empty frame
+            ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes)
         if drawn > 1:
             ax.legend(fontsize=7)
     fig.suptitle(run_dir.name)
