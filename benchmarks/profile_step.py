@@ -75,14 +75,11 @@ def main() -> None:
     if hasattr(eng, "_prefill"):  # the fast engine: split its time
         eng._prefill = timed("rollout.prefill", eng._prefill)
         eng._decode = timed("rollout.decode", eng._decode)
-        eng._pick = timed("rollout.sample", eng._pick)
+        eng._sample_token = timed("rollout.sample", eng._sample_token)
         eng._compact = timed("rollout.compact", eng._compact)
     eng.generate = timed("rollout.total", eng.generate)
     tr.reward_fn = timed("reward", tr.reward_fn)
-    tr.no_grad_logprobs = timed(
-        lambda model, *a, **k: "update.reference" if model is tr.reference else "update.old",
-        tr.no_grad_logprobs,
-    )
+    tr.no_grad_logprobs = timed("update.reference", tr.no_grad_logprobs)  # pi_ref; pi_old costs none
     # policy forward with grad (the reference forward runs under no_grad inside no_grad_logprobs)
     tr.logprobs = timed("update.policy_forward", tr.logprobs, when=lambda *a, **k: torch.is_grad_enabled())
     tr.optimizer.step = timed("update.optimizer", tr.optimizer.step)
