@@ -130,9 +130,8 @@ class Trainer:
             examples.append(self.task.train[self.order[self.pos]])
             self.pos += 1
         self.drawn += p
-        return examples[ctx.rank * k : (ctx.rank + 1) * k], [
-            prompt_generator(self.cfg.train.seed, first + i) for i in range(k)
-        ]
+        generators = [prompt_generator(self.cfg.train.seed, first + i) for i in range(k)]
+        return examples[ctx.rank * k : (ctx.rank + 1) * k], generators
 
     def sample(self) -> Batch:
         """One round of rollouts: the next examples, `group_size` completions each, their rewards."""
