@@ -83,7 +83,12 @@ def main() -> None:
         eng._compact = timed("rollout.compact", eng._compact)
     eng.generate = timed("rollout.total", eng.generate)
     tr.reward_fn = timed("reward", tr.reward_fn)
-    tr.no_grad_logprobs = timed("update.reference", tr.no_grad_logprobs)  # pi_ref; pi_old costs none
+    # pi_ref's forward; "update.old" appears only for trainers that spend a forward on pi_old (this
+    # one takes it from pass 0), so the script can time an older checkout too
+    tr.no_grad_logprobs = timed(
+        lambda model, *a, **k: "update.reference" if model is tr.reference else "update.old",
+        tr.no_grad_logprobs,
+    )
     # policy forward with grad (the reference forward runs under no_grad inside no_grad_logprobs)
     tr.logprobs = timed("update.policy_forward", tr.logprobs, when=lambda *a, **k: torch.is_grad_enabled())
     tr.optimizer.step = timed("update.optimizer", tr.optimizer.step)
