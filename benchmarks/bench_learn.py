@@ -352,7 +352,7 @@ def trl_settings(cfg, kind: str, max_steps: int) -> tuple[dict, list[str]]:
 
 def training_order(n: int, seed: int, count: int) -> list[int]:
     """The first `count` training-example indices our trainer draws with train.seed = `seed`: a fresh
-    permutation of the n examples each epoch (Trainer.next_examples)."""
+    permutation of the n examples each epoch (Trainer.draw)."""
     import numpy as np
 
     rng, out = np.random.default_rng(seed), []

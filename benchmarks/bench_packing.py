@@ -5,8 +5,8 @@
 
 Samples a few batches with the trainer's own rollout (real model, real prompts), then times, on each
 batch and alternating which goes first, the update's work for `train.packing=true` and `=false`:
-the policy's forward + backward over the micro-batches, and one no-grad forward (what pi_old and
-the reference cost). Prints medians, ours-packed / padded ratios, the share of real tokens among
+the policy's forward + backward over the micro-batches, and one no-grad forward (what the
+reference costs). Prints medians, ours-packed / padded ratios, the share of real tokens among
 the padded positions, and the largest log-prob difference between the two.
 """
 
@@ -52,7 +52,7 @@ def main() -> None:
     tr.model.train()
 
     def run(batch, packing: bool) -> tuple[float, float, torch.Tensor]:
-        tr.cfg.train.packing = tr.scorer.packing = packing
+        tr.cfg.train.packing = tr.policy_logprobs.packing = packing
         mbs = tr.micro_batches(batch)
         t0 = time.perf_counter()
         for rows in mbs:
@@ -98,7 +98,7 @@ def main() -> None:
     print(f"completion tokens: {real} real of {padded} padded positions ({100 * real / max(padded, 1):.0f}%)")
     for k, what in (
         ("grad", "policy forward + backward"),
-        ("nograd", "no-grad forward (pi_old / reference)"),
+        ("nograd", "no-grad forward (reference)"),
     ):
         a, b = statistics.median(times[(True, k)]), statistics.median(times[(False, k)])
         print(f"{what:<40} packed {a:6.2f} s  padded {b:6.2f} s  packed/padded {a / b:.2f}x")

@@ -3,6 +3,7 @@ update's reference forward, policy forward, backward and optimizer step.
 
     python benchmarks/profile_step.py                      # 1 prompt x 8, 3 steps (first is warm-up)
     python benchmarks/profile_step.py --prompts 4 --ops    # 4 x 8, plus torch.profiler's op table
+    python benchmarks/profile_step.py --mu 2               # two passes per batch, as the grpo preset
 
 Timers wrap the trainer's and the fast engine's own methods from here (nothing is edited); each
 phase is bracketed by the wrapped call, so the phases add up to the step minus small glue. With
@@ -50,6 +51,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument(
+        "--mu", type=int, default=1, help="optimisation passes per batch (presets from rung 4: 2)"
+    )
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--autocast", default="off", choices=["off", "bf16"])
@@ -62,7 +66,7 @@ def main() -> None:
     cfg.rollout.group_size, cfg.rollout.max_new_tokens = args.group, args.tokens
     cfg.objective.beta = args.beta
     cfg.train.steps, cfg.train.prompts_per_step = args.steps, args.prompts
-    cfg.train.micro_batch_size, cfg.train.mu, cfg.train.lr = args.micro_batch, 1, 1e-5
+    cfg.train.micro_batch_size, cfg.train.mu, cfg.train.lr = args.micro_batch, args.mu, 1e-5
     cfg.train.autocast = args.autocast
     cfg.eval.before = cfg.eval.after = False
     tr = Trainer(cfg, Path(tempfile.mkdtemp(prefix="profile-")))
@@ -89,10 +93,12 @@ def main() -> None:
     if hasattr(eng, "_prefill"):  # the fast engine: split its time
         eng._prefill = timed("rollout.prefill", eng._prefill)
         eng._decode = timed("rollout.decode", eng._decode)
-        eng._pick = timed("rollout.sample", eng._pick)
+        eng._sample_token = timed("rollout.sample", eng._sample_token)
         eng._compact = timed("rollout.compact", eng._compact)
     eng.generate = timed("rollout.total", eng.generate)
     tr.reward_fn = TimedCall(tr.reward_fn, timed("reward", tr.reward_fn))
+    # pi_ref's forward; "update.old" appears only for trainers that spend a forward on pi_old (this
+    # one takes it from pass 0), so the script can time an older checkout too
     tr.no_grad_logprobs = timed(
         lambda model, *a, **k: "update.reference" if model is tr.reference else "update.old",
         tr.no_grad_logprobs,

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from oracles import token_logprobs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sft2grpo.config import LoraConfig, ModelConfig
@@ -13,13 +14,12 @@ from sft2grpo.models import (
     apply_lora,
     build_tiny,
     chat_prompt_ids,
+    left_pad,
     load_policy,
     make_reference,
     save_model,
     selective_logprobs,
-    token_logprobs,
 )
-from sft2grpo.rollout.base import left_pad
 
 
 def batch(tok, completions=("12 + 7 = 19", "no"), prompts=("What is 12 + 7?", "Hi")):
@@ -207,7 +207,7 @@ def test_embedded_smollm2_answers(tmp_path_factory):
 def test_group_logprobs_equals_unshared_forward_in_value_and_gradient():
     """Running each prompt once and gathering its keys/values for its rows must give the same
     log-probs and the same parameter gradient as running every row's full sequence."""
-    from sft2grpo.models import group_logprobs, token_logprobs
+    from sft2grpo.models import group_logprobs
 
     torch.manual_seed(0)
     model, _ = build_tiny()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from sft2grpo.config import configs_dir, list_presets, load_config
+from sft2grpo.config import configs_dir, list_presets, load_config, loss_switches
 from sft2grpo.objective import (
     ADVANTAGE_ESTIMATORS,
     AGGREGATIONS,
@@ -22,7 +22,6 @@ from sft2grpo.objective import (
     compute_advantages,
     kl_in_reward,
     kl_penalty,
-    loss_switches,
     policy_loss,
 )
 

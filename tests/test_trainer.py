@@ -1,6 +1,7 @@
 """The trainer end to end on the tiny random model: every preset runs, the update has the right
 sign, beta = 0 builds no reference model, and the saved model reloads with transformers."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -58,16 +59,16 @@ def test_every_preset_trains(tmp_path, preset):
 
 
 def test_autocast_auto_is_bf16_only_where_it_is_native(tmp_path, monkeypatch):
-    from sft2grpo import models
+    from sft2grpo import trainer as trainer_module
 
     for native in (False, True):
-        monkeypatch.setattr(models, "has_fast_bf16", lambda device, native=native: native)
+        monkeypatch.setattr(trainer_module, "has_fast_bf16", lambda device, native=native: native)
         trainer = Trainer(tiny_cfg(tmp_path, "grpo", "train.autocast=auto"), tmp_path / "run")
         assert trainer.bf16 == native
         assert trainer.cfg.train.autocast == "auto"  # a resumed run decides again, on its machine
     assert not Trainer(tiny_cfg(tmp_path, "grpo", "train.autocast=off"), tmp_path / "run").bf16
     # asked for explicitly where it is emulated: it runs, with a warning that says why it is slow
-    monkeypatch.setattr(models, "has_fast_bf16", lambda device: False)
+    monkeypatch.setattr(trainer_module, "has_fast_bf16", lambda device: False)
     with pytest.warns(UserWarning, match="train.autocast=bf16 on cpu without native bfloat16"):
         Trainer(tiny_cfg(tmp_path, "grpo", "train.autocast=bf16"), tmp_path / "run")
 
@@ -183,9 +184,10 @@ def test_rows_without_advantage_skip_the_update_and_change_no_gradient(tmp_path,
 
     monkeypatch.setattr(Trainer, "logprobs", spy)
     monkeypatch.setattr(full, "rows_with_gradient", lambda a: list(range(a.shape[0])))
-    m_skip, m_full = skip.update(batch, adv), full.update(batch, adv)
+    m_skip, _ = skip.update(batch, adv, None, skip.micro_batches(batch, skip.rows_with_gradient(adv)))
+    m_full, _ = full.update(batch, adv, None, full.micro_batches(batch, full.rows_with_gradient(adv)))
     assert sorted(seen) == [0, 1, 2, 3]  # group 1 never went through the model
-    assert m_skip["update_rows_frac"] == 0.5 and m_full["update_rows_frac"] == 1.0
+    assert m_skip["update_rows"] == 4 and m_full["update_rows"] == 8
     # on-policy the ratio is 1: each row's token mean is -A_i, and the mean over all 8 rows (the
     # skipped ones still count) is -(1 - 0.5 + 0.5 + 0.25) / 8
     assert m_skip["loss"] == pytest.approx(-1.25 / 8, rel=1e-6)
@@ -222,3 +224,198 @@ def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
     assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [1, 2]  # the third bad step raises before logging
+
+
+# -- the step against hand derivations ------------------------------------------------------------
+
+
+def spy_step(trainer, monkeypatch):
+    """Run one train_step and record what flowed through it: the batch, advantages, pi_ref and
+    micro-batches `update` got, every `policy_loss` call's arguments, every no-grad forward, and a
+    copy of the policy as it was before the step."""
+    from sft2grpo import objective
+
+    seen = {"calls": [], "no_grad": [], "before": copy.deepcopy(trainer.model)}
+    real_update, real_loss, real_nograd = trainer.update, objective.policy_loss, trainer.no_grad_logprobs
+
+    def update(batch, adv, ref, mbs):
+        seen.update(batch=batch, adv=adv, ref=ref, mbs=mbs)
+        return real_update(batch, adv, ref, mbs)
+
+    def loss(logp, mask, adv, old=None, ref=None, **kw):
+        seen["calls"].append({"old": None if old is None else old.clone(), "rows": logp.shape[0], **kw})
+        return real_loss(logp, mask, adv, old, ref, **kw)
+
+    def no_grad(model, *a, **k):
+        seen["no_grad"].append(model)
+        return real_nograd(model, *a, **k)
+
+    monkeypatch.setattr(trainer, "update", update)
+    monkeypatch.setattr(objective, "policy_loss", loss)
+    monkeypatch.setattr(trainer, "no_grad_logprobs", no_grad)
+    seen["row"], _ = trainer.train_step()
+    return seen
+
+
+def full_batch_logprobs(model, batch, temperature=1.0):
+    """[B, T] log-probs of the batch's completions from one plain forward over whole rows (the
+    oracle: no prompt sharing, no packing, no micro-batches)."""
+    from oracles import token_logprobs
+
+    from sft2grpo.models import left_pad
+
+    pid, patt = left_pad([batch.prompts[i] for i in batch.row_prompt.tolist()], 0)
+    ids = torch.cat([pid, batch.completion_ids], 1)
+    att = torch.cat([patt, batch.mask.long()], 1)
+    return token_logprobs(model, ids, att, batch.completion_ids.shape[1], temperature)
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+def test_accumulated_gradient_is_the_full_batch_gradient(tmp_path, monkeypatch, aggregation):
+    """8 rows in micro-batches of 3, 3, 2. policy_loss divides every micro-batch's sum by the whole
+    batch's counts (sequences, or tokens for token_mean; max_len for Dr. GRPO), so the three losses
+    add up to the full-batch loss, L = L1 + L2 + L3, and so do their gradients. Hence the gradient
+    the trainer accumulated equals autograd of ONE policy_loss call on all 8 rows (GRPO's KL term
+    included), computed here from a plain forward of the model as it was before the step."""
+    from sft2grpo.config import loss_switches
+    from sft2grpo.objective import policy_loss
+
+    cfg = tiny_cfg(
+        tmp_path,
+        "grpo",
+        f"objective.aggregation={aggregation}",
+        "train.mu=1",
+        "train.max_grad_norm=0",  # no clipping: compare the raw gradients
+        f"reward.functions=['{TOY}:distinct']",  # every group has spread, so A != 0
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    seen = spy_step(trainer, monkeypatch)
+    assert [c["rows"] for c in seen["calls"]] == [3, 3, 2]
+    batch, model = seen["batch"], seen["before"]
+    model.train()
+    with torch.no_grad():
+        ref = full_batch_logprobs(trainer.reference, batch)
+    logp = full_batch_logprobs(model, batch)  # with grad
+    switches = loss_switches(cfg.objective, cfg.rollout.max_new_tokens)
+    loss, _ = policy_loss(logp, batch.mask, seen["adv"], None, ref, **switches)
+    loss.backward()
+    assert seen["row"]["loss"] == pytest.approx(loss.item(), rel=1e-4, abs=1e-6)
+    grads = dict(trainer.model.named_parameters())
+    worst = 0.0
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        worst = max(worst, p.grad.abs().max().item())
+    assert worst > 1e-4  # a real gradient, not two zeros
+
+
+def test_pi_old_is_pass_zeros_forward_bit_for_bit(tmp_path, monkeypatch):
+    """mu = 2: pass 1 needs pi_old, the policy before this step's first optimizer step. Pass 0 ran
+    on exactly those weights, so its detached log-probs are pi_old; no extra forward is spent, and
+    in fp32 on CPU they equal the no-grad forward of the pre-step model bit for bit."""
+    cfg = tiny_cfg(tmp_path, "no_kl", "train.mu=2")  # ratio=token, beta=0: no reference model
+    trainer = Trainer(cfg, tmp_path / "run")
+    seen = spy_step(trainer, monkeypatch)
+    assert seen["no_grad"] == []  # neither pi_old nor pi_ref cost a forward pass
+    pass0, pass1 = seen["calls"][:3], seen["calls"][3:]
+    assert all(c["old"] is None for c in pass0)  # pass 0: sg(pi_theta) is pi_old
+    batch, mbs = seen["batch"], seen["mbs"]
+    expected = trainer.no_grad_logprobs(seen["before"], batch, mbs)  # [B, T]
+    for rows, c in zip(mbs, pass1, strict=True):
+        t = c["old"].shape[1]
+        assert torch.equal(c["old"], expected[rows, :t])
+
+
+def test_ratio_none_without_tis_keeps_no_pi_old(tmp_path, monkeypatch):
+    """ratio=none reads pi_old nowhere (pi / sg(pi)), and without TIS nothing else does: even with
+    mu = 2 no pass gets one. With tis_cap set, pass 1 gets pass 0's log-probs for the TIS weight."""
+    cfg = tiny_cfg(tmp_path, "no_is", "train.mu=2", "objective.beta=0")
+    seen = spy_step(Trainer(cfg, tmp_path / "run"), monkeypatch)
+    assert len(seen["calls"]) == 6 and all(c["old"] is None for c in seen["calls"])
+    cfg = tiny_cfg(tmp_path, "no_is", "train.mu=2", "objective.beta=0", "objective.tis_cap=2.0")
+    seen = spy_step(Trainer(cfg, tmp_path / "run2"), monkeypatch)
+    assert [c["old"] is None for c in seen["calls"]] == [True] * 3 + [False] * 3
+
+
+def test_kl_in_reward_moves_the_rewards_and_computes_pi_ref_once(tmp_path, monkeypatch):
+    """kl_in=reward: r_i <- r_i - beta * sum_t k3_it with k3 = exp(d) - d - 1, d = log pi_ref - log pi
+    at the sampled tokens (pi from the engine, the sampler). The advantages then come from those
+    rewards: group_norm of r - beta * KL. pi_ref is one no-grad forward for the whole step, shared
+    with the loss's logged KL."""
+    from sft2grpo.objective import compute_advantages
+
+    beta = 0.5
+    cfg = tiny_cfg(
+        tmp_path,
+        "grpo",
+        "objective.kl_in=reward",
+        f"objective.beta={beta}",
+        "train.lr=1e-2",
+        f"reward.functions=['{TOY}:distinct']",  # spread in every group: the first step moves the policy
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train_step()  # one update, so the policy and the reference differ
+    seen = spy_step(trainer, monkeypatch)
+    assert seen["no_grad"] == [trainer.reference]
+    batch = seen["batch"]
+    with torch.no_grad():
+        ref = full_batch_logprobs(trainer.reference, batch)  # [B, T]
+    d = (ref - batch.engine_logprobs) * batch.mask
+    kl = ((torch.exp(d) - d - 1) * batch.mask).sum(1)  # [B] per completion
+    assert kl.min() > 0  # the penalty is real on every completion
+    rewards = batch.rewards - beta * kl
+    adv, _ = compute_advantages(rewards, cfg.rollout.group_size, "group_norm")
+    torch.testing.assert_close(seen["adv"], adv, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(adv, compute_advantages(batch.rewards, cfg.rollout.group_size, "group_norm")[0])
+
+
+def test_tis_weights_the_loss_by_the_capped_engine_ratio(tmp_path):
+    """TIS weights each token by min(pi_old / pi_engine, tis_cap). Here the engine reports log-probs
+    shifted by a constant c from its true (fp32, equal to the trainer's up to ~1e-5) ones, as an
+    engine with other numerics would: the ratio is then e^-c on every token. c = -log 4: ratio 4,
+    capped at 2, so every weight is exactly 2 and the loss (REINFORCE, beta = 0: all of it is the
+    weighted term -A log pi, and A = r != 0) and its gradient double. c = log 2: ratio 1/2, under
+    the cap: both halve. The three runs sample the same completions from the same seed."""
+    rows = {}
+    for name, shift, cap in (("plain", 0.0, None), ("capped", -math.log(4), 2.0), ("half", math.log(2), 2.0)):
+        extra = [] if cap is None else [f"objective.tis_cap={cap}"]
+        cfg = tiny_cfg(
+            tmp_path,
+            "reinforce",
+            "objective.beta=0",
+            "train.max_grad_norm=0",
+            f"reward.functions=['{TOY}:distinct']",
+            *extra,
+        )
+        trainer = Trainer(cfg, tmp_path / name)
+        generate = trainer.engine.generate
+
+        def shifted(*a, shift=shift, generate=generate, **k):
+            ro = generate(*a, **k)
+            ro.logprobs = (ro.logprobs + shift) * ro.mask
+            return ro
+
+        trainer.engine.generate = shifted
+        rows[name], _ = trainer.train_step()
+    plain, capped, half = rows["plain"], rows["capped"], rows["half"]
+    assert plain["grad_norm"] > 0 and "tis_weight_mean" not in plain
+    assert capped["reward_mean"] == half["reward_mean"] == plain["reward_mean"]
+    assert capped["tis_weight_mean"] == pytest.approx(2.0) and capped["tis_capped_frac"] == 1.0
+    assert capped["loss"] == pytest.approx(2 * plain["loss"], rel=1e-6)
+    assert capped["grad_norm"] == pytest.approx(2 * plain["grad_norm"], rel=1e-5)
+    assert half["tis_weight_mean"] == pytest.approx(0.5, rel=1e-4) and half["tis_capped_frac"] == 0.0
+    assert half["loss"] == pytest.approx(0.5 * plain["loss"], rel=1e-3)
+    assert half["grad_norm"] == pytest.approx(0.5 * plain["grad_norm"], rel=1e-3)
+
+
+def test_step_metrics_are_the_whole_batchs(tmp_path, monkeypatch):
+    """adv_mean / adv_std are the mean and (population) std of the step's full advantage vector,
+    not a mix of micro-batch statistics; with group_norm every group has mean 0 and std 1 (or is
+    all 0), so by hand: mean 0, and std sqrt(share of groups with spread)."""
+    cfg = tiny_cfg(tmp_path, "no_kl")
+    seen = spy_step(Trainer(cfg, tmp_path / "run"), monkeypatch)
+    adv, row = seen["adv"].double(), seen["row"]
+    assert row["adv_mean"] == pytest.approx(adv.mean().item(), abs=1e-9)
+    assert row["adv_std"] == pytest.approx(adv.std(unbiased=False).item(), rel=1e-6)
+    assert row["adv_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert row["adv_std"] == pytest.approx(math.sqrt(1 - row["zero_std_frac"]), rel=1e-4)
+    assert row["time_step"] >= row["time_rollout"] + row["time_reward"] + row["time_update"] - 1e-3

@@ -112,7 +112,8 @@ def cmd_train(args) -> int:
             print(f"{key:34s} {tp:40s} default: {default!r}")
         return 0
     from . import checkpoint, distributed
-    from .trainer import Trainer, find_resumable, make_run_dir
+    from .run import find_resumable, make_run_dir
+    from .trainer import Trainer
 
     run_dir = ckpt = None
     if args.resume and args.resume != "auto":
@@ -191,7 +192,7 @@ def format_summary(s: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from . import models, rewards, rollout, tasks
+    from .components import build_components
     from .config import load_config
     from .evaluate import evaluate_heldout, write_jsonl
 
@@ -199,11 +200,8 @@ def cmd_eval(args) -> int:
     if args.task:
         overrides.append(f"task.name={args.task}")
     cfg = load_config(args.config, overrides)
-    model, tok = models.load_policy(cfg.model)
-    task = tasks.load_task(cfg.task)
-    reward_fn = rewards.build_reward(cfg.reward, task)
-    engine = rollout.make_engine(cfg.rollout.engine, model, tok)
-    res = evaluate_heldout(engine, tok, task, reward_fn, cfg, split=args.split)
+    p = build_components(cfg)
+    res = evaluate_heldout(p.engine, p.tokenizer, p.task, p.reward_fn, cfg, split=args.split)
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)

@@ -472,3 +472,22 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any]]
         else:
             rows.append((key, _type_name(hints[f.name]), value))
     return rows
+
+
+def loss_switches(obj: ObjectiveConfig, default_max_len: int) -> dict:
+    """The objective section as the explicit keyword scalars of `objective.policy_loss`, which
+    never reads the config itself. max_len (Dr. GRPO's constant) falls back to `default_max_len`,
+    the rollout's max_new_tokens."""
+    return {
+        "ratio": obj.ratio,
+        "clip": obj.clip,
+        "eps_low": obj.eps_low,
+        "eps_high": obj.eps_high,
+        "dual_clip": obj.dual_clip,
+        "beta": obj.beta,
+        "kl_estimator": obj.kl_estimator,
+        "kl_in": obj.kl_in,
+        "aggregation": obj.aggregation,
+        "max_len": obj.max_len if obj.max_len is not None else default_max_len,
+        "tis_cap": obj.tis_cap,
+    }

@@ -76,6 +76,23 @@ def all_sum(values: list[float], ctx: Context) -> list[float]:
     return t.cpu().tolist()
 
 
+def reduce_metrics(
+    sums: dict[str, float], maxima: dict[str, float], ctx: Context
+) -> tuple[dict[str, float], dict[str, float]]:
+    """A step's metrics over every process: `sums` added up, `maxima` reduced with max (one
+    collective each). The caller divides sums by summed counts afterwards, so a mean is the whole
+    step's mean, never a mean of per-process means."""
+    keys, mkeys = sorted(sums), sorted(maxima)
+    if not ctx.enabled:
+        return dict(sums), dict(maxima)
+    added = all_sum([float(sums[k]) for k in keys], ctx)
+    t = torch.tensor([float(maxima[k]) for k in mkeys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return dict(zip(keys, added)), dict(zip(mkeys, t.cpu().tolist()))
+
+
 def any_rank(flag: bool, ctx: Context) -> bool:
     """True on every rank if it is True on any rank (stop requests, "needs more groups")."""
     return all_sum([float(flag)], ctx)[0] > 0
@@ -104,7 +121,7 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
-class Scorer(nn.Module):
+class PolicyLogprobs(nn.Module):
     """The policy's log-prob computation as one module, so DDP sees one forward per micro-batch
     (its gradient hooks are armed by `forward`; `group_logprobs` calls the model twice)."""
 
@@ -133,10 +150,10 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 def parallelize(
     model: nn.Module, strategy: str, temperature: float, ctx: Context, packing: bool = True
 ) -> nn.Module:
-    """The callable the update uses for the policy's log-probs: `Scorer(model)`, wrapped in DDP,
+    """The callable the update uses for the policy's log-probs: `PolicyLogprobs(model)`, wrapped in DDP,
     or over a model whose layers `fully_shard` has sharded (in place). Call before building the
     optimizer: FSDP2 replaces the parameters with sharded ones."""
-    scorer = Scorer(model, temperature, packing)
+    scorer = PolicyLogprobs(model, temperature, packing)
     if not ctx.enabled:
         return scorer
     if strategy == "ddp":
@@ -184,7 +201,7 @@ def sync_gradients(module: nn.Module, enabled: bool) -> contextlib.AbstractConte
 
     if isinstance(module, DDP):
         return contextlib.nullcontext() if enabled else module.no_sync()
-    inner = module.policy if isinstance(module, Scorer) else module
+    inner = module.policy if isinstance(module, PolicyLogprobs) else module
     if is_fsdp(inner):
         inner.set_requires_gradient_sync(enabled)  # stays set until the next call
     return contextlib.nullcontext()

@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 
+from .models import chat_prompt_ids
+from .rollout.base import decode_completions, unpadded_ids
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Probability that at least one of k draws (without replacement) from n samples is correct."""
@@ -64,19 +67,18 @@ def evaluate(
         bar = tqdm(total=len(examples), desc="eval", leave=False)
     for start in range(0, len(examples), per_problem):
         chunk = examples[start : start + per_problem]
-        _, ro, texts, res = sample_and_score(
-            engine,
-            tokenizer,
-            chunk,
-            reward_fn,
-            n,
-            system_prompt,
+        prompts = chat_prompt_ids(tokenizer, [e.chat for e in chunk], system_prompt)
+        ro = engine.generate(
+            prompts,
+            n=n,
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             greedy=greedy,
             generator=generator,
-            step=step,
         )
+        texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
+        rows = [e for e in chunk for _ in range(n)]  # prompt-major
+        res = reward_fn(texts, rows, completion_ids=unpadded_ids(ro.completion_ids, ro.mask), step=step)
         correct = res.correct.view(len(chunk), n)  # (P, n)
         fmt = res.format_error.view(len(chunk), n)
         lengths = ro.mask.sum(1).view(len(chunk), n)  # (P, n)
@@ -109,26 +111,6 @@ def evaluate(
     }
     metrics.update(reward_fn.drain_metrics(reserved=metrics))  # reward functions' log_metric means
     return EvalResult(metrics, out)
-
-
-def sample_and_score(
-    engine, tokenizer, examples: list, reward_fn, n: int, system_prompt, step: int = 0, **generate_kwargs
-):
-    """n completions per example in the chat template, decoded and scored.
-
-    Returns (prompt ids, one per example; Rollout; texts; RewardResult), rows prompt-major
-    (example 0's n completions first), so `x.view(len(examples), n)` gives the groups. The
-    trainer's rollouts and the evaluation both sample through here.
-    """
-    from .models import chat_prompt_ids
-
-    ids = chat_prompt_ids(tokenizer, [e.chat for e in examples], system_prompt)
-    ro = engine.generate(ids, n=n, **generate_kwargs)
-    texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
-    lengths = ro.mask.sum(1).long().tolist()
-    completion_ids = [row[:k].tolist() for row, k in zip(ro.completion_ids, lengths)]  # unpadded, as TRL's
-    res = reward_fn(texts, [e for e in examples for _ in range(n)], completion_ids=completion_ids, step=step)
-    return ids, ro, texts, res
 
 
 def evaluate_heldout(
@@ -227,12 +209,3 @@ def write_jsonl(path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-
-
-def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Text of each row's generated tokens (special tokens such as EOS dropped)."""
-    lengths = mask.sum(1).long().tolist()
-    return [
-        tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
-        for row, n in zip(completion_ids, lengths)
-    ]

@@ -30,217 +30,30 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The rungs in the seed's order, then the variants; `--presets` picks a subset.
-PRESETS = (
-    "sft",
-    "reinforce",
-    "reward_norm",
-    "importance",
-    "grpo",
-    "sft_o1",
-    "no_is",
-    "no_kl",
-    "dr_grpo",
-    "dapo",
-    "gspo",
-    "rloo",
+from .ladder_plan import (  # noqa: F401 (re-exported: the ladder's plan is part of its API)
+    BUDGETS,
+    DESCRIPTIONS,
+    PRESETS,
+    RUNGS,
+    Budget,
+    Plan,
+    Run,
+    is_finished,
+    make_plan,
+    parse_presets,
+    read_json,
 )
-RUNGS = PRESETS[:5]
-DESCRIPTIONS = {
-    "sft": "rung 1: on-policy SFT, A = ReLU(r)",
-    "reinforce": "rung 2: + negative gradient, A = r",
-    "reward_norm": "rung 3: + normalised, clipped A",
-    "importance": "rung 4: + importance sampling (mu 2)",
-    "grpo": "rung 5: + KL penalty = GRPO",
-    "sft_o1": "sft-o1: no negative gradient, 4 passes",
-    "no_is": "GRPO without importance sampling",
-    "no_kl": "GRPO without KL (no reference model)",
-    "dr_grpo": "Dr. GRPO: A = r - mean, token sums",
-    "dapo": "DAPO: clip-higher, dynamic sampling",
-    "gspo": "GSPO: one ratio per sequence",
-    "rloo": "RLOO: leave-one-out baseline",
-}
-
-
-@dataclass(frozen=True)
-class Budget:
-    steps: int
-    seeds: int
-    settings: tuple[str, ...]  # config overrides given to every run and to the base evaluation
-    kl_prompts: int  # held-out prompts for KL(trained || base)
-    kl_samples: int  # completions sampled from the trained policy per prompt
-
-
-# Both keep the `make run` recipe (bf16 autocast, lr 3e-5), task and rewards, and write no periodic
-# checkpoint: a 135M checkpoint is 1.6 GB and a default run a few minutes, so a crashed run restarts,
-# while Ctrl-C still checkpoints the run it stops (pass checkpoint.every=N for more). "default" is
-# sized by `estimate_run_s` to about 50 minutes for 12 presets x 2 seeds on 2 quiet CPU cores (a
-# step of every preset for both seeds costs about 8 minutes, so there is room for 5 steps).
-BUDGETS = {
-    "small": Budget(
-        steps=2,
-        seeds=1,
-        settings=(
-            "train.prompts_per_step=2",
-            "rollout.group_size=4",
-            "rollout.max_new_tokens=32",
-            "train.lr=3e-5",
-            "train.autocast=auto",
-            "eval.size=16",
-            "task.val_size=16",
-            "eval.every=1",
-            "checkpoint.every=0",
-            "log.plots=false",
-        ),
-        kl_prompts=4,
-        kl_samples=2,
-    ),
-    "default": Budget(
-        steps=5,
-        seeds=2,
-        settings=(
-            "train.prompts_per_step=2",
-            "rollout.group_size=8",
-            "rollout.max_new_tokens=48",
-            "train.lr=3e-5",
-            "train.autocast=auto",
-            "eval.size=100",
-            "task.val_size=100",
-            "eval.every=3",
-            "checkpoint.every=0",
-        ),
-        kl_prompts=8,
-        kl_samples=2,
-    ),
-}
 
 # Seconds per unit of work of SmolLM2-135M with bf16 autocast on this project's 2-core machine, for
 # the estimate printed before a ladder starts: a process start (imports, model load and save); a
 # rollout's decode step (a fixed cost, plus a cost per row: the batch runs until its longest row
 # stops, usually at max_new_tokens); one row-token of a forward+backward pass; one greedy
-# problem-token of held-out evaluation. Fitted to steps measured when the machine was quiet: 4 x 8
-# completions at 64 tokens, 7.0-8.2 s rollout and 10.2 s update (`make run`); 2 x 8 at 48 tokens,
-# 4.2-5.4 s and 3.8-5.5 s; 100 held-out problems at 48 tokens, 10-21 s. The progress lines rescale
-# the estimate by what the finished runs actually took.
+# problem-token of held-out evaluation. Fitted to steps measured on a quiet machine (the numbers are
+# in docs/ladder/README.md); the progress lines rescale the estimate by what finished runs took.
 COST = {"start": 15.0, "decode": 0.05, "decode_row": 2.5e-3, "update": 4.9e-3, "eval": 3.5e-3}
-
-
-@dataclass
-class Run:
-    preset: str
-    seed: int
-    dir: Path
-    overrides: list[str]  # everything after `sft2grpo train --config PRESET`
-    cfg: Any  # the resolved Config (validated before anything runs)
-
-
-@dataclass
-class Plan:
-    out: Path
-    presets: list[str]
-    seeds: list[int]
-    steps: int
-    budget_name: str
-    budget: Budget
-    shared: list[str]  # overrides every run and the base evaluation share
-    runs: list[Run]
-    command: str
-    keep_models: bool = False
-
-
-# ---------------------------------------------------------------------------------------------------
-# The plan.
-
-
-def parse_presets(text: str | None) -> list[str]:
-    """'sft,grpo' -> ['sft', 'grpo'] (duplicates dropped); None -> every preset of the ladder."""
-    from .config import list_presets
-
-    available = list_presets()
-    if not text:
-        return [p for p in PRESETS if p in available]
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    for n in names:
-        if n not in available:
-            raise ValueError(f"--presets: unknown preset '{n}'; available: {', '.join(available)}")
-    if not names:
-        raise ValueError("--presets: no preset named")
-    return names
-
-
-def make_plan(
-    *,
-    budget: str = "default",
-    steps: int | None = None,
-    seeds: int | None = None,
-    presets: str | None = None,
-    task: str | None = None,
-    model: str | None = None,
-    output: str | Path = "ladder",
-    overrides: list[str] | None = None,
-    keep_models: bool = False,
-) -> Plan:
-    """Every run's overrides and resolved config; a bad preset, budget or key stops here, before any
-    training, with one line naming it."""
-    from .config import load_config
-
-    if budget not in BUDGETS:
-        raise ValueError(f"--budget: unknown budget '{budget}'; available: {', '.join(BUDGETS)}")
-    b = BUDGETS[budget]
-    steps = b.steps if steps is None else steps
-    n_seeds = b.seeds if seeds is None else seeds
-    if steps < 1:
-        raise ValueError(f"--steps {steps}: must be >= 1")
-    if n_seeds < 1:
-        raise ValueError(f"--seeds {n_seeds}: must be >= 1")
-    names = parse_presets(presets)
-    out = Path(output)
-    shared = list(b.settings)
-    shared += [f"model.name={model}"] if model else []
-    shared += [f"task.name={task}"] if task else []
-    shared += list(overrides or [])
-    shared.append(f"train.steps={steps}")
-    runs = []
-    # seed-major: every preset gets seed 0 before any gets seed 1, so a ladder stopped half-way
-    # still compares every preset
-    for s in range(n_seeds):
-        for p in names:
-            d = out / "runs" / f"{p}-s{s}"
-            # the ladder's own keys come last: one base evaluation for all, the same seeds for all
-            ov = shared + [
-                "eval.before=false",
-                "eval.after=true",
-                "log.progress=false",
-                f"train.seed={s}",
-                f"log.output_dir={d}",
-            ]
-            runs.append(Run(p, s, d, ov, load_config(p, ov)))
-    argv = ["sft2grpo", "ladder"]
-    argv += ["--task", task] if task else []
-    argv += ["--model", model] if model else []
-    argv += ["--budget", budget] if budget != "default" else []
-    argv += ["--steps", str(steps)] if steps != b.steps else []
-    argv += ["--seeds", str(n_seeds)] if n_seeds != b.seeds else []
-    argv += ["--presets", ",".join(names)] if presets else []
-    argv += ["--output", str(output)] if str(output) != "ladder" else []
-    argv += ["--keep-models"] if keep_models else []
-    argv += list(overrides or [])
-    return Plan(
-        out=out,
-        presets=names,
-        seeds=list(range(n_seeds)),
-        steps=steps,
-        budget_name=budget,
-        budget=b,
-        shared=shared,
-        runs=runs,
-        command=" ".join(shlex.quote(a) for a in argv),
-        keep_models=keep_models,
-    )
 
 
 def estimate_run_s(cfg) -> float:
@@ -274,22 +87,10 @@ def estimate_measure_s(plan: Plan) -> float:
 # Running.
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
-
-
-def is_finished(run: Run) -> bool:
-    s = read_json(run.dir / "summary.json")
-    return bool(s) and not s.get("interrupted") and s.get("steps") == run.cfg.train.steps
 
 
 def run_state(run: Run) -> str:
@@ -516,8 +317,8 @@ def measure_runs(plan: Plan) -> str | None:
 # The measure process: everything that needs a model, outside the ladder's own process.
 
 
-def kl_to_base(policy, base, tokenizer, examples: list, cfg, samples: int, seed: int = 0) -> dict[str, float]:
-    """Per-token KL(policy || base) on `samples` completions of `policy` per example.
+def kl_to_base(policy, base, examples: list, cfg, samples: int, seed: int = 0) -> dict[str, float]:
+    """Per-token KL(policy || base) on `samples` completions of `policy` (its Components) per example.
 
     The policy samples at the rollout temperature; both models score the same tokens, and the mean
     over every completion token of Schulman's k3 = exp(d) - d - 1, d = log pi_base - log pi (>= 0,
@@ -526,26 +327,25 @@ def kl_to_base(policy, base, tokenizer, examples: list, cfg, samples: int, seed:
     """
     import torch
 
-    from . import objective, rollout
+    from . import objective
     from .models import chat_prompt_ids, group_logprobs
 
-    dev = next(policy.parameters()).device
-    engine = rollout.make_engine(cfg.rollout.engine, policy, tokenizer)
-    ids = chat_prompt_ids(tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
-    ro = engine.generate(
+    dev = next(policy.model.parameters()).device
+    ids = chat_prompt_ids(policy.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
+    ro = policy.engine.generate(
         ids,
         n=samples,
         max_new_tokens=cfg.rollout.max_new_tokens,
         temperature=cfg.rollout.temperature,
         generator=torch.Generator().manual_seed(seed),
     )
-    row_prompt = torch.arange(len(ids), device=dev).repeat_interleave(samples)  # (B,)
-    comp, mask = ro.completion_ids.to(dev), ro.mask.float().to(dev)  # (B, T)
+    row_prompt = torch.arange(len(ids), device=dev).repeat_interleave(samples)  # [B]
+    comp, mask = ro.completion_ids.to(dev), ro.mask.float().to(dev)  # [B, T]
     with torch.no_grad():
-        lp = group_logprobs(policy, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # (B, T)
-        ref = group_logprobs(base, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # (B, T)
+        lp = group_logprobs(policy.model, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # [B, T]
+        ref = group_logprobs(base, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # [B, T]
     tokens = mask.sum().clamp(min=1)
-    k3 = objective.kl_penalty(lp, ref, "k3")  # (B, T)
+    k3 = objective.kl_penalty(lp, ref, "k3")  # [B, T]
     return {
         "kl_k3": float((k3 * mask).sum() / tokens),
         "kl_k1": float(((lp - ref) * mask).sum() / tokens),
@@ -560,29 +360,29 @@ def measure(spec_path: Path) -> None:
     listed in the spec that `measure_runs` wrote."""
     from dataclasses import replace
 
-    from . import models, rewards, rollout, tasks
+    from .components import build_components
     from .config import LoraConfig, load_config
     from .evaluate import evaluate_heldout, write_jsonl
 
     spec = json.loads(spec_path.read_text())
     out = spec_path.parent
     cfg = load_config(None, [*spec["shared"], "log.progress=false"])
-    plain = replace(cfg.model, lora=LoraConfig(enabled=False))  # trained models are saved merged
-    base, tok = models.load_policy(plain)
-    task = tasks.load_task(cfg.task)
+    # trained models are saved with LoRA merged in, so every model here is a plain one
+    cfg = replace(cfg, model=replace(cfg.model, lora=LoraConfig(enabled=False)))
+    base = build_components(cfg)
     if not (out / "base" / "eval.json").exists():
         t0 = time.perf_counter()
-        engine = rollout.make_engine(cfg.rollout.engine, base, tok)
-        res = evaluate_heldout(engine, tok, task, rewards.build_reward(cfg.reward, task), cfg)
+        res = evaluate_heldout(base.engine, base.tokenizer, base.task, base.reward_fn, cfg)
         (out / "base").mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "base" / "eval_samples.jsonl", res.samples)
         write_json(out / "base" / "eval.json", {**res.metrics, "time_s": time.perf_counter() - t0})
         print(f"base: held-out accuracy {res.metrics['accuracy']:.3f}", flush=True)
-    examples = task.eval[: spec["kl_prompts"]]
+    examples = base.task.eval[: spec["kl_prompts"]]
     for d in map(Path, spec["runs"]):
         t0 = time.perf_counter()
-        policy, _ = models.load_policy(replace(plain, name=str(d / "model")))
-        kl = kl_to_base(policy, base, tok, examples, cfg, spec["kl_samples"])
+        run_cfg = replace(cfg, model=replace(cfg.model, name=str(d / "model")))
+        policy = build_components(run_cfg, task=base.task)
+        kl = kl_to_base(policy, base.model, examples, cfg, spec["kl_samples"])
         write_json(d / "kl.json", {**kl, "time_s": time.perf_counter() - t0})
         print(f"{d.name}: KL k3 {kl['kl_k3']:.4g} per token", flush=True)
         del policy

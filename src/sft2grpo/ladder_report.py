@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .ladder import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
+from .ladder_plan import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
 
 
 @dataclass

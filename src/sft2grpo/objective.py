@@ -32,26 +32,23 @@ Shapes: B = sequences (completions), T = completion tokens, `mask` is B x T (boo
 
 Registries (advantage estimators, KL estimators, ratios, aggregations) map a config string to a
 function with one signature per registry; an unknown name is a ValueError listing the valid ones.
-Nothing here reads the config: `loss_switches` turns it into the explicit scalars `policy_loss` takes.
+Nothing here reads the config or imports from this package: `config.loss_switches` turns the
+config into the explicit scalars `policy_loss` takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from .config import ObjectiveConfig
 
 # exp() of a log-ratio above this overflows float16 and makes inf * 0 = NaN on masked tokens; a ratio
 # of e^20 means the two policies disagree completely, and clipping would zero that token anyway.
 LOG_RATIO_MAX = 20.0
 
 
-def _pick(registry: dict[str, Callable], name: str, switch: str) -> Callable:
+def _lookup(registry: dict[str, Callable], name: str, switch: str) -> Callable:
     """registry[name], or a ValueError that names the switch and lists its valid values."""
     if name not in registry:
         raise ValueError(f"{switch}={name!r} is not one of: {', '.join(registry)}")
@@ -120,7 +117,7 @@ def compute_advantages(
         >>> compute_advantages(torch.tensor([1.0, -1.0, 0.0, 0.0]), 2, "group_norm")[0]
         tensor([ 1.0000, -1.0000,  0.0000,  0.0000])
     """
-    fn = _pick(ADVANTAGE_ESTIMATORS, estimator, "advantage estimator")
+    fn = _lookup(ADVANTAGE_ESTIMATORS, estimator, "advantage estimator")
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [B], got shape {tuple(rewards.shape)}")
     b = rewards.shape[0]
@@ -180,7 +177,7 @@ KL_PLACEMENTS = ("loss", "reward")
 
 def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str) -> Tensor:
     """Per-token estimate of KL(pi_theta || pi_ref) at the sampled tokens. logp, ref_logp: [B, T] -> [B, T]."""
-    fn = _pick(KL_ESTIMATORS, estimator, "kl_estimator")
+    fn = _lookup(KL_ESTIMATORS, estimator, "kl_estimator")
     if ref_logp.shape != logp.shape:
         raise ValueError(f"ref_logp has shape {tuple(ref_logp.shape)}, logp has {tuple(logp.shape)}")
     return fn(logp, ref_logp)
@@ -331,13 +328,14 @@ def policy_loss(
     from the trainer's; with tis_cap = C each token's policy term is weighted by the truncated
     importance weight min(pi_old / pi_behavior, C) (detached), correcting for that mismatch.
 
-    Metrics: clip_frac_low / clip_frac_high (valid tokens where the lower / upper clipped branch is the
-    min, so their gradient is 0), clip_frac_dual, ratio_mean, adv_mean, adv_std, and kl when ref_logp
-    is given (mean per token, with kl_estimator).
+    Metrics, each a mean over the valid tokens: clip_frac_low / clip_frac_high (tokens where the
+    lower / upper clipped branch is the min, so their gradient is 0), clip_frac_dual, ratio_mean, and
+    kl when ref_logp is given (with kl_estimator). The advantages' own statistics are the caller's:
+    it holds the whole batch's vector, this call only a micro-batch of it.
     """
-    ratio_fn = _pick(RATIOS, ratio, "ratio")
-    agg_fn = _pick(AGGREGATIONS, aggregation, "aggregation")
-    kl_fn = _pick(KL_ESTIMATORS, kl_estimator, "kl_estimator")
+    ratio_fn = _lookup(RATIOS, ratio, "ratio")
+    agg_fn = _lookup(AGGREGATIONS, aggregation, "aggregation")
+    kl_fn = _lookup(KL_ESTIMATORS, kl_estimator, "kl_estimator")
     if kl_in not in KL_PLACEMENTS:
         raise ValueError(f"kl_in={kl_in!r} is not one of: {', '.join(KL_PLACEMENTS)}")
     _check_2d(logp, "logp")
@@ -407,8 +405,6 @@ def policy_loss(
             "clip_frac_high": high.to(logp.dtype).sum() / ntok,
             "clip_frac_dual": dual.to(logp.dtype).sum() / ntok,
             "ratio_mean": (rho * mf).sum() / ntok,
-            "adv_mean": a.mean(),
-            "adv_std": a.std(unbiased=False) if a.numel() > 0 else a.sum(),
         }
         if kl_tok is not None:
             metrics["kl"] = (kl_tok * mf).sum() / ntok
@@ -416,27 +412,3 @@ def policy_loss(
             metrics["tis_weight_mean"] = (tis * mf).sum() / ntok
             metrics["tis_capped_frac"] = ((tis >= tis_cap) & m).to(logp.dtype).sum() / ntok
     return loss, metrics
-
-
-# `policy_loss` metrics that are means over completions; every other one is a mean over tokens.
-PER_SEQUENCE_METRICS = ("adv_mean", "adv_std")
-
-
-def loss_switches(obj: ObjectiveConfig, default_max_len: int) -> dict:
-    """The config's objective section as the explicit keyword scalars of `policy_loss`.
-
-    max_len (Dr. GRPO's constant) falls back to `default_max_len`, the rollout's max_new_tokens.
-    """
-    return {
-        "ratio": obj.ratio,
-        "clip": obj.clip,
-        "eps_low": obj.eps_low,
-        "eps_high": obj.eps_high,
-        "dual_clip": obj.dual_clip,
-        "beta": obj.beta,
-        "kl_estimator": obj.kl_estimator,
-        "kl_in": obj.kl_in,
-        "aggregation": obj.aggregation,
-        "max_len": obj.max_len if obj.max_len is not None else default_max_len,
-        "tis_cap": obj.tis_cap,
-    }

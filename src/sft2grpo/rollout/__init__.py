@@ -6,37 +6,49 @@
 - `hf`: transformers' generate, the reference.
 - `fast`: our own KV-cache sampler (prefill each prompt once, drop finished rows); llama-family.
 - `vllm`: vLLM on GPU, colocated, weights pushed from the policy in memory (needs the [gpu] extra).
+
+`ENGINES` is the registry `rollout.engine` selects from: every entry has one signature,
+(model, tokenizer) -> Engine. An engine's module is imported only when it is chosen (vLLM is heavy).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 from sft2grpo.rollout.base import Engine, Rollout
 
-ENGINES = ("fast", "hf", "vllm")
+
+def _hf(model, tokenizer) -> Engine:
+    from sft2grpo.rollout.hf import HFEngine
+
+    return HFEngine(model, tokenizer)
+
+
+def _fast(model, tokenizer) -> Engine:
+    from sft2grpo.rollout.fast import FastEngine, unsupported_reason
+
+    why = unsupported_reason(model)
+    if why is not None:
+        warnings.warn(f"rollout.engine=fast: {why}; falling back to hf", stacklevel=3)
+        return _hf(model, tokenizer)
+    return FastEngine(model, tokenizer)
+
+
+def _vllm(model, tokenizer) -> Engine:
+    from sft2grpo.rollout.vllm import VLLMEngine
+
+    return VLLMEngine(model, tokenizer)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"fast": _fast, "hf": _hf, "vllm": _vllm}
 
 
 def make_engine(name: str, model, tokenizer) -> Engine:
     """The engine called `name` around the live policy `model` (no copy of its weights)."""
-    if name == "hf":
-        from sft2grpo.rollout.hf import HFEngine
-
-        return HFEngine(model, tokenizer)
-    if name == "fast":
-        from sft2grpo.rollout.fast import FastEngine, unsupported_reason
-        from sft2grpo.rollout.hf import HFEngine
-
-        why = unsupported_reason(model)
-        if why is not None:
-            warnings.warn(f"rollout.engine=fast: {why}; falling back to hf", stacklevel=2)
-            return HFEngine(model, tokenizer)
-        return FastEngine(model, tokenizer)
-    if name == "vllm":
-        from sft2grpo.rollout.vllm import VLLMEngine
-
-        return VLLMEngine(model, tokenizer)
-    raise ValueError(f"unknown rollout engine '{name}'; valid engines: {', '.join(ENGINES)}")
+    if name not in ENGINES:
+        raise ValueError(f"unknown rollout engine '{name}'; valid engines: {', '.join(ENGINES)}")
+    return ENGINES[name](model, tokenizer)
 
 
 __all__ = ["ENGINES", "Engine", "Rollout", "make_engine"]

@@ -33,9 +33,6 @@ class Rollout:
 
 class Engine(Protocol):
     name: str
-    # True when `Rollout.logprobs` equal the trainer's own numbers up to fp32 rounding (hf and fast
-    # in fp32); False (bf16, vllm) means the trainer should recompute pi_old itself.
-    exact_logprobs: bool
 
     def generate(
         self,
@@ -68,20 +65,20 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def left_pad(prompt_ids: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts right-aligned in one matrix, so every row's next token goes in the same column.
+def unpadded_ids(completion_ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Each row's generated token ids without padding: what TRL passes reward functions as
+    `completion_ids`."""
+    lengths = mask.sum(1).long().tolist()
+    return [row[:k].tolist() for row, k in zip(completion_ids, lengths)]
 
-    Returns ids [P, L] long and attention mask [P, L] long (0 on padding).
-    """
-    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
-        raise ValueError("every prompt needs at least one token")
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        att[i, width - len(p) :] = 1
-    return ids.to(device), att.to(device)
+
+def decode_completions(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Text of each row's generated tokens (special tokens such as EOS dropped)."""
+    lengths = mask.sum(1).long().tolist()
+    return [
+        tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
+        for row, n in zip(completion_ids, lengths)
+    ]
 
 
 def contains_stop(tokenizer, ids: list[int], stop: list[str]) -> bool:

@@ -12,7 +12,7 @@ Where the time goes in GRPO rollouts, and what this engine does about it:
 
 The forward pass calls the model's own submodules (norms, projections, MLP, rotary embedding), so
 LoRA layers, biases (Qwen2) and q/k norms (Qwen3) behave exactly as in the HF model; only the
-attention with the cache is ours. Greedy tokens match `hf`, log-probs match `token_logprobs`.
+attention with the cache is ours. Greedy tokens match `hf`, log-probs match the trainer's forward pass.
 
 Sampling draws one uniform per row per step from `generator` (for every row, live or not) and
 inverts the CDF, so each row's sample is fixed by the seed, whatever the other rows did. With one
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sft2grpo.models import positions, unwrap, uses_sliding_window
+from sft2grpo.models import left_pad, positions, unwrap, uses_sliding_window
 from sft2grpo.rollout.base import (
     Generators,
     Rollout,
@@ -32,7 +32,6 @@ from sft2grpo.rollout.base import (
     eos_token_ids,
     eval_mode,
     finish,
-    left_pad,
     pad_token_id,
     repeat_rows,
     row_uniforms,
@@ -83,9 +82,6 @@ class FastEngine:
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer)
-        # fp32 numbers equal the trainer's up to rounding (~1e-5); in bf16 a one-token decode and a
-        # full forward round differently (~1e-2), so the trainer should recompute pi_old itself.
-        self.exact_logprobs = next(model.parameters()).dtype == torch.float32
         lm = unwrap(model)
         cfg = lm.config
         self.lm, self.layers = lm, lm.model.layers
@@ -116,10 +112,10 @@ class FastEngine:
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """The LM head on a few rows of final hidden states: h [b, H] -> logits [b, V] float32.
 
-        On CPU, W @ h^T (the [V, H] weight as stored, times b columns) takes about half the time of
-        F.linear's h @ W^T for 2-16 rows and a 49k vocabulary, which is most of a decode step's head
-        (measured with torch 2.13 on 2 AMD EPYC cores: 15 vs 33 ms for 8 rows, equal for 1 row).
-        Same values up to rounding. A head with a bias or a LoRA layer keeps its own forward.
+        On CPU, W @ h^T (the [V, H] weight as stored, times b columns) is faster than F.linear's
+        h @ W^T for a few rows and a large vocabulary, and the head is most of a decode step
+        (docs/benchmarks.md). Same values up to rounding. A head with a bias or a LoRA layer keeps
+        its own forward.
         """
         head = self.lm.lm_head
         if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
@@ -193,7 +189,7 @@ class FastEngine:
     # -- sampling -------------------------------------------------------------------------------
 
     @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool, u):
+    def _sample_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool, u):
         """Choose one token per row; return (tokens [b], log pi(token) [b] before top-k/top-p).
 
         One pass of exp over the vocabulary serves both the log-probability (its sum gives the
@@ -273,7 +269,7 @@ class FastEngine:
             u = None
             if not greedy:  # one uniform per original row, drawn for all rows so each row's is fixed
                 u = row_uniforms(generator, P, n).to(dev)[rows]  # [b]
-            tok, lp = self._pick(logits, temperature, top_k, top_p, greedy, u)  # [b], [b]
+            tok, lp = self._sample_token(logits, temperature, top_k, top_p, greedy, u)  # [b], [b]
             out_tok[rows, t], out_lp[rows, t] = tok, lp
             if t == max_new_tokens - 1:
                 break

@@ -14,6 +14,7 @@ import contextlib
 
 import torch
 
+from sft2grpo.models import left_pad
 from sft2grpo.rollout.base import (
     Generators,
     Rollout,
@@ -22,7 +23,6 @@ from sft2grpo.rollout.base import (
     eos_token_ids,
     eval_mode,
     finish,
-    left_pad,
     pad_token_id,
     repeat_rows,
 )
@@ -84,9 +84,6 @@ class HFEngine:
         self.model, self.tokenizer = model, tokenizer
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = pad_token_id(tokenizer)
-        # fp32 numbers equal the trainer's up to rounding (~1e-5); in bf16 a one-token decode and a
-        # full forward round differently (~1e-2), so the trainer should recompute pi_old itself.
-        self.exact_logprobs = next(model.parameters()).dtype == torch.float32
 
     def generate(
         self,

@@ -7,7 +7,8 @@ function call on the model, as in TRL's colocate mode.
 
 Log-probs: vLLM reports raw log-probs (before temperature) unless asked for processed ones
 (`logprobs_mode`, vLLM >= 0.10.2, requested here). Its kernels are not the trainer's, so its numbers
-are close to the trainer's but not equal: `exact_logprobs` is False, the trainer recomputes pi_old.
+are close to the trainer's but not equal; the trainer uses its own (pi_old from its first pass), and
+`objective.tis_cap` corrects for the difference.
 
 Not tested here: this machine has no GPU and no vLLM. Written against vLLM's documented LLM API.
 """
@@ -56,7 +57,6 @@ class VLLMEngine:
         )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        self.exact_logprobs = False
         try:  # log pi under logits / temperature, before top-k/top-p, like the other engines
             self.llm = vllm.LLM(**kwargs, logprobs_mode="processed_logprobs")
         except TypeError:  # older vLLM: raw log-probs only
