@@ -52,7 +52,7 @@ def test_every_plotted_key_is_written_and_tensorboard_reads_back(tmp_path):
 
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    for key in ("reward_mean", "loss", "time_reward_adv"):
+    for key in ("reward_mean", "loss", "time_reward"):
         got = [(e.step, e.value) for e in events.Scalars(key)]
         assert [s for s, _ in got] == [1, 2]
         assert [v for _, v in got] == pytest.approx([r[key] for r in rows], rel=1e-6)  # float32 on disk

@@ -328,10 +328,12 @@ def test_pi_old_is_pass_zeros_forward_bit_for_bit(tmp_path, monkeypatch):
 def test_ratio_none_without_tis_keeps_no_pi_old(tmp_path, monkeypatch):
     """ratio=none reads pi_old nowhere (pi / sg(pi)), and without TIS nothing else does: even with
     mu = 2 no pass gets one. With tis_cap set, pass 1 gets pass 0's log-probs for the TIS weight."""
-    cfg = tiny_cfg(tmp_path, "no_is", "train.mu=2", "objective.beta=0")
+    # rewards 0..3 in every group of 4: no advantage is 0, so no row skips the passes (beta = 0)
+    spread = f"reward.functions=['{TOY}:distinct']"
+    cfg = tiny_cfg(tmp_path, "no_is", "train.mu=2", "objective.beta=0", spread)
     seen = spy_step(Trainer(cfg, tmp_path / "run"), monkeypatch)
     assert len(seen["calls"]) == 6 and all(c["old"] is None for c in seen["calls"])
-    cfg = tiny_cfg(tmp_path, "no_is", "train.mu=2", "objective.beta=0", "objective.tis_cap=2.0")
+    cfg = tiny_cfg(tmp_path, "no_is", "train.mu=2", "objective.beta=0", "objective.tis_cap=2.0", spread)
     seen = spy_step(Trainer(cfg, tmp_path / "run2"), monkeypatch)
     assert [c["old"] is None for c in seen["calls"]] == [True] * 3 + [False] * 3
 

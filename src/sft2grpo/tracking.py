@@ -21,7 +21,7 @@ PLOT_PANELS: list[tuple[str, list[str]]] = [
     ("KL to reference", ["kl"]),
     ("clip fraction", ["clip_frac_low", "clip_frac_high"]),
     ("completion length (tokens)", ["completion_len"]),
-    ("step time (s)", ["time_rollout", "time_reward_adv", "time_update", "time_step"]),
+    ("step time (s)", ["time_rollout", "time_reward", "time_update", "time_step"]),
 ]
 
 
