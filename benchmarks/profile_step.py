@@ -16,6 +16,7 @@ import argparse
 import functools
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -28,19 +29,8 @@ import torch  # noqa: E402
 from sft2grpo.config import Config  # noqa: E402
 from sft2grpo.trainer import Trainer  # noqa: E402
 
-
-class TimedCall:
-    """`obj` with its call replaced by `call` (a timed wrapper of it) and every other attribute its
-    own: the trainer also calls `reward_fn.end_step()` and `reward_fn.drain_metrics()`."""
-
-    def __init__(self, obj, call):
-        self._obj, self._call = obj, call
-
-    def __call__(self, *args, **kwargs):
-        return self._call(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._obj, name)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_trl import TimedCall  # noqa: E402  (the reward wrapper that keeps end_step/drain_metrics)
 
 
 def main() -> None:
