@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job: train SmolLM2-135M-Instruct with GRPO, evaluate before and after, write plots.
-# The recipe is configs/run.yaml (fits ~15 minutes on 2 CPU cores, docs/learning.md); ARGS adds
+# The recipe is configs/run.yaml (its measurements: docs/learning.md); ARGS adds
 # overrides, e.g. make run ARGS='train.seed=1'.
 # OMP_WAIT_POLICY=PASSIVE as for make bench below: idle OpenMP threads sleep instead of spinning.
 RUN_CONFIG ?= configs/run.yaml
