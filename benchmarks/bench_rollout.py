@@ -2,18 +2,24 @@
 
     python benchmarks/bench_rollout.py                       # 8 prompts x 8 samples x 64 tokens, 135M
     python benchmarks/bench_rollout.py --prompts 4 --samples 16 --tokens 128 --repeats 3
+    python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:bfloat16   # rollout.dtype
 
 Prompts are the default task's (reasoning-gym chain_sum plus the task instruction) in the model's
 chat template; rows stop naturally at EOS. Tokens counted are generated tokens (sum of the mask,
 EOS included). The engines alternate within each repeat, so background load hits both alike; the
 printed numbers are totals over the repeats. Timings, not assertions: this machine is noisy.
+`fast:int8` is the fast engine decoding with an int8 copy of the weights (`rollout.dtype=int8`);
+the copy is made once here (the weights do not change), and the time one refresh costs, which a
+training step pays after every optimizer step, is measured and printed apart. Ratios go to --json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,9 +57,13 @@ def compare_engines(
 ) -> dict:
     """Time each engine on the same prompt ids, alternating within each repeat.
 
-    Returns {name: {"tokens", "seconds", "tokens_per_s"}} plus "fast/hf" when both ran.
+    A name is an engine, or `fast:<rollout.dtype>`. Returns {name: {"tokens", "seconds",
+    "tokens_per_s"}} (with "refresh_s" for a copy) plus "fast/hf" when both ran.
     """
-    engines = {name: make_engine(name, model, tok) for name in names}
+    engines = {}
+    for name in names:
+        engine, _, dtype = name.partition(":")
+        engines[name] = make_engine(engine, model, tok, dtype or "model")
     for engine in engines.values():  # warm-up: first-call allocations and lazy imports
         engine.generate(ids[:1], n=2, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
 
@@ -78,6 +88,13 @@ def compare_engines(
         name: {"tokens": count[name], "seconds": seconds[name], "tokens_per_s": count[name] / seconds[name]}
         for name in names
     }
+    for name, engine in engines.items():
+        if getattr(engine, "low", None) is not None:  # what a training step adds: one full refresh
+            engine.weights_changed()
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                engine.low.refresh(engine._linears())
+            out[name]["refresh_s"] = time.perf_counter() - t0
     if "fast" in out and "hf" in out:
         out["fast/hf"] = out["fast"]["tokens_per_s"] / out["hf"]["tokens_per_s"]
     return out
@@ -95,6 +112,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default="bench_rollout.json", help="where the figures go ('' for nowhere)")
     args = ap.parse_args()
 
     model, tok = load_policy(ModelConfig(name=args.model, dtype=args.dtype, threads=args.threads))
@@ -110,9 +128,24 @@ def main() -> None:
     )
     for name in names:
         r = res[name]
-        print(f"{name:>5}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s")
-    if "fast/hf" in res:
-        print(f"fast/hf: {res['fast/hf']:.2f}x")
+        refresh = f" (+{r['refresh_s']:.2f} s per weight refresh)" if "refresh_s" in r else ""
+        print(
+            f"{name:>13}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s{refresh}"
+        )
+    ratios = {
+        f"{n}/fast": res[n]["tokens_per_s"] / res["fast"]["tokens_per_s"]
+        for n in names
+        if n.startswith("fast:")
+    }
+    if "fast" in res:
+        res.update(ratios)
+    for k, v in [("fast/hf", res.get("fast/hf")), *ratios.items()]:
+        if v is not None:
+            print(f"{k}: {v:.2f}x")
+    if args.json:
+        res["settings"] = vars(args)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def cmd_eval(args) -> int:
         overrides.append(f"task.name={args.task}")
     cfg = load_config(args.config, overrides)
     p = build_components(cfg)
-    res = evaluate_heldout(p.engine, p.tokenizer, p.task, p.reward_fn, cfg, split=args.split)
+    res = evaluate_heldout(p.eval_engine, p.tokenizer, p.task, p.reward_fn, cfg, split=args.split)
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)

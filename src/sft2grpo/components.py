@@ -2,6 +2,7 @@
 
     parts = build_components(cfg)        # cfg: a Config
     ro = parts.engine.generate(...)      # the engine samples from parts.model, the live policy
+    res = evaluate_heldout(parts.eval_engine, ...)   # scored with the policy's own weights
 
 `sft2grpo train` (the Trainer), `sft2grpo eval` and the ladder's measurements all start here, so a
 model, a task and a reward mean the same thing in each of them.
@@ -22,7 +23,8 @@ class Components:
     tokenizer: Any
     task: tasks.Task
     reward_fn: rewards.RewardFn
-    engine: rollout.Engine  # samples from `model` itself, never from a copy
+    engine: rollout.Engine  # training rollouts: samples from `model` (or its rollout.dtype copy)
+    eval_engine: rollout.Engine  # evaluation: always the policy's own weights, what is saved
 
 
 def build_components(cfg: Config, task: tasks.Task | None = None) -> Components:
@@ -32,4 +34,7 @@ def build_components(cfg: Config, task: tasks.Task | None = None) -> Components:
     task = task if task is not None else tasks.load_task(cfg.task)
     reward_fn = rewards.build_reward(cfg.reward, task, max_steps=cfg.train.steps)
     engine = rollout.make_engine(cfg.rollout.engine, model, tokenizer)
-    return Components(model, tokenizer, task, reward_fn, engine)
+    train_engine = engine
+    if cfg.rollout.dtype != "model":
+        train_engine = rollout.make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.dtype)
+    return Components(model, tokenizer, task, reward_fn, train_engine, engine)

@@ -96,6 +96,10 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=list)
     dynamic_sampling: bool = False  # DAPO: resample prompts until groups have non-zero reward spread
     max_resample_rounds: int = 2  # cap on extra rollout rounds per step with dynamic_sampling
+    # weights the `fast` sampler decodes with: "model" (the policy's own), or a copy refreshed after
+    # every optimizer step, "int8" (weight-only, CPU) or "bfloat16"; log-probs for the loss stay
+    # the trainer's (docs/benchmarks.md has the speed and the log-prob gap)
+    dtype: Literal["model", "bfloat16", "int8"] = "model"
 
 
 @dataclass
@@ -416,6 +420,12 @@ def validate(cfg: Config) -> None:
     need(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "must be in (0, 1]")
     need(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0 (0 = off)")
     need(r.max_resample_rounds >= 0, "rollout.max_resample_rounds", r.max_resample_rounds, "must be >= 0")
+    need(
+        r.dtype == "model" or r.engine == "fast",
+        "rollout.dtype",
+        r.dtype,
+        f"a decoding copy needs rollout.engine=fast (not {r.engine})",
+    )
     need(t.steps >= 0, "train.steps", t.steps, "must be >= 0")
     need(t.prompts_per_step >= 1, "train.prompts_per_step", t.prompts_per_step, "must be >= 1")
     need(t.mu >= 1, "train.mu", t.mu, "must be >= 1")

@@ -262,7 +262,7 @@ def run_eval(tr, tag: str, samples: bool = True, split: str = "heldout") -> dict
     ctx = tr.ctx
     with distributed.unsharded(tr.model):
         res = evaluate_heldout(
-            tr.engine,
+            tr.eval_engine,
             tr.tokenizer,
             tr.task,
             tr.reward_fn,

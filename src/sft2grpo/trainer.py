@@ -23,7 +23,7 @@ What it leaves out, on purpose:
 - no reference model when beta = 0 (the seed's last variant), and no copy with LoRA: the reference
   is the policy with its adapter switched off. pi_ref is computed once per step;
 - the engine's own log-probs are never used as pi_old (vLLM and bf16 decoding round differently);
-  they enter only through `objective.tis_cap` and the logged `logprob_gap_max`;
+  they enter only through `objective.tis_cap` and the logged `logprob_gap_max` / `_mean`;
 - no asynchronous rollouts and no replay buffer: a batch is sampled, used for mu passes, dropped.
 
 Around the step: rollout bookkeeping and dynamic sampling (DAPO) are in rollout/batch.py; run
@@ -73,7 +73,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         parts = build_components(cfg)
         self.model, self.tokenizer, self.task = parts.model, parts.tokenizer, parts.task
-        self.reward_fn, self.engine = parts.reward_fn, parts.engine
+        self.reward_fn, self.engine, self.eval_engine = parts.reward_fn, parts.engine, parts.eval_engine
         self.device = next(self.model.parameters()).device
         if cfg.eval.every and not self.task.val:
             raise ValueError(
@@ -105,6 +105,8 @@ class Trainer:
             # FSDP2's sharded parameters need the default
             fused=not self.sharded and self.device.type in ("cpu", "cuda"),
         )
+        if cfg.rollout.dtype != "model":  # the sampler's low-precision copy follows every update
+            self.optimizer.register_step_post_hook(lambda *_: self.engine.weights_changed())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, cfg.train.steps * cfg.train.mu),
@@ -240,7 +242,11 @@ class Trainer:
         # pi_old, kept from pass 0 when a later pass reads it (see the module docstring)
         needs_old = mu > 1 and (o.ratio != "none" or o.tis_cap is not None)
         old = torch.zeros_like(batch.mask) if needs_old else None  # [B, T]
-        sums: dict[str, float] = {"loss": 0.0, "update_rows": float(sum(map(len, mbs)))}
+        sums: dict[str, float] = {
+            "loss": 0.0,
+            "update_rows": float(sum(map(len, mbs))),
+            "logprob_gap_mean": 0.0,
+        }
         # token means over the rows that go through the passes (all of them, unless rows without a
         # gradient are skipped: then over the groups with a reward spread)
         used_tokens = max(1.0, distributed.all_sum([sum(batch.mask[r].sum().item() for r in mbs)], ctx)[0])
@@ -274,9 +280,10 @@ class Trainer:
                     lp = logp.detach().float().cpu()  # [b, t]
                     if old is not None:
                         old[rows, :t] = lp
-                    # the engine's numbers vs ours, on the tokens both computed
-                    gap = ((lp - batch.engine_logprobs[rows, :t]).abs() * mask.cpu()).max().item()
-                    maxima["logprob_gap_max"] = max(maxima["logprob_gap_max"], gap)
+                    # the engine's numbers vs ours, on the tokens both computed: largest and mean
+                    gap = (lp - batch.engine_logprobs[rows, :t]).abs() * mask.cpu()  # [b, t]
+                    maxima["logprob_gap_max"] = max(maxima["logprob_gap_max"], gap.max().item())
+                    sums["logprob_gap_mean"] += gap.sum().item() / used_tokens
                 # token means of this micro-batch, weighted by its share of the step's tokens,
                 # add up to the step's token means
                 w = mask.sum().item() / used_tokens

@@ -8,7 +8,7 @@
 - `vllm`: vLLM on GPU, colocated, weights pushed from the policy in memory (needs the [gpu] extra).
 
 `ENGINES` is the registry `rollout.engine` selects from: every entry has one signature,
-(model, tokenizer) -> Engine. An engine's module is imported only when it is chosen (vLLM is heavy).
+(model, tokenizer, dtype) -> Engine, dtype being `rollout.dtype` (only `fast` decodes with a copy). An engine's module is imported only when it is chosen (vLLM is heavy).
 """
 
 from __future__ import annotations
@@ -19,23 +19,25 @@ from collections.abc import Callable
 from sft2grpo.rollout.base import Engine, Rollout
 
 
-def _hf(model, tokenizer) -> Engine:
+def _hf(model, tokenizer, dtype: str = "model") -> Engine:
     from sft2grpo.rollout.hf import HFEngine
 
     return HFEngine(model, tokenizer)
 
 
-def _fast(model, tokenizer) -> Engine:
+def _fast(model, tokenizer, dtype: str = "model") -> Engine:
     from sft2grpo.rollout.fast import FastEngine, unsupported_reason
 
     why = unsupported_reason(model)
     if why is not None:
+        if dtype != "model":
+            raise ValueError(f"rollout.dtype={dtype} needs the fast engine, and {why}")
         warnings.warn(f"rollout.engine=fast: {why}; falling back to hf", stacklevel=3)
         return _hf(model, tokenizer)
-    return FastEngine(model, tokenizer)
+    return FastEngine(model, tokenizer, dtype)
 
 
-def _vllm(model, tokenizer) -> Engine:
+def _vllm(model, tokenizer, dtype: str = "model") -> Engine:
     from sft2grpo.rollout.vllm import VLLMEngine
 
     return VLLMEngine(model, tokenizer)
@@ -44,11 +46,14 @@ def _vllm(model, tokenizer) -> Engine:
 ENGINES: dict[str, Callable[..., Engine]] = {"fast": _fast, "hf": _hf, "vllm": _vllm}
 
 
-def make_engine(name: str, model, tokenizer) -> Engine:
-    """The engine called `name` around the live policy `model` (no copy of its weights)."""
+def make_engine(name: str, model, tokenizer, dtype: str = "model") -> Engine:
+    """The engine called `name` around the live policy `model`; with dtype "int8" or "bfloat16"
+    (`fast` only) it decodes with a low-precision copy of the weights, kept up to date."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine '{name}'; valid engines: {', '.join(ENGINES)}")
-    return ENGINES[name](model, tokenizer)
+    if dtype != "model" and name != "fast":
+        raise ValueError(f"rollout.dtype={dtype} needs rollout.engine=fast, not {name}")
+    return ENGINES[name](model, tokenizer, dtype)
 
 
 __all__ = ["ENGINES", "Engine", "Rollout", "make_engine"]

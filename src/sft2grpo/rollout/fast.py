@@ -9,6 +9,9 @@ Where the time goes in GRPO rollouts, and what this engine does about it:
   late steps cost what the remaining rows cost.
 - No per-step generality: no logits-processor list, no cache object, one small loop, and one
   pass of exp over the vocabulary per step for both the sample and its log-probability.
+- A decode step over a few rows streams every weight from memory once: with `dtype="int8"` (or
+  "bfloat16") the projections and the LM head read a low-precision copy instead (rollout/lowp.py),
+  refreshed whenever the policy's weights change.
 
 The forward pass calls the model's own submodules (norms, projections, MLP, rotary embedding), so
 LoRA layers, biases (Qwen2) and q/k norms (Qwen3) behave exactly as in the HF model; only the
@@ -36,8 +39,12 @@ from sft2grpo.rollout.base import (
     repeat_rows,
     row_uniforms,
 )
+from sft2grpo.rollout.lowp import DecodeWeights
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# Above this many rows (a prefill) a matrix product is bound by arithmetic, not by reading the
+# weights, and the fp32 weights are used even when rollout.dtype asks for a copy.
+LOW_PRECISION_MAX_ROWS = 64
 
 
 def unsupported_reason(model) -> str | None:
@@ -75,7 +82,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class FastEngine:
     name = "fast"
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, dtype: str = "model"):
         why = unsupported_reason(model)
         if why is not None:
             raise ValueError(f"rollout.engine=fast: {why}")
@@ -88,15 +95,37 @@ class FastEngine:
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        # rollout.dtype: "model" decodes with the policy's own weights, else with a copy
+        self.low = None if dtype == "model" else DecodeWeights(dtype)
+
+    def weights_changed(self) -> None:
+        """Tell the engine the policy's weights changed (the trainer calls it after each optimizer
+        step): a low-precision copy is refreshed before the next generate. No-op without one."""
+        if self.low is not None:
+            self.low.invalidate()
+
+    def _linears(self):
+        """Every projection the sampler runs, for DecodeWeights.refresh."""
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            yield from (a.q_proj, a.k_proj, a.v_proj, a.o_proj)
+            yield from (getattr(m, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
+        yield self.lm.lm_head
+
+    def _lin(self, m, x: torch.Tensor) -> torch.Tensor:
+        """m(x), from the low-precision copy when there is one and x has few rows [..., in]."""
+        if self.low is None or x[..., 0].numel() > LOW_PRECISION_MAX_ROWS:
+            return m(x)
+        return self.low.linear(m, x)
 
     # -- the model, one layer at a time ---------------------------------------------------------
 
     def _qkv(self, attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Projections with RoPE: h [b, L, H] -> q [b, nh, L, hd], k and v [b, nkv, L, hd]."""
         b, L, _ = h.shape
-        q = attn.q_proj(h).view(b, L, self.n_heads, self.head_dim)  # [b, L, nh, hd]
-        k = attn.k_proj(h).view(b, L, self.n_kv, self.head_dim)  # [b, L, nkv, hd]
-        v = attn.v_proj(h).view(b, L, self.n_kv, self.head_dim)  # [b, L, nkv, hd]
+        q = self._lin(attn.q_proj, h).view(b, L, self.n_heads, self.head_dim)  # [b, L, nh, hd]
+        k = self._lin(attn.k_proj, h).view(b, L, self.n_kv, self.head_dim)  # [b, L, nkv, hd]
+        v = self._lin(attn.v_proj, h).view(b, L, self.n_kv, self.head_dim)  # [b, L, nkv, hd]
         if getattr(attn, "q_norm", None) is not None:  # Qwen3 normalises q and k per head
             q, k = attn.q_norm(q), attn.k_norm(k)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [b, 1, L, hd]
@@ -106,8 +135,13 @@ class FastEngine:
 
     def _finish_layer(self, layer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         # o [b, L, nh * hd] attention output -> residual, then the MLP block
-        x = x + layer.self_attn.o_proj(o)  # [b, L, H]
-        return x + layer.mlp(layer.post_attention_layernorm(x))  # [b, L, H]
+        x = x + self._lin(layer.self_attn.o_proj, o)  # [b, L, H]
+        h, mlp = layer.post_attention_layernorm(x), layer.mlp  # [b, L, H]
+        if self.low is None:
+            return x + mlp(h)
+        # the llama-family MLP, each projection through the copy: down(act(gate(h)) * up(h))
+        gated = mlp.act_fn(self._lin(mlp.gate_proj, h)) * self._lin(mlp.up_proj, h)  # [b, L, I]
+        return x + self._lin(mlp.down_proj, gated)  # [b, L, H]
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         """The LM head on a few rows of final hidden states: h [b, H] -> logits [b, V] float32.
@@ -118,6 +152,8 @@ class FastEngine:
         its own forward.
         """
         head = self.lm.lm_head
+        if self.low is not None:
+            return self._lin(head, h).float()  # [b, V]
         if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
             return (head.weight @ h.t()).t().float().contiguous()  # [b, V]
         return head(h).float()  # [b, V]
@@ -235,6 +271,8 @@ class FastEngine:
             )
             return repeat_rows(one, n)
         with eval_mode(self.model), torch.inference_mode():
+            if self.low is not None:  # copy the weights that changed since the last call
+                self.low.refresh(self._linears())
             tokens, logprobs = self._generate(
                 prompt_ids, n, max_new_tokens, temperature, top_p, top_k, stop, generator, greedy
             )

@@ -1,0 +1,115 @@
+"""Low-precision copies of the policy's weights for decoding (`rollout.dtype`): bf16 or int8.
+
+A decode step over a few rows reads every weight once and does little arithmetic with it, so on a
+CPU its time is the time to stream the weights from memory. A copy at 1 byte per weight (int8, one
+scale per output channel) or 2 (bf16) streams 4x or 2x less than fp32. The copy serves the
+sampler only: the trainer computes every log-prob it uses (pi_old, the ratio, the KL) with the fp32
+policy, and the gap between the two is logged (`logprob_gap_max`, `logprob_gap_mean`) and can be
+corrected with `objective.tis_cap`.
+
+`DecodeWeights` keeps one copy per plain `nn.Linear` and brings it up to date before each
+`generate`: a weight whose version counter moved since it was copied (every optimizer step and
+every checkpoint load writes the parameters in place, which moves it) is copied again, so the
+copy is never stale and costs nothing when the policy did not change (evaluation). Layers that are
+not plain `nn.Linear` (LoRA, quantised by others) keep their own forward.
+
+int8 uses PyTorch's weight-only kernel `aten._weight_int8pack_mm` (CPU), which takes bf16
+activations; outputs come back as float32. Its logits are rounded to bf16, about 3 significant
+digits, which is part of the measured gap.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DTYPES = ("model", "bfloat16", "int8")
+
+
+def quantize_int8(w: torch.Tensor, out: torch.Tensor | None = None, scratch: torch.Tensor | None = None):
+    """Symmetric per-output-channel int8: w [out, in] -> (q [out, in] int8, scale [out] float32),
+    with w ~ q * scale[:, None] and |q| <= 127. An all-zero row gets scale 1 (and q = 0).
+
+    `out` (int8 [out, in]) and `scratch` (float32, at least out*in elements) are reused when given:
+    writing into memory already touched is most of the speed of a refresh on a CPU.
+    """
+    w = w.detach().float()
+    lo, hi = torch.aminmax(w, dim=1)  # [out], [out]
+    amax = torch.maximum(-lo, hi)  # [out]
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))  # [out]
+    buf = torch.empty_like(w) if scratch is None else scratch[: w.numel()].view_as(w)  # [out, in]
+    torch.mul(w, scale.reciprocal()[:, None], out=buf).round_()  # in [-127, 127] up to rounding
+    q = torch.empty_like(w, dtype=torch.int8) if out is None else out
+    q.copy_(buf.clamp_(-127, 127))
+    return q, scale
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [..., in] (any float dtype) times the int8 weight q [out, in] with scale [out] -> [..., out]
+    float32: sum_i x_i q_oi * scale_o, computed in bf16 by the weight-only int8 kernel."""
+    flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # [n, in]
+    y = torch.ops.aten._weight_int8pack_mm(flat, q, scale.to(torch.bfloat16))  # [n, out] bf16
+    return y.float().reshape(*x.shape[:-1], q.shape[0])
+
+
+class DecodeWeights:
+    """Per plain `nn.Linear`, its weight in `dtype` ("bfloat16" or "int8"), refreshed on change.
+
+        low = DecodeWeights("int8")
+        low.refresh(linears)         # before each generate: copies what changed since last time
+        low.invalidate()             # after an optimizer step: everything is copied again
+        y = low.linear(layer, x)     # layer's output from the copy (or its own forward)
+
+    A weight counts as changed after `invalidate()` or when its version counter moved (in-place
+    writes such as `load_state_dict` move it; a fused optimizer step does not, hence invalidate).
+    """
+
+    def __init__(self, dtype: str):
+        if dtype not in DTYPES[1:]:
+            raise ValueError(f"rollout.dtype: unknown '{dtype}'; valid: {', '.join(DTYPES)}")
+        self.dtype = dtype
+        self.copies: dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}  # weight, scale
+        self.versions: dict[nn.Module, int] = {}
+        self.stale = True
+        self.scratch: torch.Tensor | None = None  # float32 work space for int8, reused
+        self.refreshed = 0  # weights copied so far (the tests read it)
+
+    def invalidate(self) -> None:
+        """The policy's weights changed (an optimizer step): copy all of them at the next refresh."""
+        self.stale = True
+
+    def _copy(self, m: nn.Linear) -> None:
+        w, old = m.weight.detach(), self.copies.get(m)
+        if self.dtype == "bfloat16":
+            low = old[0] if old is not None else torch.empty_like(w, dtype=torch.bfloat16)
+            self.copies[m] = (low.copy_(w), None)
+            return
+        if self.scratch is None or self.scratch.numel() < w.numel():
+            self.scratch = torch.empty(w.numel(), dtype=torch.float32, device=w.device)
+        self.copies[m] = quantize_int8(w, None if old is None else old[0], self.scratch)
+
+    def refresh(self, modules) -> None:
+        """Copy the weight of every plain nn.Linear in `modules` whose values may have changed."""
+        for m in modules:
+            if type(m) is not nn.Linear:
+                continue
+            version = m.weight._version
+            if self.stale or m not in self.copies or self.versions[m] != version:
+                self._copy(m)
+                self.versions[m] = version
+                self.refreshed += 1
+        self.stale = False
+
+    def linear(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """m(x) computed with m's low-precision copy: x [..., in] -> [..., out] in x's dtype."""
+        copy = self.copies.get(m)
+        if copy is None:
+            return m(x)
+        if self.dtype == "int8":
+            y = int8_linear(x, *copy)
+        else:
+            y = F.linear(x.to(torch.bfloat16), copy[0]).float()
+        if m.bias is not None:
+            y = y + m.bias
+        return y.to(x.dtype)

@@ -1,0 +1,148 @@
+"""rollout.dtype: the sampler's low-precision copy of the weights (rollout/lowp.py, rollout/fast.py)."""
+
+import copy
+import json
+
+import pytest
+import torch
+from test_rollout import PROMPTS, recompute
+
+from sft2grpo.config import ConfigError, load_config
+from sft2grpo.models import build_tiny, chat_prompt_ids
+from sft2grpo.rollout import fast, make_engine
+from sft2grpo.rollout.lowp import DecodeWeights, int8_linear, quantize_int8
+
+
+def test_quantize_int8_closed_form():
+    w = torch.tensor([[1.27, -0.635, 0.0], [0.0, 0.0, 0.0], [-2.0, 1.0, 0.5]])
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    torch.testing.assert_close(scale, torch.tensor([0.01, 1.0, 2.0 / 127]))
+    # round(-63.5) is -64 (half to even); the zero row stays zero with scale 1
+    assert q.tolist() == [[127, -64, 0], [0, 0, 0], [-127, 64, 32]]
+    assert (q.float() * scale[:, None] - w).abs().max() <= scale.max() / 2 + 1e-7
+
+
+def test_int8_linear_is_the_dequantized_product():
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(48, 32, generator=g), torch.randn(5, 3, 32, generator=g)
+    q, scale = quantize_int8(w)
+    y = int8_linear(x, q, scale)  # [5, 3, 48]
+    assert y.shape == (5, 3, 48) and y.dtype == torch.float32
+    # the same product in fp32 from bf16-rounded inputs; the kernel's result is rounded to bf16
+    expect = x.bfloat16().float() @ (q.float() * scale.bfloat16().float()[:, None]).t()
+    torch.testing.assert_close(y, expect, rtol=1e-2, atol=2e-2)
+
+
+def linears(model):
+    return [m for m in model.modules() if type(m) is torch.nn.Linear]
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_copies_refresh_only_what_changed(dtype):
+    model, _ = build_tiny()
+    mods = linears(model)
+    low = DecodeWeights(dtype)
+    low.refresh(mods)
+    assert low.refreshed == len(mods)
+    low.refresh(mods)  # nothing changed: nothing copied
+    assert low.refreshed == len(mods)
+
+    # a fused AdamW step (the trainer's optimizer) writes the parameters without moving their
+    # version counters: only invalidate() (which the trainer calls after each step) makes it seen
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    model(torch.tensor([[3, 4, 5]])).logits.sum().backward()
+    opt.step()
+    low.invalidate()
+    low.refresh(mods)
+    assert low.refreshed == 2 * len(mods)
+    x = torch.randn(2, mods[0].in_features)
+    fresh = DecodeWeights(dtype)
+    fresh.refresh(mods)
+    assert torch.equal(low.linear(mods[0], x), fresh.linear(mods[0], x))  # never stale
+
+    # loading a checkpoint writes the parameters in place too
+    state = {k: v + 0.5 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    before = low.refreshed
+    low.refresh(mods)
+    assert low.refreshed > before
+
+
+def through_copy(model, dtype):
+    """A copy of `model` whose every Linear computes what DecodeWeights computes for it."""
+    twin = copy.deepcopy(model)
+    low, mods = DecodeWeights(dtype), linears(twin)
+    low.refresh(mods)
+    for m in mods:
+        m.forward = lambda x, m=m: low.linear(m, x)
+    return twin
+
+
+@pytest.mark.parametrize("dtype", ["int8", "bfloat16"])
+def test_engine_samples_from_the_copy(dtype, monkeypatch):
+    """Every projection and the LM head of the sampler read the copy: the engine's log-probs are
+    the copy's (a transformers forward through it), 30x closer than to the fp32 policy's, whose
+    distance is the gap the trainer logs."""
+    monkeypatch.setattr(fast, "LOW_PRECISION_MAX_ROWS", 10**9)  # the prefill too, for this check
+    model, tok = build_tiny()
+    ids = chat_prompt_ids(tok, PROMPTS)
+    engine = make_engine("fast", model, tok, dtype)
+    ro = engine.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
+    m = ro.mask.bool()
+    to_copy = (recompute(through_copy(model, dtype), ro) - ro.logprobs)[m].abs()  # [tokens]
+    to_policy = (recompute(model, ro) - ro.logprobs)[m].abs()  # [tokens]
+    assert to_copy.max() < 0.05 and to_copy.mean() < to_policy.mean() / 30
+    assert 0.005 < to_policy.mean() < 0.2
+    # greedy decoding with the copy mostly picks what the fp32 policy picks
+    full = make_engine("fast", model, tok).generate(ids, 1, 8, greedy=True)
+    low = engine.generate(ids, 1, 8, greedy=True)
+    assert (full.completion_ids == low.completion_ids).float().mean() > 0.7
+
+
+def test_engine_follows_the_policy_after_an_update():
+    model, tok = build_tiny()
+    ids = chat_prompt_ids(tok, PROMPTS)
+    engine = make_engine("fast", model, tok, "int8")
+    engine.generate(ids, 2, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    after = engine.generate(ids, 2, 12, generator=torch.Generator().manual_seed(1))
+    rebuilt = make_engine("fast", model, tok, "int8").generate(
+        ids, 2, 12, generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(after.completion_ids, rebuilt.completion_ids)
+    assert torch.equal(after.logprobs, rebuilt.logprobs)
+
+
+def test_rollout_dtype_needs_the_fast_engine(tmp_path):
+    with pytest.raises(ConfigError, match=r"rollout\.dtype.*int8.*rollout\.engine=fast"):
+        load_config(None, ["rollout.dtype=int8", "rollout.engine=hf"])
+    with pytest.raises(ConfigError, match=r"rollout\.dtype"):
+        load_config(None, ["rollout.dtype=int4"])
+    with pytest.raises(ValueError, match="needs rollout.engine=fast"):
+        model, tok = build_tiny()
+        make_engine("hf", model, tok, "int8")
+
+
+def test_trainer_decodes_with_a_copy_refreshed_every_step_and_evaluates_with_the_policy(tmp_path):
+    from test_trainer import tiny_cfg
+
+    from sft2grpo.trainer import Trainer
+
+    gaps = {}
+    for dtype in ("model", "int8"):
+        cfg = tiny_cfg(tmp_path, "grpo", f"rollout.dtype={dtype}", "train.lr=1e-3", "train.steps=2")
+        trainer = Trainer(cfg, tmp_path / dtype)
+        trainer.fit()
+        rows = [json.loads(line) for line in (tmp_path / dtype / "metrics.jsonl").read_text().splitlines()]
+        gaps[dtype] = [r["logprob_gap_mean"] for r in rows]
+        assert all(r["logprob_gap_mean"] <= r["logprob_gap_max"] for r in rows)
+    assert max(gaps["model"]) < 1e-5  # the engine decodes with the policy itself
+    assert min(gaps["int8"]) > 1e-3  # ... or with its int8 copy, and the gap is logged
+    # one refresh before each step's rollout (the first, then after every optimizer step), never stale
+    n = sum(type(m) is torch.nn.Linear for m in trainer.model.modules())
+    assert trainer.engine.low.refreshed == 2 * n and trainer.engine.low.stale
+    # held-out and validation scores come from the policy's own weights
+    assert trainer.eval_engine is not trainer.engine and trainer.eval_engine.low is None
