@@ -156,11 +156,12 @@ class Trainer:
             picks = self.sampler.draw(p)  # [(bucket, index)] * p
             examples = [self.task.buckets[b][i] for b, i in picks]
             buckets = [b for b, _ in picks][ctx.rank * k : (ctx.rank + 1) * k]
-        while len(examples) < p:  # a fresh permutation each epoch
-            if self.pos >= len(self.order):
-                self.order, self.pos = self.data_rng.permutation(len(self.task.train)).tolist(), 0
-            examples.append(self.task.train[self.order[self.pos]])
-            self.pos += 1
+        else:
+            while len(examples) < p:  # a fresh permutation each epoch
+                if self.pos >= len(self.order):
+                    self.order, self.pos = self.data_rng.permutation(len(self.task.train)).tolist(), 0
+                examples.append(self.task.train[self.order[self.pos]])
+                self.pos += 1
         self.drawn += p
         generators = [prompt_generator(self.cfg.train.seed, first + i) for i in range(k)]
         return examples[ctx.rank * k : (ctx.rank + 1) * k], generators, buckets
@@ -254,9 +255,8 @@ class Trainer:
         processes keep one estimate). Returns, per bucket b, the share of draws it had this step
         (`b{b}_w`), the prompts it gave (`b{b}_n`, every rollout round) and its new estimate (`b{b}_p`)."""
         k, g = self.bucket_counts.shape[1], self.cfg.rollout.group_size
-        right, answers = np.array(distributed.all_sum(self.bucket_counts.ravel().tolist(), self.ctx)).reshape(
-            2, k
-        )
+        counts = distributed.all_sum(self.bucket_counts.ravel().tolist(), self.ctx)  # [2 * K]
+        right, answers = np.reshape(counts, (2, k))  # [K], [K]
         w = self.sampler.weights()  # [K] what drew this step's prompts
         self.sampler.update(right, answers)
         out: dict[str, float] = {}
