@@ -91,7 +91,7 @@ def test_recipe_drops_autocast_and_extras_win(bench):
 def test_training_order_is_the_trainers(bench):
     # Trainer.draw itself, on a stand-in holding only what it reads: 5 examples, 4 steps of 3 prompts
     # cross two epochs, each a fresh permutation
-    fake = SimpleNamespace(task=SimpleNamespace(train=list(range(5))), order=[], pos=0, drawn=0)
+    fake = SimpleNamespace(task=SimpleNamespace(train=list(range(5))), order=[], pos=0, drawn=0, sampler=None)
     fake.data_rng = np.random.default_rng(3)
     fake.cfg = SimpleNamespace(train=SimpleNamespace(prompts_per_step=3, seed=3))
     fake.ctx = SimpleNamespace(world=1, rank=0)

@@ -53,6 +53,20 @@ class ModelConfig:
 
 
 @dataclass
+class DifficultyConfig:
+    # "adaptive": each step's training prompts come from `buckets`, a bucket drawn with weight
+    # p(1-p), p its recent training accuracy, so that groups keep a reward spread as the model
+    # learns (difficulty.py); held-out and validation problems stay the task's own. "off": as ever
+    mode: Literal["off", "adaptive"] = "off"
+    # reasoning-gym kwargs of each bucket, applied over task.kwargs, e.g. for chain_sum
+    # {min_terms: 2, max_terms: 2, min_digits: 1, max_digits: 1}; task.size training problems each
+    buckets: list[dict[str, Any]] = field(default_factory=list)
+    ema: float = 0.3  # weight of a step's accuracy in a bucket's running estimate p
+    prior: float = 0.5  # p of a bucket before its first step
+    floor: float = 0.1  # share of the draws spread evenly over all buckets, so none starves
+
+
+@dataclass
 class TaskConfig:
     # a reasoning-gym task name (chain_sum, basic_arithmetic, ...), a .jsonl or .parquet file, or an HF
     # datasets folder; a row's prompt is a string or a list of chat messages
@@ -69,6 +83,7 @@ class TaskConfig:
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     instruction: str = "Answer with the final number."  # appended to each prompt; "" for none
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
 
 
 @dataclass
@@ -438,6 +453,15 @@ def validate(cfg: Config) -> None:
     need(cfg.task.eval_size >= 0, "task.eval_size", cfg.task.eval_size, "must be >= 0")
     vs = cfg.task.val_size
     need(vs is None or vs >= 0, "task.val_size", vs, "must be >= 0 or null")
+    d = cfg.task.difficulty
+    need(0 < d.ema <= 1, "task.difficulty.ema", d.ema, "must be in (0, 1]")
+    need(0 <= d.prior <= 1, "task.difficulty.prior", d.prior, "must be in [0, 1]")
+    need(0 <= d.floor <= 1, "task.difficulty.floor", d.floor, "must be in [0, 1]")
+    if d.mode == "adaptive":
+        need(bool(d.buckets), "task.difficulty.buckets", d.buckets, "mode=adaptive needs at least one bucket")
+    for i, b in enumerate(d.buckets):
+        need(bool(b), f"task.difficulty.buckets[{i}]", b, "a bucket needs at least one kwarg")
+        need(b not in d.buckets[:i], f"task.difficulty.buckets[{i}]", b, "repeats an earlier bucket")
     need(cfg.eval.k >= 1, "eval.k", cfg.eval.k, "must be >= 1")
     need(
         cfg.eval.samples is None or cfg.eval.samples >= cfg.eval.k,

@@ -89,6 +89,7 @@ def checkpoint_state(tr) -> dict[str, Any]:
         "counters": {"bad_steps": tr.bad_steps, "skipped_steps": tr.skipped_steps},
         "before": tr.before,
         "train_time": tr.train_time,
+        "difficulty": None if tr.sampler is None else tr.sampler.state_dict(),
     }
 
 
@@ -137,6 +138,15 @@ def load_checkpoint(tr, path: Path) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
     tr.data_rng.bit_generator.state = st["data"]["rng"]
     tr.order, tr.pos, tr.drawn = st["data"]["order"], st["data"]["pos"], st["data"]["drawn"]
+    if tr.sampler is not None:
+        if st.get("difficulty") is None:
+            raise checkpoint.CheckpointError(
+                f"{path}: no difficulty-filter state; was task.difficulty.mode changed since it was saved?"
+            )
+        try:
+            tr.sampler.load_state_dict(st["difficulty"])
+        except ValueError as e:
+            raise checkpoint.CheckpointError(f"{path}: {e}; were task.difficulty.buckets changed?") from None
     tr.bad_steps = st["counters"]["bad_steps"]
     tr.skipped_steps = st["counters"]["skipped_steps"]
     tr.before, tr.train_time = st["before"], st["train_time"]

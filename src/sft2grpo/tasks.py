@@ -79,6 +79,9 @@ class Task:
     # what loading dropped or shortened, e.g. {"eval_overlap_dropped": 3}; reported, never silent
     stats: dict[str, int] = field(default_factory=dict)
     val: list[Example] = field(default_factory=list)  # validation: disjoint from train and eval
+    # task.difficulty's training pools, one per bucket (reasoning-gym, mode=adaptive), none of
+    # their questions in eval or val; `train` stays the task's own split all the same
+    buckets: list[list[Example]] = field(default_factory=list)
 
 
 # The project's default difficulty per reasoning-gym task, applied under the user's kwargs. The
@@ -93,6 +96,7 @@ DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
 # beyond any split size keeps the two index ranges apart. Dedup by question text is the real guard.
 EVAL_SEED_OFFSET = 2**31
 VAL_SEED_OFFSET = 2**30  # the validation split's seed, as far from train's and eval's
+BUCKET_SEED_OFFSET = 2**24  # bucket i's training pool: seed + (i + 1) * this (below val's for i < 63)
 DEFAULT_VAL_SIZE = 100  # reasoning-gym tasks when task.val_size is None (files: 0)
 
 
@@ -116,6 +120,11 @@ def load_task(cfg: TaskConfig) -> Task:
     if not name:
         raise TaskError("task.name is empty")
     path = Path(name).expanduser()
+    if cfg.difficulty.mode != "off" and (name.endswith((".jsonl", ".parquet")) or path.is_dir()):
+        raise TaskError(
+            f"task.difficulty.mode={cfg.difficulty.mode}: buckets are reasoning-gym kwargs, "
+            f"but task.name={name} is a file"
+        )
     if name.endswith(".jsonl"):
         return _load_jsonl(path, cfg)
     if name.endswith(".parquet"):
@@ -145,20 +154,22 @@ def _load_reasoning_gym(name: str, cfg: TaskConfig) -> Task:
         )
     kwargs = {**default_kwargs(name), **cfg.kwargs}
 
-    def make(seed: int, size: int) -> Any:
+    def make(seed: int, size: int, kw: dict[str, Any] = kwargs, culprit: str = "") -> Any:
         try:
-            return reasoning_gym.create_dataset(name, size=size, seed=seed, **kwargs)
+            return reasoning_gym.create_dataset(name, size=size, seed=seed, **kw)
         except (TypeError, AssertionError, ValueError) as e:
             msg = " ".join(str(e).split()) or type(e).__name__
-            raise TaskError(f"task.kwargs={kwargs}: rejected by reasoning-gym {name}: {msg}") from None
+            culprit = culprit or f"task.kwargs={kw}"
+            raise TaskError(f"{culprit}: rejected by reasoning-gym {name}: {msg}") from None
 
     train_ds = make(cfg.seed, cfg.size)
     source = f"reasoning_gym:{name}"
+    made = {source: train_ds}  # each example is scored by the dataset that generated it
 
     def scorer(answer: str, example: Example) -> float:
-        return float(train_ds.score_answer(answer, example.meta))
+        return float(made.get(example.source, train_ds).score_answer(answer, example.meta))
 
-    def to_example(entry: dict[str, Any]) -> Example:
+    def to_example(entry: dict[str, Any], source: str = source) -> Example:
         return Example(
             with_instruction(entry["question"], cfg.instruction), str(entry["answer"]), entry, source
         )
@@ -199,7 +210,20 @@ def _load_reasoning_gym(name: str, cfg: TaskConfig) -> Task:
     val_size = DEFAULT_VAL_SIZE if cfg.val_size is None else cfg.val_size
     val, _ = fresh(VAL_SEED_OFFSET, val_size, "val_size", "validation")
     stats = {"eval_overlap_dropped": dropped} if dropped else {}
-    return Task(name, train, evals, scorer, stats, val)
+
+    # Difficulty buckets last, so every split above is exactly what it is without them. Their
+    # questions may repeat each other and the training split's, never eval's or val's.
+    buckets: list[list[Example]] = []
+    held = {e.meta["question"] for e in evals + val}
+    for i, bucket in enumerate(cfg.difficulty.buckets if cfg.difficulty.mode == "adaptive" else []):
+        culprit = f"task.difficulty.buckets[{i}]={bucket}"
+        seed = (cfg.seed + (i + 1) * BUCKET_SEED_OFFSET) % 2**32
+        ds = made[f"{source}#b{i}"] = make(seed, cfg.size, {**kwargs, **bucket}, culprit)
+        pool = [to_example(e, f"{source}#b{i}") for e in _entries(ds) if e["question"] not in held]
+        if not pool:
+            raise TaskError(f"{culprit}: all {cfg.size} of its problems are held-out or validation ones")
+        buckets.append(pool)
+    return Task(name, train, evals, scorer, stats, val, buckets)
 
 
 def _entries(ds: Any) -> Iterator[dict[str, Any]]:

@@ -26,8 +26,10 @@ What it leaves out, on purpose:
   they enter only through `objective.tis_cap` and the logged `logprob_gap_max` / `_mean`;
 - no asynchronous rollouts and no replay buffer: a batch is sampled, used for mu passes, dropped.
 
-Around the step: rollout bookkeeping and dynamic sampling (DAPO) are in rollout/batch.py; run
-management (folders, logs, signals, checkpoints, evaluation, the final save) in run.py.
+Around the step: rollout bookkeeping and dynamic sampling (DAPO) are in rollout/batch.py; the
+online difficulty filter that picks which problems a step draws (`task.difficulty`) in
+difficulty.py; run management (folders, logs, signals, checkpoints, evaluation, the final save) in
+run.py.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch
 from . import distributed, objective, run
 from .components import build_components
 from .config import Config, loss_switches
+from .difficulty import DifficultySampler
 from .models import chat_prompt_ids, completion_logprobs, has_fast_bf16, make_reference
 from .rollout.base import decode_completions, unpadded_ids
 from .rollout.batch import Batch, dynamic_sampling
@@ -118,6 +121,14 @@ class Trainer:
         self.order: list[int] = []  # this epoch's permutation of the training examples
         self.pos = 0  # the next index into `order`
         self.drawn = 0  # prompts drawn so far (all processes together); numbers each prompt's seed
+        # task.difficulty.mode=adaptive: prompts come from the task's buckets instead of `order`
+        d = cfg.task.difficulty
+        self.sampler = (
+            DifficultySampler([len(b) for b in self.task.buckets], cfg.train.seed, d.ema, d.prior, d.floor)
+            if self.task.buckets
+            else None
+        )
+        self.bucket_counts = np.zeros((2, len(self.task.buckets)))  # this step's [right, answers] per bucket
         self.bad_steps = self.skipped_steps = 0
         self.before: dict[str, float] | None = None  # the held-out evaluation before training
         self.train_time = 0.0  # seconds spent in steps, over every resumed piece of the run
@@ -133,28 +144,34 @@ class Trainer:
 
     # -- the step, in the order the data flows ----------------------------------------------------
 
-    def draw(self) -> tuple[list, list[torch.Generator]]:
-        """This process's share of the next `train.prompts_per_step` examples, and one sampling
-        generator per prompt. Every process walks the same data order and takes its own slice, and
-        a prompt's generator is seeded by (train.seed, its number in the run), so a prompt gets
-        the same samples whatever the number of processes (and on resume)."""
+    def draw(self) -> tuple[list, list[torch.Generator], list[int] | None]:
+        """This process's share of the next `train.prompts_per_step` examples, one sampling
+        generator per prompt, and each prompt's difficulty bucket (None without the filter). Every
+        process walks the same data order (or makes the same draws from the buckets) and takes its
+        own slice, and a prompt's generator is seeded by (train.seed, its number in the run), so a
+        prompt gets the same samples whatever the number of processes (and on resume)."""
         p, ctx = self.cfg.train.prompts_per_step, self.ctx
         k = p // ctx.world
         first = self.drawn + ctx.rank * k
-        examples = []
-        while len(examples) < p:  # a fresh permutation each epoch
-            if self.pos >= len(self.order):
-                self.order, self.pos = self.data_rng.permutation(len(self.task.train)).tolist(), 0
-            examples.append(self.task.train[self.order[self.pos]])
-            self.pos += 1
+        examples, buckets = [], None
+        if self.sampler is not None:
+            picks = self.sampler.draw(p)  # [(bucket, index)] * p
+            examples = [self.task.buckets[b][i] for b, i in picks]
+            buckets = [b for b, _ in picks][ctx.rank * k : (ctx.rank + 1) * k]
+        else:
+            while len(examples) < p:  # a fresh permutation each epoch
+                if self.pos >= len(self.order):
+                    self.order, self.pos = self.data_rng.permutation(len(self.task.train)).tolist(), 0
+                examples.append(self.task.train[self.order[self.pos]])
+                self.pos += 1
         self.drawn += p
         generators = [prompt_generator(self.cfg.train.seed, first + i) for i in range(k)]
-        return examples[ctx.rank * k : (ctx.rank + 1) * k], generators
+        return examples[ctx.rank * k : (ctx.rank + 1) * k], generators, buckets
 
     def sample(self) -> Batch:
         """One round of rollouts: the next examples, `group_size` completions each, their rewards."""
         cfg, r, g = self.cfg, self.cfg.rollout, self.cfg.rollout.group_size
-        examples, generators = self.draw()
+        examples, generators, buckets = self.draw()
         prompts = chat_prompt_ids(self.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
         with timed(self.times, "rollout"), distributed.unsharded(self.model):
             ro = self.engine.generate(
@@ -173,6 +190,10 @@ class Trainer:
             ids = unpadded_ids(ro.completion_ids, ro.mask)  # [B] token lists, as TRL passes them
             res = self.reward_fn(completions, rows, completion_ids=ids, step=self.step)
         self.reward_faults += res.faults
+        if buckets is not None:  # every round counts, also the groups dynamic sampling drops
+            right = res.correct.view(len(buckets), g).sum(1).double().numpy()  # [groups]
+            np.add.at(self.bucket_counts[0], buckets, right)
+            np.add.at(self.bucket_counts[1], buckets, g)
         return Batch(
             prompts=prompts,
             row_prompt=torch.arange(len(prompts)).repeat_interleave(g),
@@ -201,6 +222,7 @@ class Trainer:
         """One step. Returns its metrics row (the same on every process) and this process's batch."""
         cfg, o = self.cfg, self.cfg.objective
         self.times, self.reward_faults = {}, 0
+        self.bucket_counts[:] = 0
         t0 = time.perf_counter()
         # examples -> prompts -> engine.generate -> completions -> reward_fn, in `sample`
         batch, rounds = self.collect()
@@ -226,7 +248,27 @@ class Trainer:
         self.times["step"] = time.perf_counter() - t0
         row = self.metrics(batch, adv, zero_std, rounds, sums, maxima)
         row.update(self.reward_fn.drain_metrics(reserved=row))  # reward functions' log_metric means
+        if self.sampler is not None:
+            row.update(self.update_difficulty())
         return row, batch
+
+    def update_difficulty(self) -> dict[str, float]:
+        """The filter learns this step's accuracy per bucket (every process's answers, so all
+        processes keep one estimate). Returns, per bucket b, the share of draws it had this step
+        (`b{b}_w`), the prompts it gave (`b{b}_n`, every rollout round) and its new estimate (`b{b}_p`)."""
+        k, g = self.bucket_counts.shape[1], self.cfg.rollout.group_size
+        counts = distributed.all_sum(self.bucket_counts.ravel().tolist(), self.ctx)  # [2 * K]
+        right, answers = np.reshape(counts, (2, k))  # [K], [K]
+        w = self.sampler.weights()  # [K] what drew this step's prompts
+        self.sampler.update(right, answers)
+        out: dict[str, float] = {}
+        for b in range(k):
+            out |= {
+                f"b{b}_w": float(w[b]),
+                f"b{b}_n": int(answers[b]) // g,
+                f"b{b}_p": float(self.sampler.p[b]),
+            }
+        return out
 
     def update(
         self, batch: Batch, advantages: torch.Tensor, ref: torch.Tensor | None, mbs: list[list[int]]
