@@ -90,15 +90,17 @@ class DecodeWeights:
         self.copies[m] = quantize_int8(w, None if old is None else old[0], self.scratch)
 
     def refresh(self, modules) -> None:
-        """Copy the weight of every plain nn.Linear in `modules` whose values may have changed."""
-        for m in modules:
-            if type(m) is not nn.Linear:
-                continue
-            version = m.weight._version
-            if self.stale or m not in self.copies or self.versions[m] != version:
-                self._copy(m)
-                self.versions[m] = version
-                self.refreshed += 1
+        """Copy the weight of every plain nn.Linear in `modules` whose values may have changed.
+        (In inference mode, where generate runs, so the copies are always inference tensors.)"""
+        with torch.inference_mode():
+            for m in modules:
+                if type(m) is not nn.Linear:
+                    continue
+                version = m.weight._version
+                if self.stale or m not in self.copies or self.versions[m] != version:
+                    self._copy(m)
+                    self.versions[m] = version
+                    self.refreshed += 1
         self.stale = False
 
     def linear(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,84 @@
+"""benchmarks/bench_trl.py without TRL: its argument checks, and the flat ratio keys and targets it
+writes to bench.json, from made-up summaries."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_trl", ROOT / "benchmarks" / "bench_trl.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_prompts_take_a_comma_list(bench):
+    args = bench.parse_args(["--prompts", "1,4"])
+    assert args.prompt_list == [1, 4] and args.prompts == 4
+    # a worker's line ends with the setting's own --prompts, which wins
+    assert bench.parse_args(["--prompts", "1,4", "--prompts", "1"]).prompts == 1
+
+
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [
+        (["--prompts", "1,x"], "--prompts: '1,x'"),
+        (["--prompts", "3", "--micro-batch", "16"], "--prompts 3"),
+        (["--prompts", "0"], "--prompts 0"),
+        (["--steps", "1", "--warmup", "1"], "--steps (1)"),
+        (["--rollout-dtype", "int4"], "--rollout-dtype"),
+    ],
+)
+def test_bad_arguments_name_the_culprit(bench, capsys, argv, culprit):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert culprit in capsys.readouterr().err
+
+
+def setting(prompts: int, step: float, tokens_per_s: float, rss: float) -> dict:
+    return {
+        "prompts": prompts,
+        "gpu": False,
+        "ratio": {"step_s": step, "gen_tokens_per_s": tokens_per_s, "peak_rss_mb": rss, "peak_gpu_mb": None},
+    }
+
+
+def test_flat_keys_and_targets(bench):
+    rollout = {
+        "fast": {"tokens_per_s": 40.0},
+        "hf": {"tokens_per_s": 16.0},
+        "fast:int8": {"tokens_per_s": 60.0},
+        "fast/hf": 2.5,
+    }
+    flat = bench.flat_figures([setting(1, 0.38, 2.0, 0.85), setting(4, 0.36, 3.0, 0.95)], rollout, 8)
+    assert flat == {
+        "step_time_ratio_1x8": 0.38,
+        "gen_tokens_per_s_ratio_vs_trl_1x8": 2.0,
+        "peak_rss_ratio_1x8": 0.85,
+        "step_time_ratio_4x8": 0.36,
+        "gen_tokens_per_s_ratio_vs_trl_4x8": 3.0,
+        "peak_rss_ratio_4x8": 0.95,
+        # unsuffixed: the least favourable setting
+        "gen_tokens_per_s_ratio_vs_trl": 2.0,
+        "peak_rss_ratio": 0.95,
+        "fast_vs_hf_tokens_per_s": 2.5,
+        "fast_int8_vs_fast_tokens_per_s": 1.5,
+    }
+    assert bench.check_targets(flat) == {
+        "step_time_ratio_1x8_le_0.4": True,
+        "step_time_ratio_4x8_le_0.33": False,
+        "gen_tokens_per_s_ratio_vs_trl_ge_2.5": False,
+        "fast_vs_hf_tokens_per_s_ge_3.0": False,
+        "peak_rss_ratio_le_0.9": False,
+    }
+    # one trainer only: no ratios, no targets
+    assert bench.flat_figures([{"prompts": 1, "summary": {}}], None, 8) == {}
