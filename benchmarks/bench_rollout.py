@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from sft2grpo.config import ModelConfig  # noqa: E402
-from sft2grpo.models import chat_prompt_ids, load_policy  # noqa: E402
+from sft2grpo.models import chat_prompt_ids, completion_logprobs, load_policy  # noqa: E402
 from sft2grpo.rollout import make_engine  # noqa: E402
 
 
@@ -41,6 +41,15 @@ def task_prompts(k: int, seed: int) -> list[str]:
         g = torch.Generator().manual_seed(seed)
         nums = torch.randint(1, 100, (k, 3), generator=g).tolist()
         return [f"What is {a} + {b} - {c}?\nAnswer with the final number." for a, b, c in nums]
+
+
+def logprob_gap(model, ro, samples: int, temperature: float) -> torch.Tensor:
+    """|the trainer's log-prob - the engine's| of every generated token [tokens]: what the trainer
+    logs as logprob_gap_mean / _max when the engine decodes with a copy of the weights."""
+    rows = torch.arange(len(ro.prompt_ids)).repeat_interleave(samples)  # [B] each row's prompt
+    with torch.no_grad():
+        lp = completion_logprobs(model, ro.prompt_ids, rows, ro.completion_ids, ro.mask, temperature)
+    return (lp - ro.logprobs)[ro.mask.bool()].abs()
 
 
 def compare_engines(
@@ -67,6 +76,7 @@ def compare_engines(
     for engine in engines.values():  # warm-up: first-call allocations and lazy imports
         engine.generate(ids[:1], n=2, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
 
+    gaps: dict[str, list] = {name: [] for name in names}
     count = dict.fromkeys(names, 0)
     seconds = dict.fromkeys(names, 0.0)
     for r in range(repeats):
@@ -78,6 +88,8 @@ def compare_engines(
             )
             seconds[name] += time.perf_counter() - t0
             count[name] += ro.num_tokens
+            if ":" in name:  # a low-precision copy: how far its log-probs are from the policy's
+                gaps[name].append(logprob_gap(model, ro, samples, temperature))
             lengths = ro.mask.sum(1)
             log(
                 f"  repeat {r} {name:>5}: {ro.num_tokens:5d} tokens in {seconds[name]:.2f} s so far; "
@@ -88,6 +100,10 @@ def compare_engines(
         name: {"tokens": count[name], "seconds": seconds[name], "tokens_per_s": count[name] / seconds[name]}
         for name in names
     }
+    for name, g in gaps.items():
+        if g:
+            out[name]["logprob_gap_mean"] = sum(x.sum().item() for x in g) / sum(x.numel() for x in g)
+            out[name]["logprob_gap_max"] = max(x.max().item() for x in g)
     for name, engine in engines.items():
         if getattr(engine, "low", None) is not None:  # what a training step adds: one full refresh
             engine.weights_changed()
@@ -128,7 +144,12 @@ def main() -> None:
     )
     for name in names:
         r = res[name]
-        refresh = f" (+{r['refresh_s']:.2f} s per weight refresh)" if "refresh_s" in r else ""
+        refresh = ""
+        if "refresh_s" in r:
+            refresh = (
+                f" (+{r['refresh_s']:.2f} s per weight refresh; log-prob gap to the policy "
+                f"mean {r['logprob_gap_mean']:.3f} max {r['logprob_gap_max']:.2f})"
+            )
         print(
             f"{name:>13}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s{refresh}"
         )
