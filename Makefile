@@ -54,7 +54,9 @@ $(BENCH_STAMP): pyproject.toml
 	$(BENCH_PY) -c "import sys, torch; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'pip replaced torch 2.13.0 with {v}')"
 	touch $(BENCH_STAMP)
 
-# Our trainer vs TRL's GRPOTrainer (then fast vs hf rollouts); prints ratios, writes bench.json.
+# Our trainer vs TRL's GRPOTrainer at 1 and 4 prompts x 8 (then fast vs hf rollouts); prints the
+# ratios and the rollout issue's targets, writes bench.json (flat keys such as step_time_ratio_1x8).
+# ARGS='--rollout-dtype int8' has our sampler decode with an int8 copy of the weights.
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning (on a shared 2-core machine
 # spinning threads slowed decoding up to 8x); both trainers run under it.
 bench: $(BENCH_STAMP)
@@ -69,7 +71,8 @@ bench-learn: $(BENCH_STAMP)
 ladder: setup
 	$(VENV)/bin/sft2grpo ladder $(ARGS)
 
-# The rollout engines alone, in the package's own venv.
+# The rollout engines alone, in the package's own venv; writes bench_rollout.json. E.g.
+# ARGS='--engines fast,fast:int8,hf' adds the fast engine with an int8 copy (rollout.dtype).
 bench-rollout: setup
 	$(PY) benchmarks/bench_rollout.py $(ARGS)
 

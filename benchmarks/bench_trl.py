@@ -1,7 +1,8 @@
 """Our Trainer vs TRL's GRPOTrainer: same model, prompts, reward and settings, side by side.
 
-    python benchmarks/bench_trl.py                     # 1 prompt x 8 completions a step, 4 steps each
-    python benchmarks/bench_trl.py --prompts 4         # 4 prompts x 8 = 32 completions a step
+    python benchmarks/bench_trl.py                     # 1 then 4 prompts x 8 completions a step, 4 steps each
+    python benchmarks/bench_trl.py --prompts 1         # 1 prompt x 8 only
+    python benchmarks/bench_trl.py --rollout-dtype int8   # our sampler decodes with an int8 copy
     python benchmarks/bench_trl.py --beta 0            # no KL: neither trainer builds a reference model
     python benchmarks/bench_trl.py --rounds 2          # ours, TRL, TRL, ours: load and sampling luck hit both
 
@@ -30,7 +31,9 @@ code is untouched):
 - generated tokens: completion tokens up to and including EOS (TRL's completion mask).
 The first `--warmup` steps are dropped; the table shows medians over the remaining steps of every
 round (tokens/s is total tokens over total rollout time). Then our rollout engines, fast vs hf, on
-the same model (benchmarks/bench_rollout.py). The figures go to `--json` (default bench.json).
+the same model (benchmarks/bench_rollout.py). The figures go to `--json` (default bench.json), with
+flat keys for every ratio (`step_time_ratio_1x8`, `step_time_ratio_4x8`, `gen_tokens_per_s_ratio_vs_trl`,
+`fast_vs_hf_tokens_per_s`, `peak_rss_ratio`, ...) and whether each target of the rollout issue is met.
 Timings, not assertions: this machine is noisy, which is why ratios come from one invocation.
 """
 
