@@ -357,3 +357,20 @@ def test_comparisons_pair_seeds_and_problems_and_the_aa_rule():
     )
     trusted, line = aa_status(comparisons(by_preset, "sampled_accuracy"))
     assert trusted is False and line.startswith("**Do not trust the statistics of this report")
+
+
+def test_measured_asks_for_kl_and_the_sampled_evaluation_with_the_budget_k(tmp_path):
+    # an interrupted measure process leaves some of these; the next ladder redoes only what is missing
+    run = tmp_path / "runs" / "grpo-s0"
+    run.mkdir(parents=True)
+    assert not ladder.measured(run, 8)
+    (run / "kl.json").write_text("{}")
+    assert ladder.measured(run, 0) and not ladder.measured(run, 8)
+    (run / "sampled.json").write_text(json.dumps({"samples_per_problem": 4}))
+    (run / "eval_sampled.jsonl").write_text("")
+    assert ladder.measured(run, 4) and not ladder.measured(run, 8)  # another k: measured again
+    base = tmp_path / "base"  # the base model has no KL to itself
+    base.mkdir()
+    (base / "sampled.json").write_text(json.dumps({"samples_per_problem": 8}))
+    (base / "eval_sampled.jsonl").write_text("")
+    assert ladder.measured(base, 8)

@@ -1,8 +1,8 @@
 """`sft2grpo ladder`: every rung and variant on one budget, and a report that answers the seed's claims.
 
-    sft2grpo ladder --budget small                       # all 12 presets, a smoke check of a few minutes
-    sft2grpo ladder                                      # the default budget: under an hour on 2 CPU cores
-    sft2grpo ladder --presets sft,reinforce,grpo --steps 30 --seeds 3 train.lr=2e-5
+    sft2grpo ladder --budget small                       # 8 presets x 1 seed, a smoke check
+    sft2grpo ladder                                      # make run's recipe, 20 steps, 3 seeds, 8 presets
+    sft2grpo ladder --presets all --steps 30 --seeds 4 train.lr=3e-5
 
 Every (preset, seed) run gets the same task, model, prompts (train.seed = seed), rollout budget and
 held-out set; only the preset's own objective and train.mu differ (mu = 2 from rung 4 on is the rung).
@@ -12,10 +12,12 @@ an interrupted ladder:
 1. each run trains in its own process (`python -m sft2grpo train`): ru_maxrss only grows within a
    process, so each run's peak memory is its own and no_kl's missing reference model shows. A run
    with a finished summary.json is skipped, one with a checkpoint resumed, one with neither restarted.
-2. one more process (`measure`) evaluates the base model on the held-out set once (step 0 of every
-   accuracy curve) and estimates KL(trained || base) for every run the same way (`kl_to_base`).
-3. REPORT.md, curves.png and final.png (`ladder_report.py`): a table per preset (mean +- std over
-   seeds) and a verdict on each of the seed's claims, from the numbers.
+2. one more process (`measure`) evaluates the base model on the held-out set once (greedy and
+   sampled), and for every run estimates KL(trained || base) (`kl_to_base`) and scores its sampled
+   accuracy: k answers per held-out problem at the rollout temperature (`sampled_accuracy`).
+3. REPORT.md, results.json, curves.png and final.png (`ladder_report.py`): a table per preset (means
+   with 95% intervals over seeds), a verdict at 95% on each of the seed's claims from paired
+   intervals over seeds and problems (`ladder_verdicts.py`, `ladder_stats.py`), and the A/A check.
 
 This process never loads a model (it imports torch at most, to look for checkpoints): a child
 process starts with its parent's peak RSS as its own, so a parent holding a model would inflate every
