@@ -283,7 +283,11 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         "**Do not trust the statistics of this report: the A/A check failed.** importance and no_kl"
     )
     assert "**1. The negative gradient matters most: supported**" in report
-    assert "- deciding, add the negative gradient (rung 1 -> 2): sft -> reinforce: +4" in report
+    assert (
+        "- deciding, add the negative gradient (rung 1 -> 2), sampled accuracy: sft -> reinforce: +4"
+        in report
+    )
+    assert "- the same on greedy accuracy (not deciding): sft -> reinforce: +4" in report
     assert "peak memory: grpo -> no_kl: -0.59 GiB [-0.59, -0.59] (3 seeds): **supported**" in report
     results = json.loads((tmp_path / "results.json").read_text())
     check_results_schema(results, plan.presets, seeds=[0, 1, 2])
@@ -296,6 +300,16 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
     )
     assert by_role["claim 1"]["diff"] == pytest.approx(0.4, abs=0.06)
     assert by_role["claim 2"]["verdict"] == "not measured"  # reward_norm is not in this ladder
+    greedy = [c for c in results["comparisons"] if c["role"] == "other metric"]
+    assert {(c["a"], c["b"]) for c in greedy} == {
+        ("sft", "reinforce"),
+        ("reinforce", "reward_norm"),
+        ("grpo", "no_is"),
+        ("grpo", "no_kl"),
+        ("base", "grpo"),
+        ("importance", "no_kl"),
+    }
+    assert all(c["metric"] == "greedy_accuracy" for c in greedy)
     sft = results["presets"]["sft"]
     assert sft["status"] == ["finished"] * 3 and sft["peak_mem_mb"] == [4100, 4110, 4120]
     assert sft["sampled_accuracy"][0] == pytest.approx(

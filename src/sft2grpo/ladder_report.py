@@ -25,7 +25,7 @@ from pathlib import Path
 from .evaluate import problem_scores
 from .ladder_plan import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
 from .ladder_stats import MARGIN
-from .ladder_verdicts import CLAIMS, Comparison, aa_status, comparisons, results_json, table_interval
+from .ladder_verdicts import AA, CLAIMS, Comparison, aa_status, comparisons, results_json, table_interval
 
 
 @dataclass
@@ -211,11 +211,16 @@ def verdict_lines(comps: list[Comparison]) -> list[str]:
         f"{CLAIM_WORDS['better']}; for a claim that a part can be dropped (claims 3 and 4) "
         f"{CLAIM_WORDS['droppable']}; otherwise undecided.",
     ]
+    greedy = {(c.a, c.b): c for c in comps if c.role == "other metric"}
     for c in comps:
         if c.role.startswith("claim "):
             i = int(c.role.split()[1])
             out += ["", f"**{i}. {CLAIMS[i - 1][0]}: {c.verdict}**", ""]
-            out.append(f"- deciding, {c.what}: {comparison_text(c)}")
+            out.append(f"- deciding, {c.what}, {METRIC_WORDS[c.metric]}: {comparison_text(c)}")
+            if (c.a, c.b) in greedy:
+                out.append(
+                    f"- the same on greedy accuracy (not deciding): {comparison_text(greedy[c.a, c.b])}"
+                )
         elif c.role == "evidence":
             out.append(f"- further evidence, {c.what}: {comparison_text(c)}")
     variants = [c for c in comps if c.role == "variant"]
@@ -224,9 +229,15 @@ def verdict_lines(comps: list[Comparison]) -> list[str]:
         out += [f"- {c.what}: {comparison_text(c)}" for c in variants]
     out += ["", "**GRPO against the base model, and what dropping KL costs or saves**", ""]
     for c in comps:
-        if c.role in ("base -> grpo", "cost"):
+        if c.role in ("base -> grpo", "cost") or (c.role == "other metric" and c.a == "base"):
             out.append(f"- {METRIC_WORDS[c.metric]}: {comparison_text(c)}")
     return out
+
+
+def aa_greedy(comps: list[Comparison]) -> str:
+    """' On greedy accuracy (not deciding): ...' when the A/A pair was also compared on greedy."""
+    c = next((c for c in comps if c.role == "other metric" and (c.a, c.b) == AA), None)
+    return f" On greedy accuracy (not deciding): {comparison_text(c)}." if c else ""
 
 
 def ranking_line(by_preset: dict[str, list[RunResult]], attr: str = "accuracy") -> str:
@@ -475,7 +486,7 @@ def write_report(plan: Plan, failed: dict | None = None) -> Path:
         "interval, paired by seed and by held-out problem: "
         f"{STATS_METHOD} Only what this budget ({plan.steps} steps, {len(plan.seeds)} seeds) shows.",
         "",
-        aa_line,
+        aa_line + aa_greedy(comps),
         *verdict_lines(comps),
         "",
         "## Runs",

@@ -64,7 +64,9 @@ class Comparison:
     a: str
     b: str
     metric: str
-    role: str  # "claim 1".."claim 4", "evidence", "variant", "A/A", "base -> grpo", "cost"
+    # "claim 1".."claim 4", "evidence", "variant", "A/A", "base -> grpo", "cost", or "other metric"
+    # (a claim's deciding pair, base -> grpo or A/A on greedy accuracy when sampled accuracy decides)
+    role: str
     kind: str  # ladder_stats.verdict's kind
     what: str
     verdict: str  # "supported", "contradicted", "undecided", or "not measured"
@@ -140,6 +142,9 @@ def comparisons(by_preset: dict, metric: str) -> list[Comparison]:
         compare(by_preset, "base", "grpo", metric, "better", "base -> grpo", "GRPO against the base model")
     )
     out.append(compare(by_preset, *AA, metric, "differ", "A/A", "the same configuration under two names"))
+    if metric != "greedy_accuracy":  # the same pairs on the noisier metric, for reference
+        for c in [c for c in out if c.role.startswith("claim ") or c.role in ("base -> grpo", "A/A")]:
+            out.append(compare(by_preset, c.a, c.b, "greedy_accuracy", c.kind, "other metric", c.what))
     for m, what in (
         ("peak_mem_mb", "peak memory, MB"),
         ("step_time_s", "median step time, s"),
