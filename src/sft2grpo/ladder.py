@@ -269,7 +269,9 @@ def print_plan(plan: Plan, states: dict, est: dict) -> None:
         f"ladder: {len(plan.presets)} presets x {seeds} = {len(plan.runs)} runs, "
         f"budget {plan.budget_name}: {plan.steps} steps of {cfg.train.prompts_per_step} prompts x "
         f"{cfg.rollout.group_size} completions x <= {cfg.rollout.max_new_tokens} tokens, held-out "
-        f"{min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)} problems; "
+        f"{min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)} problems (greedy"
+        + (f", and {plan.budget.eval_samples} samples each" if plan.budget.eval_samples else "")
+        + "); "
         f"task {cfg.task.name}, model {cfg.model.name}; output {plan.out}/"
     )
     for p in plan.presets:
