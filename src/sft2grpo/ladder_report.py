@@ -572,5 +572,5 @@ def time_lines(plan: Plan) -> list[str]:
     measure_s = (read_json(plan.out / "base" / "time.json") or {}).get("wall_s", 0.0)
     return [
         f"- compute time: {sum(walls) / 60:.1f} min in the training processes (model loading and "
-        f"evaluation included), {measure_s / 60:.1f} min measuring (base evaluation, KL)"
+        f"evaluation included), {measure_s / 60:.1f} min measuring (base evaluation, KL, sampled accuracy)"
     ]
