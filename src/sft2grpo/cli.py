@@ -93,10 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     lad.add_argument("--task", default=None, help="reasoning-gym task or .jsonl file (default: chain_sum)")
     lad.add_argument("--model", default=None, help="model.name for every run (default: smollm2-135m)")
-    lad.add_argument("--budget", default="default", help="small (a few minutes) or default (under an hour)")
+    lad.add_argument(
+        "--budget", default="default", help="small (a smoke check) or default (the make run recipe, 20 steps)"
+    )
     lad.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the budget)")
     lad.add_argument("--seeds", type=int, default=None, help="seeds per preset (overrides the budget)")
-    lad.add_argument("--presets", default=None, help="comma-separated presets (default: all 12)")
+    lad.add_argument(
+        "--presets",
+        default=None,
+        help="comma-separated presets, or 'all' for all 12 (default: the 5 rungs, sft_o1, no_is, no_kl)",
+    )
+    lad.add_argument(
+        "--eval-samples",
+        type=int,
+        default=None,
+        help="samples per held-out problem for sampled accuracy (default: the budget's; 0 = greedy only)",
+    )
     lad.add_argument("--output", default="ladder", help="folder for runs, logs and REPORT.md")
     lad.add_argument("--keep-models", action="store_true", help="keep each run's model/ (540 MB for 135M)")
     lad.add_argument("--dry-run", action="store_true", help="print the plan and the estimate only")
@@ -243,6 +255,7 @@ def cmd_ladder(args) -> int:
         output=args.output,
         overrides=args.overrides,
         keep_models=args.keep_models,
+        eval_samples=args.eval_samples,
         dry_run=args.dry_run,
     )
 

@@ -152,26 +152,36 @@ def paired_bootstrap(
 ) -> dict[str, Any]:
     """Mean change after - before over paired per-problem scores, with a 95% percentile interval
     from resampling the problems (the same resampled problems on both sides, so the problem-to-
-    problem spread, which both share, cancels). `before` and `after` are (P,) scores in [0, 1].
+    problem spread, which both share, cancels). `before` and `after` are (P,) scores in [0, 1], or
+    (S, P) scores of S paired seeds: then the seeds are resampled too, independently of the
+    problems (a crossed bootstrap). With few seeds that under-covers: the ladder's verdicts use
+    `ladder_stats.paired_interval` instead.
 
     Example: before = [0, 0, 1, 0], after = [1, 0, 1, 0] -> diff 0.25; every resample's diff is a
     multiple of 1/4 between 0 and 1, so the interval is [0.0, 0.75] or tighter.
     """
     import numpy as np
 
-    if len(before) != len(after) or not before:
-        raise ValueError(
-            f"paired_bootstrap needs two equal, non-empty lists, got {len(before)} and {len(after)}"
-        )
-    d = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)  # (P,)
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(iters, len(d)))  # (iters, P)
-    means = d[idx].mean(axis=1)  # (iters,)
+    b, a = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if b.shape != a.shape or b.size == 0 or b.ndim not in (1, 2):
+        size = " and ".join("x".join(map(str, x.shape)) or "a scalar" for x in (b, a))
+        raise ValueError(f"paired_bootstrap needs two equal, non-empty (P,) or (S, P) arrays, got {size}")
+    d = (a - b).reshape(-1, b.shape[-1])  # (S, P)
+    rng = np.random.default_rng(seed)
+    s, p = d.shape
+    means = np.empty(iters)
+    for lo in range(0, iters, 1000):  # chunks keep the (n, S, P) index arrays small
+        n = min(1000, iters - lo)
+        rows = rng.integers(0, s, size=(n, s, 1)) if s > 1 else np.zeros((n, 1, 1), dtype=int)
+        cols = rng.integers(0, p, size=(n, 1, p))
+        means[lo : lo + n] = d[rows, cols].mean(axis=(1, 2))  # (n,)
     lo, hi = np.percentile(means, [2.5, 97.5])
+    seeds = f"{s} seeds and " if b.ndim == 2 else ""
     return {
         "diff": float(d.mean()),
         "ci95": [float(lo), float(hi)],
-        "problems": len(d),
-        "method": f"paired bootstrap over problems, {iters} resamples",
+        "problems": p,
+        "method": f"paired bootstrap over {seeds}problems, {iters} resamples",
     }
 
 

@@ -1,8 +1,8 @@
 """`sft2grpo ladder`: every rung and variant on one budget, and a report that answers the seed's claims.
 
-    sft2grpo ladder --budget small                       # all 12 presets, a smoke check of a few minutes
-    sft2grpo ladder                                      # the default budget: under an hour on 2 CPU cores
-    sft2grpo ladder --presets sft,reinforce,grpo --steps 30 --seeds 3 train.lr=2e-5
+    sft2grpo ladder --budget small                       # 8 presets x 1 seed, a smoke check
+    sft2grpo ladder                                      # make run's recipe, 20 steps, 3 seeds, 8 presets
+    sft2grpo ladder --presets all --steps 30 --seeds 4 train.lr=3e-5
 
 Every (preset, seed) run gets the same task, model, prompts (train.seed = seed), rollout budget and
 held-out set; only the preset's own objective and train.mu differ (mu = 2 from rung 4 on is the rung).
@@ -12,10 +12,12 @@ an interrupted ladder:
 1. each run trains in its own process (`python -m sft2grpo train`): ru_maxrss only grows within a
    process, so each run's peak memory is its own and no_kl's missing reference model shows. A run
    with a finished summary.json is skipped, one with a checkpoint resumed, one with neither restarted.
-2. one more process (`measure`) evaluates the base model on the held-out set once (step 0 of every
-   accuracy curve) and estimates KL(trained || base) for every run the same way (`kl_to_base`).
-3. REPORT.md, curves.png and final.png (`ladder_report.py`): a table per preset (mean +- std over
-   seeds) and a verdict on each of the seed's claims, from the numbers.
+2. one more process (`measure`) evaluates the base model on the held-out set once (greedy and
+   sampled), and for every run estimates KL(trained || base) (`kl_to_base`) and scores its sampled
+   accuracy: k answers per held-out problem at the rollout temperature (`sampled_accuracy`).
+3. REPORT.md, results.json, curves.png and final.png (`ladder_report.py`): a table per preset (means
+   with 95% intervals over seeds), a verdict at 95% on each of the seed's claims from paired
+   intervals over seeds and problems (`ladder_verdicts.py`, `ladder_stats.py`), and the A/A check.
 
 This process never loads a model (it imports torch at most, to look for checkpoints): a child
 process starts with its parent's peak RSS as its own, so a parent holding a model would inflate every
@@ -72,7 +74,8 @@ def estimate_run_s(cfg) -> float:
 
 
 def estimate_measure_s(plan: Plan) -> float:
-    """The measure process: start, the base evaluation, and per run a load and a small rollout."""
+    """The measure process: start, the base evaluation, and per run a load, a small rollout for KL
+    and the sampled evaluation (eval_samples per held-out problem; the base model's too)."""
     cfg = plan.runs[0].cfg
     tokens = cfg.rollout.max_new_tokens
     size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
@@ -80,7 +83,11 @@ def estimate_measure_s(plan: Plan) -> float:
     rows = plan.budget.kl_prompts * plan.budget.kl_samples
     decode = tokens * (COST["decode"] + COST["decode_row"] * rows)
     per_run = 3 + decode + 2 * COST["update"] / 3 * kl_row_tokens  # load, sample, two forwards
-    return COST["start"] + COST["eval"] * size * tokens + len(plan.runs) * per_run
+    sampled = size * plan.budget.eval_samples  # rows, in generate calls of about eval.batch_size rows
+    calls = -(-sampled // max(cfg.eval.batch_size, plan.budget.eval_samples)) if sampled else 0
+    sampled_s = tokens * (calls * COST["decode"] + sampled * COST["decode_row"])
+    base = COST["eval"] * size * tokens + sampled_s
+    return COST["start"] + base + len(plan.runs) * (per_run + sampled_s)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,7 +269,9 @@ def print_plan(plan: Plan, states: dict, est: dict) -> None:
         f"ladder: {len(plan.presets)} presets x {seeds} = {len(plan.runs)} runs, "
         f"budget {plan.budget_name}: {plan.steps} steps of {cfg.train.prompts_per_step} prompts x "
         f"{cfg.rollout.group_size} completions x <= {cfg.rollout.max_new_tokens} tokens, held-out "
-        f"{min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)} problems; "
+        f"{min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)} problems (greedy"
+        + (f", and {plan.budget.eval_samples} samples each" if plan.budget.eval_samples else "")
+        + "); "
         f"task {cfg.task.name}, model {cfg.model.name}; output {plan.out}/"
     )
     for p in plan.presets:
@@ -283,20 +292,25 @@ def measure_runs(plan: Plan) -> str | None:
     """Base evaluation and KL of every finished run, in one process of their own (`measure`).
     Returns what went wrong, or None."""
     finished = [r for r in plan.runs if is_finished(r)]
-    need_base = not (plan.out / "base" / "eval.json").exists()
-    need_kl = [r for r in finished if not (r.dir / "kl.json").exists() and (r.dir / "model").is_dir()]
+    k = plan.budget.eval_samples
+    need_base = not (plan.out / "base" / "eval.json").exists() or not measured(plan.out / "base", k)
+    need_kl = [r for r in finished if not measured(r.dir, k) and (r.dir / "model").is_dir()]
     if need_base or need_kl:
         spec = {
             "shared": plan.shared,
-            "runs": [str(r.dir) for r in need_kl],
+            "runs": [{"dir": str(r.dir), "seed": r.seed} for r in need_kl],
             "kl_prompts": plan.budget.kl_prompts,
             "kl_samples": plan.budget.kl_samples,
+            "eval_samples": k,
         }
         write_json(plan.out / "measure.json", spec)
         log = plan.out / "logs" / "measure.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        what = (["the base model's held-out accuracy"] if need_base else []) + [f"KL of {len(need_kl)} runs"]
+        sampled = f" and sampled accuracy ({k} per problem)" if k else ""
+        what = (["the base model's held-out accuracy"] if need_base else []) + [
+            f"KL{sampled} of {len(need_kl)} runs"
+        ]
         print(f"measuring {' and '.join(what)}", flush=True)
         with open(log, "a", encoding="utf-8") as f:
             argv = [sys.executable, "-m", "sft2grpo.ladder", "measure", str(plan.out / "measure.json")]
@@ -308,9 +322,55 @@ def measure_runs(plan: Plan) -> str | None:
         write_json(plan.out / "base" / "time.json", {"wall_s": prev.get("wall_s", 0.0) + time.time() - t0})
     if not plan.keep_models:
         for r in finished:
-            if (r.dir / "kl.json").exists():
+            if measured(r.dir, k):
                 shutil.rmtree(r.dir / "model", ignore_errors=True)
     return None
+
+
+def measured(folder: Path, eval_samples: int) -> bool:
+    """Whether the measure process is done with a run folder (or base/): KL (runs only) and, with
+    eval_samples > 0, the sampled evaluation with that many samples per problem."""
+    if folder.name != "base" and not (folder / "kl.json").exists():
+        return False
+    if not eval_samples:
+        return True
+    done = read_json(folder / "sampled.json") or {}
+    return done.get("samples_per_problem") == eval_samples and (folder / "eval_sampled.jsonl").exists()
+
+
+def sampled_accuracy(comp, cfg, k: int, seed: int):
+    """`evaluate` of the held-out problems with k samples each at the rollout temperature (the one
+    training samples at): per problem the share of correct samples, in EvalResult.samples."""
+    import torch
+
+    from .evaluate import evaluate
+
+    if k < 2:
+        raise ValueError(f"sampled accuracy needs k >= 2 samples per problem, got {k}")
+    return evaluate(
+        comp.engine,
+        comp.tokenizer,
+        comp.task.eval[: cfg.eval.size or cfg.task.eval_size],
+        comp.reward_fn,
+        system_prompt=cfg.model.system_prompt,
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        k=k,
+        samples=k,
+        temperature=cfg.rollout.temperature,
+        generator=torch.Generator().manual_seed(10_000 + seed),
+    )
+
+
+def write_sampled(folder: Path, comp, cfg, k: int, seed: int) -> float:
+    """sampled.json (metrics) and eval_sampled.jsonl (per problem) in `folder`; returns the accuracy."""
+    from .evaluate import write_jsonl
+
+    t0 = time.perf_counter()
+    res = sampled_accuracy(comp, cfg, k, seed)
+    write_jsonl(folder / "eval_sampled.jsonl", res.samples)
+    write_json(folder / "sampled.json", {**res.metrics, "seed": seed, "time_s": time.perf_counter() - t0})
+    return res.metrics["accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,14 +437,24 @@ def measure(spec_path: Path) -> None:
         write_jsonl(out / "base" / "eval_samples.jsonl", res.samples)
         write_json(out / "base" / "eval.json", {**res.metrics, "time_s": time.perf_counter() - t0})
         print(f"base: held-out accuracy {res.metrics['accuracy']:.3f}", flush=True)
+    k = spec.get("eval_samples", 0)
+    if k and not measured(out / "base", k):
+        # one sampled evaluation of the base model (seed 0), paired with every seed's run
+        acc = write_sampled(out / "base", base, cfg, k, seed=0)
+        print(f"base: sampled accuracy {acc:.3f} ({k} per problem)", flush=True)
     examples = base.task.eval[: spec["kl_prompts"]]
-    for d in map(Path, spec["runs"]):
+    for item in spec["runs"]:
+        d, seed = Path(item["dir"]), int(item["seed"])
         t0 = time.perf_counter()
         run_cfg = replace(cfg, model=replace(cfg.model, name=str(d / "model")))
         policy = build_components(run_cfg, task=base.task)
-        kl = kl_to_base(policy, base.model, examples, cfg, spec["kl_samples"])
-        write_json(d / "kl.json", {**kl, "time_s": time.perf_counter() - t0})
-        print(f"{d.name}: KL k3 {kl['kl_k3']:.4g} per token", flush=True)
+        if not (d / "kl.json").exists():
+            kl = kl_to_base(policy, base.model, examples, cfg, spec["kl_samples"])
+            write_json(d / "kl.json", {**kl, "time_s": time.perf_counter() - t0})
+            print(f"{d.name}: KL k3 {kl['kl_k3']:.4g} per token", flush=True)
+        if k and not measured(d, k):
+            acc = write_sampled(d, policy, cfg, k, seed)
+            print(f"{d.name}: sampled accuracy {acc:.3f} ({k} per problem)", flush=True)
         del policy
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,23 @@ class Budget:
     settings: tuple[str, ...]  # config overrides given to every run and to the base evaluation
     kl_prompts: int  # held-out prompts for KL(trained || base)
     kl_samples: int  # completions sampled from the trained policy per prompt
+    # sampled accuracy: completions per held-out problem (eval.size problems) at the rollout
+    # temperature, for every run and the base model; its mean over the k has less variance than one
+    # greedy answer, and it decides the verdicts. 0: greedy accuracy only (then greedy decides)
+    eval_samples: int = 8
 
 
-# Both keep the earlier `make run` settings (lr 3e-5; bf16 autocast where native), task and rewards, and write no periodic
-# checkpoint: a 135M checkpoint is 1.6 GB and a default run a few minutes, so a crashed run restarts,
-# while Ctrl-C still checkpoints the run it stops (pass checkpoint.every=N for more). "default" is
-# sized by `estimate_run_s` to about 50 minutes for 12 presets x 2 seeds on 2 quiet CPU cores (a
-# step of every preset for both seeds costs about 8 minutes, so there is room for 5 steps).
+# The default ladder: the seed's 5 rungs and 3 variants; `--presets all` adds the other 4.
+DEFAULT_PRESETS = PRESETS[:8]
+
+# "default" trains with the `make run` recipe (configs/run.yaml): the same work per step (4 prompts x
+# 8 completions x at most 64 tokens), lr 2e-5 with a cosine schedule and 3 warm-up steps, beta2
+# 0.999, temperature 0.7, fp32 where bf16 is not native; each preset keeps its own objective and mu.
+# 20 steps: `make run` gained most of its +7 held-out points by step 20 (docs/learning.md), and its
+# three seeds then spread by 1.8 points, little enough for a 3-seed interval to decide. That is
+# about 4.4 hours of training for 8 presets x 3 seeds by `estimate_run_s` on 2 idle cores, plus the
+# sampled evaluation (docs/ladder/README.md has the trade against 2 hours). "small" is a smoke check.
+# No periodic checkpoint: a 135M checkpoint is 1.6 GB; Ctrl-C still checkpoints the run it stops.
 BUDGETS = {
     "small": Budget(
         steps=2,
@@ -66,7 +76,8 @@ BUDGETS = {
             "train.prompts_per_step=2",
             "rollout.group_size=4",
             "rollout.max_new_tokens=32",
-            "train.lr=3e-5",
+            "rollout.temperature=0.7",
+            "train.lr=2e-5",
             "train.autocast=auto",
             "eval.size=16",
             "task.val_size=16",
@@ -76,23 +87,29 @@ BUDGETS = {
         ),
         kl_prompts=4,
         kl_samples=2,
+        eval_samples=4,
     ),
     "default": Budget(
-        steps=5,
-        seeds=2,
+        steps=20,
+        seeds=3,
         settings=(
-            "train.prompts_per_step=2",
+            "train.prompts_per_step=4",
             "rollout.group_size=8",
-            "rollout.max_new_tokens=48",
-            "train.lr=3e-5",
+            "rollout.max_new_tokens=64",
+            "rollout.temperature=0.7",
+            "train.lr=2e-5",
+            "train.schedule=cosine",
+            "train.warmup_steps=3",
+            "train.adam_beta2=0.999",
             "train.autocast=auto",
             "eval.size=100",
-            "task.val_size=100",
-            "eval.every=3",
+            "task.val_size=50",
+            "eval.every=10",
             "checkpoint.every=0",
         ),
         kl_prompts=8,
         kl_samples=2,
+        eval_samples=8,
     ),
 }
 
@@ -125,12 +142,13 @@ class Plan:
 
 
 def parse_presets(text: str | None) -> list[str]:
-    """'sft,grpo' -> ['sft', 'grpo'] (duplicates dropped); None -> every preset of the ladder."""
+    """'sft,grpo' -> ['sft', 'grpo'] (duplicates dropped); None -> the seed's rungs and variants
+    (DEFAULT_PRESETS); 'all' -> every preset of the ladder (PRESETS)."""
     from .config import list_presets
 
     available = list_presets()
-    if not text:
-        return [p for p in PRESETS if p in available]
+    if not text or text.strip() == "all":
+        return [p for p in (PRESETS if text else DEFAULT_PRESETS) if p in available]
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     for n in names:
         if n not in available:
@@ -151,6 +169,7 @@ def make_plan(
     output: str | Path = "ladder",
     overrides: list[str] | None = None,
     keep_models: bool = False,
+    eval_samples: int | None = None,
 ) -> Plan:
     """Every run's overrides and resolved config; a bad preset, budget or key stops here, before any
     training, with one line naming it."""
@@ -165,6 +184,10 @@ def make_plan(
         raise ValueError(f"--steps {steps}: must be >= 1")
     if n_seeds < 1:
         raise ValueError(f"--seeds {n_seeds}: must be >= 1")
+    if eval_samples is not None:
+        if eval_samples < 0 or eval_samples == 1:
+            raise ValueError(f"--eval-samples {eval_samples}: must be 0 (greedy accuracy only) or >= 2")
+        b = replace(b, eval_samples=eval_samples)
     names = parse_presets(presets)
     out = Path(output)
     shared = list(b.settings)
@@ -195,6 +218,7 @@ def make_plan(
     argv += ["--seeds", str(n_seeds)] if n_seeds != b.seeds else []
     argv += ["--presets", ",".join(names)] if presets else []
     argv += ["--output", str(output)] if str(output) != "ladder" else []
+    argv += ["--eval-samples", str(b.eval_samples)] if b.eval_samples != BUDGETS[budget].eval_samples else []
     argv += ["--keep-models"] if keep_models else []
     argv += list(overrides or [])
     return Plan(

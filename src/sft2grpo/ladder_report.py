@@ -1,9 +1,10 @@
-"""The report of `sft2grpo ladder`: REPORT.md, curves.png and final.png from the files its runs left.
+"""The report of `sft2grpo ladder`: REPORT.md, results.json, curves.png and final.png from the files
+its runs left.
 
-Per preset, mean +- std over seeds of the held-out accuracy after training, format errors, KL to the
-base model, completion length, training reward, step time and peak memory; and a verdict on each of
-the seed's claims, from the numbers: a mean difference between two presets "exceeds the spread" when
-it is larger than how far the seeds of either preset landed apart (`compare`).
+Per preset, the mean over seeds with a 95% interval of the sampled and greedy held-out accuracy,
+KL to the base model, step time and peak memory (and means of the rest); a verdict at 95% on each of
+the seed's claims from paired differences (ladder_verdicts.py, ladder_stats.py); and the A/A check,
+whose failure the report's first lines state.
 
     write_report(make_plan(budget="small", output="ladder"))   # redraw the report of a ladder folder
 """
@@ -21,7 +22,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from .evaluate import problem_scores
 from .ladder_plan import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
+from .ladder_stats import MARGIN
+from .ladder_verdicts import AA, CLAIMS, Comparison, aa_status, comparisons, results_json, table_interval
 
 
 @dataclass
@@ -31,7 +35,10 @@ class RunResult:
     preset: str
     seed: int
     status: str  # "finished", "failed: ...", "not run"
-    accuracy: float | None = None
+    accuracy: float | None = None  # greedy, held-out, after training
+    sampled_accuracy: float | None = None  # mean over eval_samples samples per problem
+    greedy: dict[str, float] = field(default_factory=dict)  # prompt -> 1/0, the greedy answer
+    sampled: dict[str, float] = field(default_factory=dict)  # prompt -> share of correct samples
     format_error_rate: float | None = None
     completion_len: float | None = None
     kl: float | None = None
@@ -65,6 +72,43 @@ def read_rows(path: Path, tag: str | None = None) -> dict[int, dict]:
     return rows
 
 
+def read_scores(path: Path) -> dict[str, float]:
+    """prompt -> score from an eval_*.jsonl file (`evaluate.problem_scores`); {} when missing."""
+    rows = []
+    try:
+        for line in path.read_text().splitlines():
+            rows.append(json.loads(line))
+    except (OSError, ValueError):
+        return {}
+    return problem_scores(rows)
+
+
+def load_base(plan: Plan) -> list[RunResult]:
+    """The base model as a preset "base" with one result per seed, all the same evaluation (it is
+    evaluated once), so that comparisons with it pair like any other."""
+    base = read_json(plan.out / "base" / "eval.json")
+    if not base:
+        return []
+    greedy = read_scores(plan.out / "base" / "eval_samples.jsonl")
+    sampled = read_scores(plan.out / "base" / "eval_sampled.jsonl")
+    acc = (read_json(plan.out / "base" / "sampled.json") or {}).get("accuracy")
+    return [
+        RunResult(
+            "base",
+            s,
+            "finished",
+            accuracy=base.get("accuracy"),
+            sampled_accuracy=acc,
+            greedy=greedy,
+            sampled=sampled,
+            format_error_rate=base.get("format_error_rate"),
+            completion_len=base.get("completion_len"),
+            kl=0.0,
+        )
+        for s in plan.seeds
+    ]
+
+
 def load_result(run: Run, failed: dict, base_acc: float | None) -> RunResult:
     key = (run.preset, run.seed)
     if not is_finished(run):
@@ -87,6 +131,9 @@ def load_result(run: Run, failed: dict, base_acc: float | None) -> RunResult:
         run.seed,
         "finished",
         accuracy=after.get("accuracy"),
+        sampled_accuracy=(read_json(run.dir / "sampled.json") or {}).get("accuracy"),
+        greedy=read_scores(run.dir / "eval_after.jsonl"),
+        sampled=read_scores(run.dir / "eval_sampled.jsonl"),
         format_error_rate=after.get("format_error_rate"),
         completion_len=after.get("completion_len"),
         kl=(read_json(run.dir / "kl.json") or {}).get("kl_k3"),
@@ -112,178 +159,94 @@ def mean_std(xs: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The verdict: differences against the seed-to-seed spread.
+# The verdicts: paired differences with 95% intervals (ladder_verdicts.py).
+
+METRIC_WORDS = {
+    "sampled_accuracy": "sampled accuracy",
+    "greedy_accuracy": "greedy accuracy",
+    "peak_mem_mb": "peak memory",
+    "step_time_s": "median step time",
+    "kl_to_base": "KL to the base model",
+}
+CLAIM_WORDS = {
+    "better": "it is supported when the interval's low end is above 0 and contradicted when its high "
+    "end is below 0",
+    "droppable": f"it is supported when the interval's low end is above -{100 * MARGIN:g} points (a "
+    "non-inferiority margin: dropping it costs less than that) and contradicted when its high end is "
+    "below 0",
+}
 
 
-def compare(a: list[float], b: list[float]) -> tuple[float, float | None, str]:
-    """(mean(b) - mean(a), spread, words) for one metric of presets A and B over their seeds.
-
-    The spread is the larger of the two presets' seed ranges (max - min over seeds): how far two
-    runs that differ only in their seed already landed apart. A mean difference larger than that
-    "exceeds the spread"; one at most that large is "within the spread". With one seed the spread
-    is unknown. E.g. A = [10, 12], B = [15, 16]: difference +4.5, spread 2, exceeds the spread.
-    """
-    if not a or not b:
-        raise ValueError("compare needs at least one value on each side")
-    d = statistics.fmean(b) - statistics.fmean(a)
-    if min(len(a), len(b)) < 2:
-        return d, None, "spread unknown (1 seed)"
-    spread = max(max(a) - min(a), max(b) - min(b))
-    return d, spread, "exceeds the spread" if abs(d) > spread else "within the spread"
+def deciding_metric(plan: Plan) -> str:
+    """The metric the verdicts use: sampled accuracy when the budget samples, else greedy accuracy."""
+    return "sampled_accuracy" if plan.budget.eval_samples else "greedy_accuracy"
 
 
-# Each claim: its title, what the seed says, its kind, and comparisons (A, B, what changes from A to
-# B). The first comparison decides the claim; the others are listed as further evidence.
-CLAIMS = [
-    (
-        "The negative gradient matters most",
-        "matters",
-        [
-            ("sft", "reinforce", "add the negative gradient (rung 1 -> 2)"),
-            ("sft", "sft_o1", "no negative gradient, 4 passes per batch instead (sft-o1)"),
-            ("sft_o1", "reinforce", "the negative gradient vs sft-o1's extra passes"),
-        ],
-    ),
-    (
-        "Reward normalisation and clipping matter most",
-        "matters",
-        [
-            ("reinforce", "reward_norm", "normalise and clip the advantage (rung 2 -> 3)"),
-            ("reinforce", "rloo", "a leave-one-out baseline instead (RLOO)"),
-        ],
-    ),
-    (
-        "Importance sampling can be varied or dropped",
-        "droppable",
-        [
-            ("grpo", "no_is", "drop it from GRPO (no_is)"),
-            ("reward_norm", "importance", "add it, with a second pass per batch (rung 3 -> 4)"),
-            ("grpo", "gspo", "vary it: one clipped ratio per sequence (GSPO)"),
-        ],
-    ),
-    (
-        "The KL penalty can be varied or dropped",
-        "droppable",
-        [
-            ("grpo", "no_kl", "drop it from GRPO (no_kl; the same objective as rung 4, importance)"),
-        ],
-    ),
-    (
-        "What the other variants show (against GRPO)",
-        "variant",
-        [("grpo", v, DESCRIPTIONS[v]) for v in ("dr_grpo", "dapo", "rloo")],
-    ),
-]
+def comparison_text(c: Comparison) -> str:
+    """'sft -> reinforce: +3.1 points [-0.4, +6.6] (3 seeds x 100 problems): **undecided**'."""
+    if c.verdict == "not measured":
+        return f"{c.a} -> {c.b}: not measured ({c.a} or {c.b} has no finished, evaluated run)"
+    if c.metric in ("sampled_accuracy", "greedy_accuracy"):
+        scale, spec, unit = 100, "+.1f", " points"
+    elif c.metric == "peak_mem_mb":
+        scale, spec, unit = 1 / 1024, "+.2f", " GiB"
+    elif c.metric == "step_time_s":
+        scale, spec, unit = 1, "+.2f", " s"
+    else:
+        scale, spec, unit = 1, "+.4f", ""
+    lo, hi = c.ci95
+    n = f"{c.seeds} seed{'s' if c.seeds > 1 else ''}" + (f" x {c.problems} problems" if c.problems else "")
+    return (
+        f"{c.a} -> {c.b}: {scale * c.diff:{spec}}{unit} [{scale * lo:{spec}}, {scale * hi:{spec}}] "
+        f"({n}): **{c.verdict}**"
+    )
 
 
-def claim_words(kind: str, d: float, words: str) -> str:
-    """The verdict on a claim from its deciding comparison (difference d of B - A, in points)."""
-    if words.startswith("spread unknown"):
-        return "undecided: with one seed the seed-to-seed spread is unknown"
-    beyond = words == "exceeds the spread"
-    if kind == "matters":
-        if not beyond:
-            return "not shown at this budget: the difference is within the seed-to-seed spread"
-        return "supported at this budget" if d > 0 else "contradicted at this budget: the step hurt"
-    if beyond and d < 0:
-        return "contradicted at this budget: dropping it cost more than the seed-to-seed spread"
-    return "consistent at this budget: dropping it " + ("helped" if beyond else "changed little")
-
-
-def verdict_lines(by_preset: dict[str, list[RunResult]]) -> list[str]:
-    out = []
-    for i, (title, kind, comparisons) in enumerate(CLAIMS, 1):
-        lines, decided = [], None
-        for a, b, what in comparisons:
-            xa, xb = values(by_preset.get(a, []), "accuracy"), values(by_preset.get(b, []), "accuracy")
-            if not xa or not xb:
-                lines.append(f"- {what}: not measured ({a} or {b} has no finished run)")
-                continue
-            d, spread, words = compare(xa, xb)
-            sp = f"seed spread {100 * spread:.1f}" if spread is not None else "seed spread unknown"
-            lines.append(
-                f"- {what}: {a} {100 * statistics.fmean(xa):.1f}% -> {b} {100 * statistics.fmean(xb):.1f}%, "
-                f"{100 * d:+.1f} points ({sp}): **{words}**"
-            )
-            if decided is None and (a, b) == comparisons[0][:2]:
-                decided = claim_words(kind, d, words)
-        if kind == "droppable" and comparisons[0][:2] == ("grpo", "no_kl"):
-            lines += kl_extra_lines(by_preset)
-        head = f"**{i}. {title}**" if kind != "variant" else f"**{title}**"
-        if kind != "variant":
-            head += f": {decided or 'not measured'}."
-        out += [head, "", *lines, ""]
+def verdict_lines(comps: list[Comparison]) -> list[str]:
+    """A paragraph per claim (its deciding comparison, then the evidence), then the variants,
+    base -> grpo and what dropping KL costs or saves."""
+    out = [
+        "",
+        "How a verdict is read: for a claim that B beats A (claims 1 and 2, base -> grpo) "
+        f"{CLAIM_WORDS['better']}; for a claim that a part can be dropped (claims 3 and 4) "
+        f"{CLAIM_WORDS['droppable']}; otherwise undecided.",
+    ]
+    greedy = {(c.a, c.b): c for c in comps if c.role == "other metric"}
+    for c in comps:
+        if c.role.startswith("claim "):
+            i = int(c.role.split()[1])
+            out += ["", f"**{i}. {CLAIMS[i - 1][0]}: {c.verdict}**", ""]
+            out.append(f"- deciding, {c.what}, {METRIC_WORDS[c.metric]}: {comparison_text(c)}")
+            if (c.a, c.b) in greedy:
+                out.append(
+                    f"- the same on greedy accuracy (not deciding): {comparison_text(greedy[c.a, c.b])}"
+                )
+        elif c.role == "evidence":
+            out.append(f"- further evidence, {c.what}: {comparison_text(c)}")
+    variants = [c for c in comps if c.role == "variant"]
+    if variants:
+        out += ["", "**The other variants against GRPO** (supported = they differ from GRPO)", ""]
+        out += [f"- {c.what}: {comparison_text(c)}" for c in variants]
+    out += ["", "**GRPO against the base model, and what dropping KL costs or saves**", ""]
+    for c in comps:
+        if c.role in ("base -> grpo", "cost") or (c.role == "other metric" and c.a == "base"):
+            out.append(f"- {METRIC_WORDS[c.metric]}: {comparison_text(c)}")
     return out
 
 
-def kl_extra_lines(by_preset: dict[str, list[RunResult]]) -> list[str]:
-    """What dropping KL buys and costs besides accuracy: memory (no reference model) and drift."""
-    g, n = by_preset.get("grpo", []), by_preset.get("no_kl", [])
-    lines = []
-    for attr, what, scale, unit in (
-        ("peak_mem_mb", "peak memory", 1 / 1024, " GiB"),
-        ("kl", "KL to the base model (k3 per token)", 1.0, ""),
-        ("step_time", "median step time", 1.0, " s"),
-    ):
-        xg, xn = values(g, attr), values(n, attr)
-        if not xg or not xn:
-            continue
-        d, spread, words = compare(xg, xn)
-        fmt = ".4f" if attr == "kl" else ".2f"
-        rel = f", {100 * d / statistics.fmean(xg):+.0f}%" if statistics.fmean(xg) else ""
-        lines.append(
-            f"- {what}: grpo {scale * statistics.fmean(xg):{fmt}}{unit} -> no_kl "
-            f"{scale * statistics.fmean(xn):{fmt}}{unit} ({scale * d:+{fmt}}{unit}{rel}): **{words}**"
-        )
-    return lines
+def aa_greedy(comps: list[Comparison]) -> str:
+    """' On greedy accuracy (not deciding): ...' when the A/A pair was also compared on greedy."""
+    c = next((c for c in comps if c.role == "other metric" and (c.a, c.b) == AA), None)
+    return f" On greedy accuracy (not deciding): {comparison_text(c)}." if c else ""
 
 
-def ranking_line(by_preset: dict[str, list[RunResult]]) -> str:
-    """Presets by mean held-out accuracy, and which are within the best one's seed spread."""
-    means = {
-        p: statistics.fmean(values(rs, "accuracy")) for p, rs in by_preset.items() if values(rs, "accuracy")
-    }
+def ranking_line(by_preset: dict[str, list[RunResult]], attr: str = "accuracy") -> str:
+    """Presets by the mean of `attr` over seeds (the intervals are in the table)."""
+    means = {p: statistics.fmean(values(rs, attr)) for p, rs in by_preset.items() if values(rs, attr)}
     if not means:
         return "No run finished."
     order = sorted(means, key=means.get, reverse=True)
-    best = order[0]
-    words = {
-        p: compare(values(by_preset[best], "accuracy"), values(by_preset[p], "accuracy"))[2] for p in order
-    }
-    close = [p for p in order[1:] if words[p] == "within the spread"]
-    ranked = ", ".join(f"{p} {100 * means[p]:.1f}%" for p in order)
-    tail = ""
-    if len(order) > 1 and not words[order[1]].startswith("spread unknown"):
-        tail = f"; within the seed spread of {best}: {', '.join(close) or 'none'}"
-    return f"By mean held-out accuracy: {ranked}{tail}."
-
-
-def same_config_lines(plan: Plan, by_preset: dict[str, list[RunResult]]) -> list[str]:
-    """Presets that train the very same configuration (importance and no_kl: rung 4 is GRPO without
-    KL) are a control: with the same seeds, whatever separates them is run-to-run nondeterminism."""
-    from .config import to_dict
-
-    groups: dict[str, list[str]] = {}
-    for r in plan.runs:
-        if r.seed == plan.seeds[0]:
-            d = {k: v for k, v in to_dict(r.cfg).items() if k not in ("preset", "log")}
-            groups.setdefault(json.dumps(d, sort_keys=True), []).append(r.preset)
-    lines = []
-    for names in (g for g in groups.values() if len(g) > 1):
-        by_seed: dict[int, list[float]] = {}  # seed -> the group's accuracies with that seed
-        for p in names:
-            for r in by_preset.get(p, []):
-                if r.accuracy is not None:
-                    by_seed.setdefault(r.seed, []).append(r.accuracy)
-        gaps = [max(xs) - min(xs) for xs in by_seed.values() if len(xs) == len(names)]
-        if not gaps:
-            continue
-        gap = max(gaps)
-        lines.append(
-            f"{' and '.join(names)} train the same configuration: with the same seeds their held-out "
-            f"accuracy differs by up to {100 * gap:.1f} points, which is run-to-run nondeterminism alone."
-        )
-    return lines
+    return "By mean: " + ", ".join(f"{p} {100 * means[p]:.1f}%" for p in order) + "."
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,8 +340,9 @@ def running_mean(xs: list[float], window: int) -> list[float]:
     return [statistics.fmean(xs[max(0, i - window + 1) : i + 1]) for i in range(len(xs))]
 
 
-def plot_final(plan: Plan, by_preset: dict[str, list[RunResult]], base_acc: float | None, path: Path) -> None:
-    """Final held-out accuracy per preset: a bar at the mean, a dot per seed, the base model's line."""
+def plot_final(plan: Plan, by_preset: dict[str, list[RunResult]], attr: str, path: Path) -> None:
+    """Final held-out accuracy (`attr`) per preset: a bar at the mean, a dot per seed, the base
+    model's line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -386,18 +350,20 @@ def plot_final(plan: Plan, by_preset: dict[str, list[RunResult]], base_acc: floa
 
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(plan.presets) + 1.2))
     for y, p in enumerate(plan.presets):
-        xs = [100 * x for x in values(by_preset.get(p, []), "accuracy")]
+        xs = [100 * x for x in values(by_preset.get(p, []), attr)]
         if xs:
             ax.barh(y, statistics.fmean(xs), color="tab:blue" if p in RUNGS else "tab:orange", alpha=0.5)
             ax.plot(xs, [y] * len(xs), "k.", ms=6)
         else:
             ax.text(0, y, " no finished run", va="center", fontsize=8, color="gray")
-    if base_acc is not None:
-        ax.axvline(100 * base_acc, color="k", ls="--", lw=1, label=f"base model {100 * base_acc:.1f}%")
+    base = values(by_preset.get("base", [])[:1], attr)
+    if base:
+        ax.axvline(100 * base[0], color="k", ls="--", lw=1, label=f"base model {100 * base[0]:.1f}%")
         ax.legend(fontsize=8, loc="lower right")
     ax.set_yticks(range(len(plan.presets)), plan.presets)
     ax.invert_yaxis()
-    ax.set_xlabel("held-out accuracy after training (%): bar = mean, dots = seeds")
+    what = "sampled" if attr == "sampled_accuracy" else "greedy"
+    ax.set_xlabel(f"held-out {what} accuracy after training (%): bar = mean, dots = seeds")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -405,23 +371,23 @@ def plot_final(plan: Plan, by_preset: dict[str, list[RunResult]], base_acc: floa
 
 
 TABLE_HEADER = (
-    "| preset | what it is | seeds | held-out accuracy % | change, points | format errors % "
+    "| preset | what it is | seeds | sampled accuracy % | greedy accuracy % | format errors % "
     "| KL to base | completion length | train reward, last quarter | step time s | peak memory GiB |"
 )
 
 
-def table_lines(plan: Plan, by_preset: dict[str, list[RunResult]], base: dict | None) -> list[str]:
+def table_lines(plan: Plan, by_preset: dict[str, list[RunResult]]) -> list[str]:
+    """A row per preset: mean [95% interval over seeds] where it has one, else the mean."""
     lines = [TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
-    base_acc = base.get("accuracy") if base else None
+    base = by_preset.get("base", [])[:1]
     if base:
+        b = base[0]
         lines.append(
-            f"| base model | no training | - | {100 * base['accuracy']:.1f} | - | "
-            f"{100 * base['format_error_rate']:.1f} | 0 | {base['completion_len']:.1f} | - | - | - |"
+            f"| base model | no training | - | {fmt(b.sampled_accuracy, 100)} | {fmt(b.accuracy, 100)} | "
+            f"{fmt(b.format_error_rate, 100)} | 0 | {fmt(b.completion_len)} | - | - | - |"
         )
     for p in plan.presets:
         rs = [r for r in by_preset.get(p, []) if r.status == "finished"]
-        acc = values(rs, "accuracy")
-        change = [x - base_acc for x in acc] if base_acc is not None else []
         lines.append(
             "| "
             + " | ".join(
@@ -429,14 +395,14 @@ def table_lines(plan: Plan, by_preset: dict[str, list[RunResult]], base: dict | 
                     p,
                     DESCRIPTIONS.get(p, ""),
                     f"{len(rs)}/{len(plan.seeds)}",
-                    mean_std(acc, 100),
-                    mean_std(change, 100, "+.1f"),
+                    table_interval(values(rs, "sampled_accuracy"), 100),
+                    table_interval(values(rs, "accuracy"), 100),
                     mean_std(values(rs, "format_error_rate"), 100),
-                    mean_std(values(rs, "kl"), 1, ".4f"),
+                    table_interval(values(rs, "kl"), 1, ".4f"),
                     mean_std(values(rs, "completion_len")),
                     mean_std(values(rs, "final_reward"), 1, ".2f"),
-                    mean_std(values(rs, "step_time")),
-                    mean_std(values(rs, "peak_mem_mb"), 1 / 1024, ".2f"),
+                    table_interval(values(rs, "step_time"), 1, ".1f"),
+                    table_interval(values(rs, "peak_mem_mb"), 1 / 1024, ".2f"),
                 ]
             )
             + " |"
@@ -444,25 +410,45 @@ def table_lines(plan: Plan, by_preset: dict[str, list[RunResult]], base: dict | 
     return lines
 
 
+def load_all(plan: Plan, failed: dict | None = None) -> dict[str, list[RunResult]]:
+    """preset -> its RunResults (one per seed), "base" first when the base model was evaluated."""
+    base = load_base(plan)
+    base_acc = base[0].accuracy if base else None
+    by_preset: dict[str, list[RunResult]] = {"base": base} if base else {}
+    for r in plan.runs:
+        by_preset.setdefault(r.preset, []).append(load_result(r, failed or {}, base_acc))
+    return by_preset
+
+
 def write_report(plan: Plan, failed: dict | None = None) -> Path:
-    """REPORT.md, curves.png and final.png in plan.out, from the files the runs left."""
-    failed = failed or {}
-    base = read_json(plan.out / "base" / "eval.json")
-    base_acc = base.get("accuracy") if base else None
-    results = [load_result(r, failed, base_acc) for r in plan.runs]
-    by_preset: dict[str, list[RunResult]] = {}
-    for r in results:
-        by_preset.setdefault(r.preset, []).append(r)
-    window = plot_curves(plan, by_preset, plan.out / "curves.png")
-    plot_final(plan, by_preset, base_acc, plan.out / "final.png")
+    """REPORT.md, results.json, curves.png and final.png in plan.out, from the files the runs left."""
+    by_preset = load_all(plan, failed)
+    results = [r for p in plan.presets for r in by_preset[p]]
+    results.sort(key=lambda r: (r.seed, plan.presets.index(r.preset)))
+    metric = deciding_metric(plan)
+    comps = comparisons(by_preset, metric)
+    _, aa_line = aa_status(comps)
+    write_results(plan.out / "results.json", results_json(plan, by_preset, comps, metric))
+    window = plot_curves(plan, {p: by_preset[p] for p in plan.presets}, plan.out / "curves.png")
+    attr = "sampled_accuracy" if metric == "sampled_accuracy" else "accuracy"
+    plot_final(plan, by_preset, attr, plan.out / "final.png")
     n_done = sum(r.status == "finished" for r in results)
     missing = f"; {len(results) - n_done} missing, so some rows and verdicts are incomplete"
     smoothing = f", running mean over {window} steps" if window > 1 else ""
-    seeds = f"{len(plan.seeds)} seed{'s' if len(plan.seeds) > 1 else ''}"
+    k = plan.budget.eval_samples
+    decides = (
+        f"sampled accuracy (the share of {k} samples per held-out problem at the training temperature "
+        "that are right)"
+        if metric == "sampled_accuracy"
+        else "greedy accuracy (one greedy answer per held-out problem)"
+    )
     lines = [
         f"# sft2grpo ladder: {plan.runs[0].cfg.task.name} on {plan.runs[0].cfg.model.name}",
         "",
-        f"{n_done} of {len(results)} runs finished{missing if n_done < len(results) else ''}.",
+        aa_line,
+        "",
+        f"{n_done} of {len(results)} runs finished{missing if n_done < len(results) else ''}. "
+        f"Verdicts at 95%, decided by {decides}; results.json holds every number below.",
         "",
         *command_lines(plan),
         *budget_lines(plan),
@@ -476,40 +462,39 @@ def write_report(plan: Plan, failed: dict | None = None) -> Path:
         "![reward and validation accuracy per step](curves.png)",
         "",
         f"Left: training reward per step (mean over seeds{smoothing}; band: min to max over seeds). "
-        "Right: accuracy on the validation split, which runs are evaluated on while they train (the "
-        "held-out problems of the table are scored only after training); step 0 is the base model. "
-        "Rungs solid, variants dashed.",
+        "Right: greedy accuracy on the validation split, which runs are evaluated on while they train "
+        "(the held-out problems of the table are scored only after training); step 0 is the base "
+        "model. Rungs solid, variants dashed.",
         "",
         "![final held-out accuracy per preset](final.png)",
         "",
         "## Results",
         "",
-        "Mean ± sample std over seeds. Held-out columns are after training; KL is k3 per token (see "
-        "Budget); train reward is the mean over the last quarter of the steps; step time is the median; "
-        "peak memory is the run process's peak resident memory.",
+        "Mean over seeds [95% t interval over seeds] where an interval is given, else the mean (± sample "
+        "std). Held-out columns are after training; KL is k3 per token (see Budget); train reward is "
+        "the mean over the last quarter of the steps; step time is the median; peak memory is the run "
+        "process's peak resident memory.",
         "",
-        *table_lines(plan, by_preset, base),
+        *table_lines(plan, by_preset),
+        "",
+        ranking_line(by_preset, attr),
         "",
         "## Verdict on the seed's claims",
         "",
         "The seed: the negative gradient and reward normalisation with clipping matter most; importance "
-        "sampling and the KL penalty can be varied or dropped. Each comparison below is of held-out "
-        "accuracy after training, A -> B; a mean difference larger than the seed-to-seed spread (the "
-        "larger of the two presets' max - min over seeds) **exceeds the spread**, otherwise it is "
-        "**within the spread**. The first comparison of each claim decides its verdict. Only what this "
-        f"budget ({plan.steps} steps, {seeds}) shows.",
+        "sampling and the KL penalty can be varied or dropped. Each comparison is B - A with a 95% "
+        "interval, paired by seed and by held-out problem: "
+        f"{STATS_METHOD} Only what this budget ({plan.steps} steps, {len(plan.seeds)} seeds) shows.",
         "",
-        *verdict_lines(by_preset),
-        ranking_line(by_preset),
-        "",
-        *same_config_lines(plan, by_preset),
+        aa_line + aa_greedy(comps),
+        *verdict_lines(comps),
         "",
         "## Runs",
         "",
-        "| preset | seed | status | held-out accuracy % | train time s |",
-        "|---|---|---|---|---|",
+        "| preset | seed | status | sampled accuracy % | greedy accuracy % | train time s |",
+        "|---|---|---|---|---|---|",
         *[
-            f"| {r.preset} | {r.seed} | {r.status} | {fmt(r.accuracy, 100)} | "
+            f"| {r.preset} | {r.seed} | {r.status} | {fmt(r.sampled_accuracy, 100)} | {fmt(r.accuracy, 100)} | "
             f"{fmt(r.train_time_s, spec='.0f')} |"
             for r in results
         ],
@@ -518,6 +503,22 @@ def write_report(plan: Plan, failed: dict | None = None) -> Path:
     path = plan.out / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
+
+
+STATS_METHOD = (
+    "the interval is a paired t interval whose variance adds the run-to-run term (the variance over "
+    "seeds of the per-seed mean difference, / S) and the problem term (the variance over problems of "
+    "the per-problem mean difference, / P), with S - 1 degrees of freedom "
+    "(`ladder_stats.paired_interval`; on synthetic data with no effect it called a difference in 3.5% "
+    "of 400 repetitions, tests/test_ladder_stats.py). With one seed only the problem term is left and "
+    "run-to-run variation is not in the interval. Memory, step time and KL pair by seed alone."
+)
+
+
+def write_results(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def fmt(x: float | None, scale: float = 1.0, spec: str = ".1f") -> str:
@@ -549,8 +550,14 @@ def budget_lines(plan: Plan) -> list[str]:
         "prompts)",
         f"- lr {cfg.train.lr:g}, autocast {cfg.train.autocast}; train.mu and the objective as each preset "
         "defines them",
-        f"- held-out: {size} problems of `{cfg.task.name}`, greedy, evaluated after training; the base "
-        "model once",
+        f"- held-out: {size} problems of `{cfg.task.name}`, the same for every run, scored after training "
+        "and for the base model once: greedy (one answer each)"
+        + (
+            f" and sampled ({b.eval_samples} answers each at the rollout temperature "
+            f"{cfg.rollout.temperature:g}, seeded by the run's seed; sampled accuracy is the mean share right)"
+            if b.eval_samples
+            else ""
+        ),
         f"- validation: {cfg.task.val_size} other problems, greedy, evaluated at step 0 and {when}",
         f"- KL to the base model: {b.kl_prompts} held-out prompts x {b.kl_samples} completions sampled "
         "from the trained policy, mean per-token k3 = exp(d) - d - 1 with d = log pi_base - log pi "
@@ -565,5 +572,5 @@ def time_lines(plan: Plan) -> list[str]:
     measure_s = (read_json(plan.out / "base" / "time.json") or {}).get("wall_s", 0.0)
     return [
         f"- compute time: {sum(walls) / 60:.1f} min in the training processes (model loading and "
-        f"evaluation included), {measure_s / 60:.1f} min measuring (base evaluation, KL)"
+        f"evaluation included), {measure_s / 60:.1f} min measuring (base evaluation, KL, sampled accuracy)"
     ]

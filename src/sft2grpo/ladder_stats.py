@@ -1,0 +1,163 @@
+"""The ladder's statistics: a 95% interval for a paired difference over seeds and problems, and the
+verdict it gives. Pure functions of arrays; the report (ladder_report.py) feeds them the per-problem
+scores every run left.
+
+Two presets A and B trained with the same seeds and scored on the same held-out problems give two
+(S, P) arrays of per-problem scores (S seeds, P problems; a score is 1/0 for a greedy answer, the
+share of correct samples for sampled accuracy). The difference d = B - A is paired twice: seed s of
+A and seed s of B share their prompt order, problem p is the same problem on both sides. Its mean
+varies for two reasons, a new set of seeds (run-to-run variation, which at a small budget is large:
+two runs of one configuration landed 13 points apart) and a new set of problems. The interval adds
+both (`paired_interval`):
+
+    se^2 = var_s(mean_p d[s, p]) / S  +  var_p(mean_s d[s, p]) / P       (sample variances, ddof 1)
+
+and the half-width sqrt(t_{S-1}^2 var_seed/S + t_{P-1}^2 var_prob/P): each term widened by Student's
+t at its own degrees of freedom, so t at S - 1 where run-to-run variation dominates and at P - 1
+where the problems do. Each term also holds a share of the seed x problem interaction, so the sum
+overstates the variance a little: the safe side. A
+bootstrap over 3 seeds would not do: its percentile interval spans about the seeds' min to max, so
+with no effect all three seeds land on one side 2 times in 8 and it would call a difference
+(tests/test_ladder_stats.py measures it).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import numpy as np
+
+LEVEL = 0.95
+# A claim that a part "can be dropped" is supported when dropping it costs less than this, with 95%
+# confidence (the interval's lower end is above -MARGIN): a non-inferiority margin, in score units.
+MARGIN = 0.03
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(p: float, df: float) -> float:
+    """The p-quantile of Student's t with df > 0 degrees of freedom (df may be fractional; inf gives
+    the normal's). E.g. t_quantile(0.975, 2) = 4.303, t_quantile(0.975, 1) = 12.706."""
+    if not 0.5 <= p < 1:
+        raise ValueError(f"t_quantile needs 0.5 <= p < 1, got {p}")
+    if not df > 0:
+        raise ValueError(f"t_quantile needs df > 0, got {df}")
+    if math.isinf(df) or df > 1e6:
+        return _normal_quantile(p)
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    # bisection on the CDF: 1/2 + the density's integral from 0 to x (Simpson on a fine grid)
+    logc = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 2001)
+        f = np.exp(logc - (df + 1) / 2 * np.log1p(t * t / df))
+        h = x / 2000
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _normal_quantile(p: float) -> float:
+    lo, hi = 0.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_interval(a, b, level: float = LEVEL) -> dict[str, Any]:
+    """Mean of b - a and its `level` interval, paired by seed (rows) and problem (columns).
+
+    a, b: (S, P) arrays (or (S,) per-seed values, taken as P = 1: memory, step time, KL). With one
+    seed only the problem term is left, and the result says so: run-to-run variation is then not
+    in the interval. Returns {"diff", "ci95": [lo, hi], "se", "t", "seeds", "problems", "method"}
+    where t = half-width / se.
+
+    Example: a = [[0, 0], [0, 0]], b = [[1, 0], [1, 1]]: d has seed means 0.5, 1 and problem means
+    1, 0.5, each term 0.125/2; half-width sqrt(12.706^2 * 0.0625 + 12.706^2 * 0.0625) (1 df each)
+    = 4.49, so diff 0.75 has the interval [-3.74, 5.24].
+    """
+    a, b = _as_2d(a, "a"), _as_2d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired_interval: a is {a.shape[0]} seeds x {a.shape[1]} problems, b is {b.shape}")
+    d = b - a  # (S, P)
+    s, p = d.shape
+    v_seed = d.mean(1).var(ddof=1) / s if s > 1 else 0.0  # run-to-run
+    v_prob = d.mean(0).var(ddof=1) / p if p > 1 else 0.0  # problem-to-problem
+    se = math.sqrt(v_seed + v_prob)
+    # each term widened by its own t quantile (S - 1 and P - 1 degrees of freedom), then added:
+    # t at S - 1 when the seeds dominate, at P - 1 when the problems do. (One Welch-Satterthwaite df
+    # for the sum called a difference in 9.5% of no-effect cases with 3 seeds; t at S - 1 for the
+    # whole sum lost most of its power when the problems dominate.)
+    q = 0.5 + level / 2
+    half = math.sqrt(
+        (t_quantile(q, s - 1) ** 2 * v_seed if s > 1 else 0.0)
+        + (t_quantile(q, p - 1) ** 2 * v_prob if p > 1 else 0.0)
+    )
+    t = half / se if se > 0 else math.inf  # the t quantile the interval amounts to
+    diff = float(d.mean())
+    if s > 1 and p > 1:
+        method = f"paired t interval over {s} seeds and {p} problems (each variance term with its own t)"
+    elif s > 1:
+        method = f"paired t interval over {s} seeds"
+    else:
+        method = f"paired t interval over {p} problems of 1 seed (run-to-run variation not included)"
+    return {
+        "diff": diff,
+        "ci95": [diff - half, diff + half],
+        "se": se,
+        "t": t,
+        "seeds": s,
+        "problems": p,
+        "method": method,
+    }
+
+
+def mean_interval(x, level: float = LEVEL) -> dict[str, Any]:
+    """Mean of per-seed values x (S,) and its t interval over seeds: a preset's memory, step time or
+    KL in the table. paired_interval against zeros."""
+    x = np.asarray(x, dtype=float)
+    return paired_interval(np.zeros_like(x), x, level)
+
+
+def _as_2d(x, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(
+            f"paired_interval: {name} must be a non-empty (seeds, problems) array, got {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"paired_interval: {name} holds NaN or inf")
+    return arr
+
+
+def verdict(ci: list[float], kind: str, margin: float = MARGIN) -> str:
+    """'supported', 'contradicted' or 'undecided' for a claim about B - A, from its 95% interval.
+
+    kind "better": the claim is that B beats A (adding a part matters; GRPO beats the base model):
+    supported when lo > 0, contradicted when hi < 0.
+    kind "droppable": the claim is that B (A without a part) loses nothing: supported when lo >
+    -margin (non-inferiority), contradicted when hi < 0 (dropping it cost accuracy).
+    kind "differ": the claim is only that B differs from A: supported when the interval excludes 0.
+    The A/A check asks it of two identical configurations, where 'undecided' is the right answer.
+    """
+    lo, hi = ci
+    if kind == "better":
+        return "supported" if lo > 0 else "contradicted" if hi < 0 else "undecided"
+    if kind == "droppable":
+        return "contradicted" if hi < 0 else "supported" if lo > -margin else "undecided"
+    if kind == "differ":
+        return "supported" if lo > 0 or hi < 0 else "undecided"
+    raise ValueError(f"verdict: unknown kind '{kind}' (better, droppable or differ)")

@@ -1,0 +1,147 @@
+"""The ladder's statistics on synthetic per-problem scores: closed-form values, a known effect found,
+no effect left undecided in about 95% of repetitions, and why a bootstrap over 3 seeds is not used."""
+
+import numpy as np
+import pytest
+
+from sft2grpo.evaluate import paired_bootstrap
+from sft2grpo.ladder_stats import mean_interval, paired_interval, t_quantile, verdict
+
+
+@pytest.mark.parametrize(
+    "p,df,expected",
+    [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 3, 3.182), (0.975, 10, 2.228), (0.975, 99, 1.984)],
+)
+def test_t_quantile_matches_the_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_t_quantile_between_integer_df_and_at_infinity():
+    assert t_quantile(0.975, 2) > t_quantile(0.975, 2.5) > t_quantile(0.975, 3)
+    assert t_quantile(0.975, float("inf")) == pytest.approx(1.95996, abs=1e-4)
+    with pytest.raises(ValueError, match="df > 0"):
+        t_quantile(0.975, 0)
+
+
+def test_paired_interval_closed_form():
+    # d = [[1, 0], [1, 1]]: seed means 0.5, 1 and problem means 1, 0.5, each with sample variance
+    # 0.125; each term 0.125 / 2, widened by t at 1 df: half-width 12.706 * sqrt(0.125)
+    r = paired_interval([[0, 0], [0, 0]], [[1, 0], [1, 1]])
+    half = 12.7062 * 0.125**0.5
+    assert (
+        r["diff"] == 0.75
+        and r["se"] == pytest.approx(0.125**0.5)
+        and r["t"] == pytest.approx(12.7062, abs=1e-3)
+    )
+    assert r["ci95"] == pytest.approx([0.75 - half, 0.75 + half], abs=1e-3)
+    assert (r["seeds"], r["problems"]) == (2, 2)
+    # one seed: only the problem term, and the method says run-to-run variation is missing
+    one = paired_interval([[0, 0, 0, 0]], [[1, 1, 0, 0]])
+    assert one["t"] == pytest.approx(3.1824, abs=1e-3) and "not included" in one["method"]
+    # seeds and problems both vary: each term takes its own t (4.303 at 2 df, 3.182 at 3 df)
+    two = paired_interval(np.zeros((3, 4)), [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]])
+    v_seed = np.var([0.25, 0.5, 0.75], ddof=1) / 3
+    v_prob = np.var([1, 2 / 3, 1 / 3, 0], ddof=1) / 4
+    half = (4.3027**2 * v_seed + 3.1824**2 * v_prob) ** 0.5
+    assert two["ci95"] == pytest.approx([0.5 - half, 0.5 + half], abs=1e-3)
+    assert one["ci95"] == pytest.approx(
+        [0.5 - 3.1824 * (1 / 12) ** 0.5, 0.5 + 3.1824 * (1 / 12) ** 0.5], abs=1e-3
+    )
+    # per-seed values (memory): a t interval over seeds, 6000 -> 5400 MB in three seeds
+    mem = paired_interval([6000, 6010, 5990], [5400, 5405, 5395])
+    assert mem["diff"] == pytest.approx(-600) and mem["ci95"][1] < -550
+    m = mean_interval([1.0, 2.0, 3.0])  # mean 2, sd 1: 2 +- 4.303 / sqrt(3)
+    assert m["ci95"] == pytest.approx([2 - 4.3027 / 3**0.5, 2 + 4.3027 / 3**0.5], abs=1e-3)
+    same = paired_interval([[1, 0], [0, 1]], [[1, 0], [0, 1]])
+    assert same["ci95"] == [0.0, 0.0] and verdict(same["ci95"], "differ") == "undecided"
+
+
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [
+        ([[0, 1]], [[0]], "a is 1 seeds x 2 problems, b is (1, 1)"),
+        ([[0, float("nan")]], [[0, 1]], "a holds NaN"),
+        ([], [], "non-empty"),
+    ],
+)
+def test_paired_interval_rejects_bad_input_in_one_line(a, b, expected):
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        paired_interval(a, b)
+
+
+@pytest.mark.parametrize(
+    "ci,kind,expected",
+    [
+        ([0.01, 0.05], "better", "supported"),
+        ([-0.05, -0.01], "better", "contradicted"),
+        ([-0.01, 0.05], "better", "undecided"),
+        ([-0.02, 0.04], "droppable", "supported"),  # costs at most 2 points < the 3-point margin
+        ([-0.05, 0.04], "droppable", "undecided"),
+        ([-0.08, -0.01], "droppable", "contradicted"),
+        ([-0.01, 0.01], "differ", "undecided"),
+        ([0.01, 0.02], "differ", "supported"),
+    ],
+)
+def test_verdict_rules(ci, kind, expected):
+    assert verdict(ci, kind) == expected
+
+
+def synthetic(rng, seeds=3, problems=100, k=8, effect=0.0, run_sd=0.4):
+    """Per-problem sampled accuracy (S, P) of two presets on the same problems and seeds: a problem's
+    logit difficulty, a run effect per (preset, seed) (run-to-run variation), k samples each."""
+    difficulty = rng.normal(-1.5, 1.5, size=problems)  # (P,) shared by both presets
+
+    def preset(shift):
+        run = rng.normal(0, run_sd, size=(seeds, 1))  # (S, 1)
+        p = 1 / (1 + np.exp(-(difficulty + run + shift)))  # (S, P)
+        return rng.binomial(k, p) / k
+
+    return preset(0.0), preset(effect)
+
+
+def false_verdict_rate(interval, reps=400, **kw) -> float:
+    rng = np.random.default_rng(123)
+    calls = 0
+    for _ in range(reps):
+        a, b = synthetic(rng, **kw)
+        calls += verdict(interval(a, b)["ci95"], "differ") != "undecided"
+    return calls / reps
+
+
+def test_no_effect_is_undecided_in_about_95_percent_of_repetitions():
+    # identical presets (an A/A pair) with run-to-run variation: 5.75% of 400 repetitions called a
+    # difference (one Welch-Satterthwaite df for the sum gave 9.5%)
+    rate = false_verdict_rate(paired_interval)
+    assert 0.02 <= rate <= 0.09, rate
+    # less run-to-run variation, or greedy scores (k = 1): 0.5-2.5%, each term's t errs on the safe side
+    for kw in (dict(run_sd=0.0), dict(run_sd=0.2), dict(k=1)):
+        assert false_verdict_rate(paired_interval, **kw) <= 0.05, kw
+
+
+def test_a_crossed_bootstrap_over_3_seeds_calls_differences_that_are_not_there():
+    # the reason paired_interval uses t over seeds: the percentile bootstrap of the same pairs spans
+    # about the seeds' min..max, and all three seeds fall on one side of 0 a quarter of the time
+    rate = false_verdict_rate(lambda a, b: paired_bootstrap(a, b, iters=400), reps=200)
+    assert rate > 0.15, rate
+
+
+def test_a_known_effect_is_found():
+    rng = np.random.default_rng(7)
+    found = 0
+    for _ in range(50):
+        a, b = synthetic(rng, effect=1.0, run_sd=0.1)  # +1 logit: +11 to +20 points here
+        r = paired_interval(a, b)
+        assert 0.08 < r["diff"] < 0.25
+        found += verdict(r["ci95"], "better") == "supported"
+    assert found >= 45  # the interval's lower end is above 0 in (nearly) every repetition
+    # the same effect judged by one greedy answer per problem (k = 1) is found less often: 28 of 50
+    rng = np.random.default_rng(7)
+    greedy = sum(
+        verdict(paired_interval(*synthetic(rng, effect=1.0, run_sd=0.1, k=1))["ci95"], "better")
+        == "supported"
+        for _ in range(50)
+    )
+    assert greedy < found - 10, (greedy, found)
+    # and a drop of the same size contradicts a claim that B is better
+    a, b = synthetic(np.random.default_rng(8), effect=-1.0, run_sd=0.1)
+    assert verdict(paired_interval(a, b)["ci95"], "better") == "contradicted"
