@@ -348,7 +348,7 @@ def sampled_accuracy(comp, cfg, k: int, seed: int):
     if k < 2:
         raise ValueError(f"sampled accuracy needs k >= 2 samples per problem, got {k}")
     return evaluate(
-        comp.engine,
+        comp.eval_engine,
         comp.tokenizer,
         comp.task.eval[: cfg.eval.size or cfg.task.eval_size],
         comp.reward_fn,
@@ -392,7 +392,7 @@ def kl_to_base(policy, base, examples: list, cfg, samples: int, seed: int = 0) -
 
     dev = next(policy.model.parameters()).device
     ids = chat_prompt_ids(policy.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
-    ro = policy.engine.generate(
+    ro = policy.eval_engine.generate(
         ids,
         n=samples,
         max_new_tokens=cfg.rollout.max_new_tokens,
@@ -432,7 +432,7 @@ def measure(spec_path: Path) -> None:
     base = build_components(cfg)
     if not (out / "base" / "eval.json").exists():
         t0 = time.perf_counter()
-        res = evaluate_heldout(base.engine, base.tokenizer, base.task, base.reward_fn, cfg)
+        res = evaluate_heldout(base.eval_engine, base.tokenizer, base.task, base.reward_fn, cfg)
         (out / "base").mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "base" / "eval_samples.jsonl", res.samples)
         write_json(out / "base" / "eval.json", {**res.metrics, "time_s": time.perf_counter() - t0})
