@@ -146,3 +146,12 @@ def test_trainer_decodes_with_a_copy_refreshed_every_step_and_evaluates_with_the
     assert trainer.engine.low.refreshed == 2 * n and trainer.engine.low.stale
     # held-out and validation scores come from the policy's own weights
     assert trainer.eval_engine is not trainer.engine and trainer.eval_engine.low is None
+
+
+def test_quantizing_in_chunks_through_a_small_scratch_is_exact():
+    w = torch.randn(37, 16, generator=torch.Generator().manual_seed(3))
+    whole = quantize_int8(w)
+    out = torch.zeros(37, 16, dtype=torch.int8)
+    chunked = quantize_int8(w, out, torch.empty(5 * 16 + 3))  # 5 rows at a time, 8 pieces
+    assert chunked[0] is out
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])

@@ -25,23 +25,32 @@ import torch.nn.functional as F
 from torch import nn
 
 DTYPES = ("model", "bfloat16", "int8")
+SCRATCH_ELEMENTS = 1 << 22  # the fp32 work space of an int8 refresh (16 MiB)
 
 
 def quantize_int8(w: torch.Tensor, out: torch.Tensor | None = None, scratch: torch.Tensor | None = None):
     """Symmetric per-output-channel int8: w [out, in] -> (q [out, in] int8, scale [out] float32),
     with w ~ q * scale[:, None] and |q| <= 127. An all-zero row gets scale 1 (and q = 0).
 
-    `out` (int8 [out, in]) and `scratch` (float32, at least out*in elements) are reused when given:
-    writing into memory already touched is most of the speed of a refresh on a CPU.
+    `out` (int8 [out, in]) is written in place when given, and `scratch` (float32, at least `in`
+    elements) is the work space, reused: the rows go through it in chunks, so a refresh allocates
+    nothing (writing into memory already touched is most of a CPU refresh's speed) and the LM
+    head's 28M weights need no fp32 copy of their own.
     """
     w = w.detach().float()
     lo, hi = torch.aminmax(w, dim=1)  # [out], [out]
     amax = torch.maximum(-lo, hi)  # [out]
     scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))  # [out]
-    buf = torch.empty_like(w) if scratch is None else scratch[: w.numel()].view_as(w)  # [out, in]
-    torch.mul(w, scale.reciprocal()[:, None], out=buf).round_()  # in [-127, 127] up to rounding
+    inv = scale.reciprocal()[:, None]  # [out, 1]
     q = torch.empty_like(w, dtype=torch.int8) if out is None else out
-    q.copy_(buf.clamp_(-127, 127))
+    if scratch is None:
+        scratch = torch.empty(w.numel(), dtype=torch.float32, device=w.device)
+    rows = max(1, scratch.numel() // w.shape[1])
+    for i in range(0, w.shape[0], rows):
+        piece = w[i : i + rows]  # [r, in]
+        buf = scratch[: piece.numel()].view_as(piece)  # [r, in]
+        torch.mul(piece, inv[i : i + rows], out=buf).round_().clamp_(-127, 127)
+        q[i : i + rows].copy_(buf)
     return q, scale
 
 
@@ -85,8 +94,8 @@ class DecodeWeights:
             low = old[0] if old is not None else torch.empty_like(w, dtype=torch.bfloat16)
             self.copies[m] = (low.copy_(w), None)
             return
-        if self.scratch is None or self.scratch.numel() < w.numel():
-            self.scratch = torch.empty(w.numel(), dtype=torch.float32, device=w.device)
+        if self.scratch is None:  # 16 MiB of fp32 rows, reused by every weight
+            self.scratch = torch.empty(SCRATCH_ELEMENTS, dtype=torch.float32, device=w.device)
         self.copies[m] = quantize_int8(w, None if old is None else old[0], self.scratch)
 
     def refresh(self, modules) -> None:
