@@ -319,6 +319,8 @@ def trl_settings(cfg, kind: str, max_steps: int) -> tuple[dict, list[str]]:
         notes.append("objective.dual_clip / tis_cap not mapped")
     if r.dynamic_sampling:
         notes.append("rollout.dynamic_sampling has no TRL form; TRL trains on every group")
+    if r.dtype != "model":
+        notes.append(f"rollout.dtype={r.dtype}: ours decodes with a copy of the weights; TRL with the policy")
     if o.aggregation == "seq_mean_token_sum_norm" and o.max_len not in (None, r.max_new_tokens):
         notes.append("TRL's dr_grpo divides by max_completion_length, not objective.max_len")
     updates = t.steps * t.mu
