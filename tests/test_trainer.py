@@ -52,8 +52,11 @@ def test_every_preset_trains(tmp_path, preset):
     for r in rows:
         assert r["loss"] is not None and math.isfinite(r["loss"])
         assert r["skipped_steps"] == 0
-        # the engine's log-probs and the trainer's agree (same model; fp32, or bf16 autocast)
-        assert r["logprob_gap_max"] < (0.5 if extra else 1e-3)
+        # the engine's log-probs and the trainer's agree (same model; fp32, or bf16 autocast);
+        # a preset whose sampler decodes with a low-precision copy (run: int8) is further apart
+        copy = cfg.rollout.dtype != "model"
+        assert r["logprob_gap_max"] < (0.5 if extra or copy else 1e-3)
+        assert copy == (r["logprob_gap_mean"] > 1e-3)
     changed = any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
     assert changed, f"{preset}: no parameter moved"
 
