@@ -8,10 +8,11 @@ policy, and the gap between the two is logged (`logprob_gap_max`, `logprob_gap_m
 corrected with `objective.tis_cap`.
 
 `DecodeWeights` keeps one copy per plain `nn.Linear` and brings it up to date before each
-`generate`: a weight whose version counter moved since it was copied (every optimizer step and
-every checkpoint load writes the parameters in place, which moves it) is copied again, so the
-copy is never stale and costs nothing when the policy did not change (evaluation). Layers that are
-not plain `nn.Linear` (LoRA, quantised by others) keep their own forward.
+`generate`: everything is copied again after `invalidate()`, which the trainer calls after every
+optimizer step (a fused AdamW step writes the parameters without moving their version counters),
+and a weight whose version counter moved (`load_state_dict`, other in-place writes) is copied
+again too; so the copy is never stale, and costs nothing while the policy does not change. Layers
+that are not plain `nn.Linear` (LoRA, quantised by others) keep their own forward.
 
 int8 uses PyTorch's weight-only kernel `aten._weight_int8pack_mm` (CPU), which takes bf16
 activations; outputs come back as float32. Its logits are rounded to bf16, about 3 significant
