@@ -56,7 +56,7 @@ def test_every_preset_trains(tmp_path, preset):
         # a preset whose sampler decodes with a low-precision copy (run: int8) is further apart
         copy = cfg.rollout.dtype != "model"
         assert r["logprob_gap_max"] < (0.5 if extra or copy else 1e-3)
-        assert copy == (r["logprob_gap_mean"] > 1e-3)
+        assert (r["logprob_gap_mean"] > 1e-3) == (copy or bool(extra))
     changed = any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
     assert changed, f"{preset}: no parameter moved"
 
