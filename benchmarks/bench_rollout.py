@@ -108,8 +108,7 @@ def compare_engines(
         if getattr(engine, "low", None) is not None:  # what a training step adds: one full refresh
             engine.weights_changed()
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                engine.low.refresh(engine._linears())
+            engine.refresh_copy()
             out[name]["refresh_s"] = time.perf_counter() - t0
     if "fast" in out and "hf" in out:
         out["fast/hf"] = out["fast"]["tokens_per_s"] / out["hf"]["tokens_per_s"]

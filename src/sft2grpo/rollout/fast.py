@@ -104,6 +104,12 @@ class FastEngine:
         if self.low is not None:
             self.low.invalidate()
 
+    def refresh_copy(self) -> None:
+        """Bring the low-precision copy up to date (what changed since the last call); generate
+        calls it first. No-op without a copy."""
+        if self.low is not None:
+            self.low.refresh(self._linears())
+
     def _linears(self):
         """Every projection the sampler runs, for DecodeWeights.refresh."""
         for layer in self.layers:
@@ -271,8 +277,7 @@ class FastEngine:
             )
             return repeat_rows(one, n)
         with eval_mode(self.model), torch.inference_mode():
-            if self.low is not None:  # copy the weights that changed since the last call
-                self.low.refresh(self._linears())
+            self.refresh_copy()
             tokens, logprobs = self._generate(
                 prompt_ids, n, max_new_tokens, temperature, top_p, top_k, stop, generator, greedy
             )
