@@ -230,9 +230,10 @@ class Trainer:
         if distributed.any_rank(failure is not None, self.ctx):
             raise TrainingError(failure or "a reward function failed on every completion on another process")
         with timed(self.times, "update"):
-            mbs = self.micro_batches(batch)
             # pi_ref once, for the KL wherever it goes; beta = 0 has no reference model at all
-            ref = self.no_grad_logprobs(self.reference, batch, mbs) if self.reference is not None else None
+            ref = None
+            if self.reference is not None:
+                ref = self.no_grad_logprobs(self.reference, batch, self.micro_batches(batch))
             rewards = batch.rewards  # [B]
             if ref is not None and o.kl_in == "reward":  # r_i - beta * KL_i, as in PPO-RLHF
                 rewards = objective.kl_in_reward(
