@@ -5,6 +5,9 @@ failed A/A check), and the verdict logic on numbers chosen by hand."""
 import json
 import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +76,7 @@ def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_p
     out = tmp_path / "ladder"
     plan = ladder.make_plan(**PLAN_KW, output=out, overrides=TINY)
     interrupt_after_one_step(plan.runs[-1])  # no_kl, seed 1: a ladder stopped during that run
+    # two runs at a time (the default), then two measure processes
     assert main(ladder_argv(out)) == 0
     printed = capsys.readouterr().out
     assert "no_kl       seed 1  resume" in printed and printed.count("  fresh ") == 3
@@ -119,9 +123,17 @@ def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_p
     assert json.loads((out / "base" / "eval.json").read_text())["problems"] == 4
     assert json.loads((out / "base" / "sampled.json").read_text())["samples_per_problem"] == 4
 
+    assert (
+        "measuring the base model's held-out accuracy and KL and sampled accuracy (4 per problem) of 4 runs, 2 processes"
+        in printed
+    )
+    assert json.loads((out / "measure-0.json").read_text())["base"] is True
+    assert not json.loads((out / "measure-1.json").read_text())["base"]
+    assert "2 runs trained at a time (`--jobs 2`)" in report
+
     mtimes = {r.name: (r / "summary.json").stat().st_mtime_ns for r in runs}
     capsys.readouterr()
-    assert main(ladder_argv(out)) == 0
+    assert main(ladder_argv(out, "--jobs", "1")) == 0  # --jobs is how, not what: nothing to redo
     printed = capsys.readouterr().out
     assert printed.count("finished before: skipped") == 4
     assert "measuring" not in printed  # base evaluation, KL and sampled accuracy are on disk already
@@ -179,6 +191,59 @@ def test_run_state_resumes_from_a_checkpoint_and_restarts_without_one(tmp_path):
     assert ladder.run_state(run) == "resume"
 
 
+CHILD = """
+import json, signal, sys, time
+from pathlib import Path
+d = Path(sys.argv[1]); d.mkdir(parents=True, exist_ok=True)
+def stop(*_):
+    (d / "summary.json").write_text(json.dumps({"steps": 1, "interrupted": True}))
+    (d / "stopped_by_sigint").write_text("")
+    sys.exit(0)
+signal.signal(signal.SIGINT, stop)
+if sys.argv[2] == "stop-now":
+    stop()  # as a run stopped by a signal of its own: checkpoint, interrupted summary, exit 0
+(d / "started").write_text("")
+time.sleep(60)  # a long run, until the ladder passes on the signal
+"""
+
+
+def test_jobs_runs_at_once_and_a_stopped_run_stops_the_others_for_resume(tmp_path, monkeypatch):
+    plan = ladder.make_plan(
+        model="tiny", presets="importance,no_kl", seeds=2, steps=1, output=tmp_path, overrides=TINY, jobs=2
+    )
+    started = []
+
+    def fake_start(run, state, log, env=None):
+        started.append(run.dir.name)
+        if run.dir.name == "no_kl-s0":  # wait until the first run really runs, then stop this one
+            while not (plan.runs[0].dir / "started").exists():
+                time.sleep(0.05)
+        mode = "stop-now" if run.dir.name == "no_kl-s0" else "run"
+        return subprocess.Popen([sys.executable, "-c", CHILD, str(run.dir), mode])
+
+    monkeypatch.setattr(ladder, "start_run", fake_start)
+    states = {(r.preset, r.seed): "fresh" for r in plan.runs}
+    est = {k: 10.0 for k in states}
+    t0 = time.time()
+    assert ladder.train_runs(plan, states, est, jobs=2) is None  # None: stopped, rerun to resume
+    assert time.time() - t0 < 30  # the sleeping run did not run its 60 s
+    assert started == ["importance-s0", "no_kl-s0"]  # two at once; seed 1 never started
+    assert (plan.runs[0].dir / "stopped_by_sigint").exists()  # passed the signal on
+    assert all(ladder.run_state(r) != "done" for r in plan.runs)
+    wall = json.loads((plan.runs[0].dir / "ladder.json").read_text())["wall_s"]
+    assert 0 < wall < 30
+
+
+def test_child_env_shares_the_cores_between_jobs(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(ladder.os, "cpu_count", lambda: 16)
+    assert ladder.child_env(1) is None
+    assert ladder.child_env(2)["OMP_NUM_THREADS"] == "8"
+    assert ladder.child_env(32)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own choice wins
+    assert ladder.child_env(2) is None
+
+
 def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
     plan = ladder.make_plan(budget="small", presets="sft,importance,dapo", seeds=2, output=tmp_path)
     # seed-major: every preset has its seed 0 before any has seed 1
@@ -210,10 +275,25 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         "no_is",
         "no_kl",
     ]
-    assert len(default.runs) == 8 * 3 and default.steps == 20 and default.budget.eval_samples == 8
+    assert len(default.runs) == 8 * 3 and default.steps == 12 and default.budget.eval_samples == 4
+    assert default.jobs == 2 and "--jobs" not in default.command
     c = default.runs[0].cfg
     assert (c.train.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens) == (4, 8, 64)
-    assert (c.train.lr, c.train.schedule, c.rollout.temperature, c.eval.size) == (2e-5, "cosine", 0.7, 100)
+    assert c.eval.size == 100
+    # make run's recipe (configs/run.yaml), all but the objective, mu and the number of steps
+    from sft2grpo.config import load_config
+
+    run = load_config(str(Path(__file__).parents[1] / "configs" / "run.yaml"), [])
+    for section, key in [
+        ("train", "lr"),
+        ("train", "schedule"),
+        ("train", "warmup_steps"),
+        ("train", "adam_beta2"),
+        ("train", "autocast"),
+        ("rollout", "temperature"),
+        ("rollout", "dtype"),
+    ]:
+        assert getattr(getattr(c, section), key) == getattr(getattr(run, section), key), key
     assert len(ladder.make_plan(output=tmp_path, presets="all").presets) == 12
     assert "--eval-samples 0" in ladder.make_plan(output=tmp_path, eval_samples=0).command
 
@@ -224,6 +304,7 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         (["--presets", "sft,grpoo"], "unknown preset 'grpoo'"),
         (["--budget", "huge"], "unknown budget 'huge'"),
         (["--seeds", "0"], "--seeds 0: must be >= 1"),
+        (["--jobs", "0"], "--jobs 0: must be >= 1"),
         (["--eval-samples", "1"], "--eval-samples 1: must be 0 (greedy accuracy only) or >= 2"),
         (["train.stpes=3"], "unknown key 'train.stpes'"),
     ],

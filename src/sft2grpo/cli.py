@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     lad.add_argument("--task", default=None, help="reasoning-gym task or .jsonl file (default: chain_sum)")
     lad.add_argument("--model", default=None, help="model.name for every run (default: smollm2-135m)")
     lad.add_argument(
-        "--budget", default="default", help="small (a smoke check) or default (the make run recipe, 20 steps)"
+        "--budget", default="default", help="small (a smoke check) or default (the make run recipe, 12 steps)"
     )
     lad.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the budget)")
     lad.add_argument("--seeds", type=int, default=None, help="seeds per preset (overrides the budget)")
@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="samples per held-out problem for sampled accuracy (default: the budget's; 0 = greedy only)",
+    )
+    lad.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained (and measured) at once, each with its share of the CPU cores (default 2)",
     )
     lad.add_argument("--output", default="ladder", help="folder for runs, logs and REPORT.md")
     lad.add_argument("--keep-models", action="store_true", help="keep each run's model/ (540 MB for 135M)")
@@ -256,6 +262,7 @@ def cmd_ladder(args) -> int:
         overrides=args.overrides,
         keep_models=args.keep_models,
         eval_samples=args.eval_samples,
+        **({"jobs": args.jobs} if args.jobs is not None else {}),
         dry_run=args.dry_run,
     )
 

@@ -1,7 +1,7 @@
 """`sft2grpo ladder`: every rung and variant on one budget, and a report that answers the seed's claims.
 
     sft2grpo ladder --budget small                       # 8 presets x 1 seed, a smoke check
-    sft2grpo ladder                                      # make run's recipe, 20 steps, 3 seeds, 8 presets
+    sft2grpo ladder                                      # make run's recipe, 12 steps, 3 seeds, 8 presets
     sft2grpo ladder --presets all --steps 30 --seeds 4 train.lr=3e-5
 
 Every (preset, seed) run gets the same task, model, prompts (train.seed = seed), rollout budget and
@@ -27,8 +27,10 @@ run's peak memory.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -155,27 +157,26 @@ def first_difference(a: Any, b: Any, key: str) -> str | None:
     return None
 
 
-def train_run(run: Run, state: str, log: Path) -> int:
-    """Train (or resume) one run in its own process; its output goes to `log`. Returns the exit code."""
+def child_env(jobs: int) -> dict[str, str] | None:
+    """The environment of a run's process when `jobs` runs share the machine: each gets its share of
+    the CPU cores as OMP_NUM_THREADS (torch's default thread count follows it; `model.threads`, when
+    set, still wins). None (inherit) for one job at a time or when the user set OMP_NUM_THREADS."""
+    if jobs <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+
+
+def start_run(run: Run, state: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start training (or resuming) one run in its own process, its output appended to `log`."""
     if state == "fresh":
         shutil.rmtree(run.dir, ignore_errors=True)  # a crashed start without a checkpoint
     argv = [sys.executable, "-m", "sft2grpo", "train"]
     argv += ["--resume", str(run.dir)] if state == "resume" else ["--config", run.preset, *run.overrides]
     log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {shlex.join(argv)}\n")
         f.flush()
-        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
-        try:
-            rc = proc.wait()
-        except KeyboardInterrupt:
-            # Ctrl-C reached the child too: it finishes its step, checkpoints and exits
-            proc.wait()
-            raise
-        finally:
-            add_wall_time(run.dir, time.time() - t0)
-    return rc
+        return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)  # the child keeps f
 
 
 def add_wall_time(run_dir: Path, seconds: float) -> None:
@@ -203,53 +204,28 @@ def last_error(log: Path) -> str:
 
 def run_ladder(**kwargs) -> int:
     """`sft2grpo ladder`: plan, train what is not finished, measure, report. Returns the exit code:
-    0 when every run finished, 1 when some failed (the report then shows the others)."""
+    0 when every run finished, 1 when some failed (the report then shows the others), 130 when a run
+    was stopped by a signal (rerun to resume)."""
     dry_run = kwargs.pop("dry_run", False)
     plan = make_plan(**kwargs)
+    jobs = plan.jobs
     for run in plan.runs:
         check_same_settings(run)
     states = {(r.preset, r.seed): run_state(r) for r in plan.runs}
     todo = [r for r in plan.runs if states[(r.preset, r.seed)] != "done"]
     est = {(r.preset, r.seed): estimate_run_s(r.cfg) for r in todo}
-    print_plan(plan, states, est)
+    print_plan(plan, states, est, jobs)
     if dry_run:
         return 0
     plan.out.mkdir(parents=True, exist_ok=True)
-    failed: dict[tuple[str, int], str] = {}
-    t_start, spent, spent_est = time.time(), 0.0, 0.0
-    for i, run in enumerate(plan.runs, 1):
-        key, tag = (run.preset, run.seed), f"[{i:2d}/{len(plan.runs)}] {run.preset:11s} seed {run.seed}"
-        if states[key] == "done":
+    for run in plan.runs:
+        if states[(run.preset, run.seed)] == "done":
             drop_checkpoints(run.dir)
-            print(f"{tag}  finished before: skipped", flush=True)
-            continue
-        log = plan.out / "logs" / f"{run.preset}-s{run.seed}.log"
-        t0 = time.time()
-        try:
-            rc = train_run(run, states[key], log)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted during {run.preset} seed {run.seed}; rerun the same command to resume")
-            raise
-        took = time.time() - t0
-        spent, spent_est = spent + took, spent_est + est[key]
-        left = sum(est[(r.preset, r.seed)] for r in plan.runs[i:] if (r.preset, r.seed) in est)
-        left = (left + estimate_measure_s(plan)) * spent / max(spent_est, 1e-9)
-        if rc == 0 and is_finished(run):
-            drop_checkpoints(run.dir)
-            s = read_json(run.dir / "summary.json") or {}
-            acc = (s.get("after") or {}).get("accuracy")
-            what = f"held-out {100 * acc:.1f}%" if acc is not None else "no held-out evaluation"
-            mem = s.get("peak_mem_mb", 0) / 1024
-            print(f"{tag}  {states[key]:6s} {took:5.0f} s  {what}  peak {mem:.2f} GiB", end="")
-        elif rc == 0 and (read_json(run.dir / "summary.json") or {}).get("interrupted"):
-            # stopped by a signal (it checkpointed first): stop the ladder too, as Ctrl-C would
-            print(f"{tag}  interrupted after {took:.0f} s; rerun the same command to resume", flush=True)
-            return 130
-        else:
-            failed[key] = last_error(log)
-            print(f"{tag}  FAILED after {took:.0f} s (log: {log}): {failed[key]}", end="")
-        print(f"  | ladder {(time.time() - t_start) / 60:.1f} min, ~{left / 60:.0f} min left", flush=True)
-    problem = measure_runs(plan)
+            print(f"{tag(plan, run)}  finished before: skipped", flush=True)
+    failed = train_runs(plan, states, est, jobs)
+    if failed is None:
+        return 130
+    problem = measure_runs(plan, jobs)
     from .ladder_report import write_report
 
     report = write_report(plan, failed)
@@ -261,7 +237,80 @@ def run_ladder(**kwargs) -> int:
     return 1 if failed or problem else 0
 
 
-def print_plan(plan: Plan, states: dict, est: dict) -> None:
+def tag(plan: Plan, run: Run) -> str:
+    return f"[{plan.runs.index(run) + 1:2d}/{len(plan.runs)}] {run.preset:11s} seed {run.seed}"
+
+
+def train_runs(plan: Plan, states: dict, est: dict, jobs: int) -> dict[tuple[str, int], str] | None:
+    """Train every unfinished run, `jobs` processes at a time, in plan order (seed-major). Returns the
+    failed runs with their last error line, or None when a run was stopped by a signal: the others
+    are then stopped the same way (each checkpoints first) so that the same command resumes them."""
+    todo = [r for r in plan.runs if states[(r.preset, r.seed)] != "done"]
+    env = child_env(jobs)
+    failed: dict[tuple[str, int], str] = {}
+    running: dict[subprocess.Popen, tuple[Run, float]] = {}
+    t_start, spent, spent_est, stopped = time.time(), 0.0, 0.0, False
+    try:
+        while (todo and not stopped) or running:
+            while todo and len(running) < jobs and not stopped:
+                run = todo.pop(0)
+                log = plan.out / "logs" / f"{run.preset}-s{run.seed}.log"
+                running[start_run(run, states[(run.preset, run.seed)], log, env)] = (run, time.time())
+            done = [p for p in running if p.poll() is not None]
+            if not done:
+                time.sleep(0.5)
+                continue
+            for proc in done:
+                run, t0 = running.pop(proc)
+                took = time.time() - t0
+                add_wall_time(run.dir, took)
+                key = (run.preset, run.seed)
+                spent, spent_est = spent + took, spent_est + est[key]
+                if proc.returncode == 0 and is_finished(run):
+                    drop_checkpoints(run.dir)
+                    s = read_json(run.dir / "summary.json") or {}
+                    acc = (s.get("after") or {}).get("accuracy")
+                    what = f"held-out {100 * acc:.1f}%" if acc is not None else "no held-out evaluation"
+                    mem = s.get("peak_mem_mb", 0) / 1024
+                    line = f"{states[key]:6s} {took:5.0f} s  {what}  peak {mem:.2f} GiB"
+                elif proc.returncode == 0 and (read_json(run.dir / "summary.json") or {}).get("interrupted"):
+                    # stopped by a signal (it checkpointed first): stop the ladder too, as Ctrl-C would
+                    print(
+                        f"{tag(plan, run)}  interrupted after {took:.0f} s; rerun the same command to resume"
+                    )
+                    if not stopped:
+                        for other in running:
+                            other.send_signal(signal.SIGINT)
+                    stopped = True
+                    continue
+                else:
+                    log = plan.out / "logs" / f"{run.preset}-s{run.seed}.log"
+                    failed[key] = last_error(log)
+                    line = f"FAILED after {took:.0f} s (log: {log}): {failed[key]}"
+                # what is left: estimates rescaled by what finished runs took against theirs (which
+                # absorbs the slowdown of runs sharing the cores), spread over the jobs
+                ratio = spent / max(spent_est, 1e-9)
+                left = sum(est[(r.preset, r.seed)] * ratio for r in todo) + estimate_measure_s(plan) * ratio
+                left += sum(
+                    max(0.0, est[(r.preset, r.seed)] * ratio - (time.time() - t)) for r, t in running.values()
+                )
+                left /= jobs
+                print(
+                    f"{tag(plan, run)}  {line}  | ladder {(time.time() - t_start) / 60:.1f} min, "
+                    f"~{left / 60:.0f} min left",
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        # Ctrl-C reached the children too: each finishes its step, checkpoints and exits
+        for proc, (run, t0) in running.items():
+            proc.wait()
+            add_wall_time(run.dir, time.time() - t0)
+        print("\ninterrupted; rerun the same command to resume")
+        raise
+    return None if stopped else failed
+
+
+def print_plan(plan: Plan, states: dict, est: dict, jobs: int = 1) -> None:
     cfg = plan.runs[0].cfg
     done = sum(s == "done" for s in states.values())
     seeds = f"{len(plan.seeds)} seed{'s' if len(plan.seeds) > 1 else ''}"
@@ -281,42 +330,52 @@ def print_plan(plan: Plan, states: dict, est: dict) -> None:
         mins = f"~{sum(secs) / 60:4.1f} min" if secs else "    -    "
         print(f"  {p:11s} mu {runs[0].cfg.train.mu}  beta {runs[0].cfg.objective.beta:<5g} {mins}  {marks}")
     total = sum(est.values()) + (estimate_measure_s(plan) if est else 0.0)
+    at_once = f", {jobs} runs at a time" if jobs > 1 else ""
     print(
         f"{done} of {len(plan.runs)} runs finished before; estimate for the rest, with measurements: "
-        f"~{total / 60:.0f} min (SmolLM2-135M timings on 2 CPU cores)",
+        f"~{total / 60:.0f} min of one run at a time{at_once} (SmolLM2-135M timings on 2 CPU cores)",
         flush=True,
     )
 
 
-def measure_runs(plan: Plan) -> str | None:
-    """Base evaluation and KL of every finished run, in one process of their own (`measure`).
+def measure_runs(plan: Plan, jobs: int = 1) -> str | None:
+    """Base evaluation and KL and sampled accuracy of every finished run, in `jobs` processes of their
+    own (`measure`), each with its share of the runs; the first also measures the base model.
     Returns what went wrong, or None."""
     finished = [r for r in plan.runs if is_finished(r)]
     k = plan.budget.eval_samples
     need_base = not (plan.out / "base" / "eval.json").exists() or not measured(plan.out / "base", k)
     need_kl = [r for r in finished if not measured(r.dir, k) and (r.dir / "model").is_dir()]
     if need_base or need_kl:
-        spec = {
-            "shared": plan.shared,
-            "runs": [{"dir": str(r.dir), "seed": r.seed} for r in need_kl],
-            "kl_prompts": plan.budget.kl_prompts,
-            "kl_samples": plan.budget.kl_samples,
-            "eval_samples": k,
-        }
-        write_json(plan.out / "measure.json", spec)
-        log = plan.out / "logs" / "measure.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         sampled = f" and sampled accuracy ({k} per problem)" if k else ""
         what = (["the base model's held-out accuracy"] if need_base else []) + [
             f"KL{sampled} of {len(need_kl)} runs"
         ]
-        print(f"measuring {' and '.join(what)}", flush=True)
-        with open(log, "a", encoding="utf-8") as f:
-            argv = [sys.executable, "-m", "sft2grpo.ladder", "measure", str(plan.out / "measure.json")]
-            rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT).returncode
-        if rc != 0:
-            return f"measuring the base model and KL failed: {last_error(log)} (log: {log})"
+        n = max(1, min(jobs, len(need_kl)))
+        print(f"measuring {' and '.join(what)}" + (f", {n} processes" if n > 1 else ""), flush=True)
+        (plan.out / "logs").mkdir(parents=True, exist_ok=True)
+        procs = []
+        for i in range(n):
+            spec = {
+                "shared": plan.shared,
+                "base": i == 0,
+                "runs": [{"dir": str(r.dir), "seed": r.seed} for r in need_kl[i::n]],
+                "kl_prompts": plan.budget.kl_prompts,
+                "kl_samples": plan.budget.kl_samples,
+                "eval_samples": k,
+            }
+            name = "measure" if n == 1 else f"measure-{i}"
+            write_json(plan.out / f"{name}.json", spec)
+            log = plan.out / "logs" / f"{name}.log"
+            argv = [sys.executable, "-m", "sft2grpo.ladder", "measure", str(plan.out / f"{name}.json")]
+            with open(log, "a", encoding="utf-8") as f:
+                procs.append(
+                    (subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=child_env(n)), log)
+                )
+        errors = [last_error(log) + f" (log: {log})" for proc, log in procs if proc.wait() != 0]
+        if errors:
+            return f"measuring the base model and KL failed: {errors[0]}"
         (plan.out / "base").mkdir(exist_ok=True)
         prev = read_json(plan.out / "base" / "time.json") or {}
         write_json(plan.out / "base" / "time.json", {"wall_s": prev.get("wall_s", 0.0) + time.time() - t0})
@@ -430,7 +489,8 @@ def measure(spec_path: Path) -> None:
     # trained models are saved with LoRA merged in, so every model here is a plain one
     cfg = replace(cfg, model=replace(cfg.model, lora=LoraConfig(enabled=False)))
     base = build_components(cfg)
-    if not (out / "base" / "eval.json").exists():
+    first = spec.get("base", True)  # with several measure processes, only the first measures the base
+    if first and not (out / "base" / "eval.json").exists():
         t0 = time.perf_counter()
         res = evaluate_heldout(base.eval_engine, base.tokenizer, base.task, base.reward_fn, cfg)
         (out / "base").mkdir(parents=True, exist_ok=True)
@@ -438,7 +498,7 @@ def measure(spec_path: Path) -> None:
         write_json(out / "base" / "eval.json", {**res.metrics, "time_s": time.perf_counter() - t0})
         print(f"base: held-out accuracy {res.metrics['accuracy']:.3f}", flush=True)
     k = spec.get("eval_samples", 0)
-    if k and not measured(out / "base", k):
+    if first and k and not measured(out / "base", k):
         # one sampled evaluation of the base model (seed 0), paired with every seed's run
         acc = write_sampled(out / "base", base, cfg, k, seed=0)
         print(f"base: sampled accuracy {acc:.3f} ({k} per problem)", flush=True)

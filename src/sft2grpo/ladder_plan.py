@@ -58,16 +58,18 @@ class Budget:
 
 
 # The default ladder: the seed's 5 rungs and 3 variants; `--presets all` adds the other 4.
+# Runs trained at once by default: on 2 CPU cores two runs of one thread each did 1.5x the steps per
+# minute of one run with both threads (docs/ladder/README.md); each has its own process and memory.
+DEFAULT_JOBS = 2
 DEFAULT_PRESETS = PRESETS[:8]
 
 # "default" trains with the `make run` recipe (configs/run.yaml): the same work per step (4 prompts x
-# 8 completions x at most 64 tokens), lr 2e-5 with a cosine schedule and 3 warm-up steps, beta2
-# 0.999, temperature 0.7, fp32 where bf16 is not native; each preset keeps its own objective and mu.
-# 20 steps: `make run` gained most of its +7 held-out points by step 20 (docs/learning.md), and its
-# three seeds then spread by 1.8 points, little enough for a 3-seed interval to decide. That is
-# about 4.4 hours of training for 8 presets x 3 seeds by `estimate_run_s` on 2 idle cores, plus the
-# sampled evaluation (docs/ladder/README.md has the trade against 2 hours). "small" is a smoke check.
-# No periodic checkpoint: a 135M checkpoint is 1.6 GB; Ctrl-C still checkpoints the run it stops.
+# 8 completions x at most 64 tokens, sampled with the int8 copy of the weights), lr 2e-5 with a cosine
+# schedule and 3 warm-up steps, beta2 0.999, temperature 0.7, fp32 where bf16 is not native; each
+# preset keeps its own objective and mu. 12 steps and 4 samples per held-out problem: what fits 2 hours
+# on 2 idle cores with 2 runs at a time (docs/ladder/README.md has the measured time and the trade).
+# "small" is a smoke check. No periodic checkpoint: a 135M checkpoint is 1.6 GB; Ctrl-C still
+# checkpoints the runs it stops.
 BUDGETS = {
     "small": Budget(
         steps=2,
@@ -90,13 +92,14 @@ BUDGETS = {
         eval_samples=4,
     ),
     "default": Budget(
-        steps=20,
+        steps=12,
         seeds=3,
         settings=(
             "train.prompts_per_step=4",
             "rollout.group_size=8",
             "rollout.max_new_tokens=64",
             "rollout.temperature=0.7",
+            "rollout.dtype=int8",
             "train.lr=2e-5",
             "train.schedule=cosine",
             "train.warmup_steps=3",
@@ -104,12 +107,12 @@ BUDGETS = {
             "train.autocast=auto",
             "eval.size=100",
             "task.val_size=50",
-            "eval.every=10",
+            "eval.every=6",
             "checkpoint.every=0",
         ),
         kl_prompts=8,
         kl_samples=2,
-        eval_samples=8,
+        eval_samples=4,
     ),
 }
 
@@ -135,6 +138,7 @@ class Plan:
     runs: list[Run]
     command: str
     keep_models: bool = False
+    jobs: int = DEFAULT_JOBS  # runs trained at once (`--jobs`)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,6 +174,7 @@ def make_plan(
     overrides: list[str] | None = None,
     keep_models: bool = False,
     eval_samples: int | None = None,
+    jobs: int = DEFAULT_JOBS,
 ) -> Plan:
     """Every run's overrides and resolved config; a bad preset, budget or key stops here, before any
     training, with one line naming it."""
@@ -184,6 +189,8 @@ def make_plan(
         raise ValueError(f"--steps {steps}: must be >= 1")
     if n_seeds < 1:
         raise ValueError(f"--seeds {n_seeds}: must be >= 1")
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: must be >= 1")
     if eval_samples is not None:
         if eval_samples < 0 or eval_samples == 1:
             raise ValueError(f"--eval-samples {eval_samples}: must be 0 (greedy accuracy only) or >= 2")
@@ -220,6 +227,7 @@ def make_plan(
     argv += ["--output", str(output)] if str(output) != "ladder" else []
     argv += ["--eval-samples", str(b.eval_samples)] if b.eval_samples != BUDGETS[budget].eval_samples else []
     argv += ["--keep-models"] if keep_models else []
+    argv += ["--jobs", str(jobs)] if jobs != DEFAULT_JOBS else []
     argv += list(overrides or [])
     return Plan(
         out=out,
@@ -232,6 +240,7 @@ def make_plan(
         runs=runs,
         command=" ".join(shlex.quote(a) for a in argv),
         keep_models=keep_models,
+        jobs=jobs,
     )
 
 

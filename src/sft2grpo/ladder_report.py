@@ -570,7 +570,13 @@ def budget_lines(plan: Plan) -> list[str]:
 def time_lines(plan: Plan) -> list[str]:
     walls = [(read_json(r.dir / "ladder.json") or {}).get("wall_s", 0.0) for r in plan.runs]
     measure_s = (read_json(plan.out / "base" / "time.json") or {}).get("wall_s", 0.0)
-    return [
+    lines = [
         f"- compute time: {sum(walls) / 60:.1f} min in the training processes (model loading and "
         f"evaluation included), {measure_s / 60:.1f} min measuring (base evaluation, KL, sampled accuracy)"
     ]
+    if plan.jobs > 1:
+        lines.append(
+            f"- {plan.jobs} runs trained at a time (`--jobs {plan.jobs}`), each with its share of the CPU "
+            "cores: step times include the slowdown of sharing the machine, alike for every preset"
+        )
+    return lines
