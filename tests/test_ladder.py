@@ -129,7 +129,8 @@ def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_p
     )
     assert json.loads((out / "measure-0.json").read_text())["base"] is True
     assert not json.loads((out / "measure-1.json").read_text())["base"]
-    assert "2 runs trained at a time (`--jobs 2`)" in report
+    assert "2 runs trained at a time (`--jobs 2`)" in report and "- wall time: " in report
+    assert json.loads((out / "time.json").read_text())["train_wall_s"] > 0
 
     mtimes = {r.name: (r / "summary.json").stat().st_mtime_ns for r in runs}
     capsys.readouterr()

@@ -222,7 +222,12 @@ def run_ladder(**kwargs) -> int:
         if states[(run.preset, run.seed)] == "done":
             drop_checkpoints(run.dir)
             print(f"{tag(plan, run)}  finished before: skipped", flush=True)
-    failed = train_runs(plan, states, est, jobs)
+    t0 = time.time()
+    try:
+        failed = train_runs(plan, states, est, jobs)
+    finally:  # the ladder's own wall time of training, summed over its resumed pieces
+        prev = read_json(plan.out / "time.json") or {}
+        write_json(plan.out / "time.json", {"train_wall_s": prev.get("train_wall_s", 0.0) + time.time() - t0})
     if failed is None:
         return 130
     problem = measure_runs(plan, jobs)

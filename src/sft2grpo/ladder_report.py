@@ -570,10 +570,16 @@ def budget_lines(plan: Plan) -> list[str]:
 def time_lines(plan: Plan) -> list[str]:
     walls = [(read_json(r.dir / "ladder.json") or {}).get("wall_s", 0.0) for r in plan.runs]
     measure_s = (read_json(plan.out / "base" / "time.json") or {}).get("wall_s", 0.0)
+    train_s = (read_json(plan.out / "time.json") or {}).get("train_wall_s")
     lines = [
         f"- compute time: {sum(walls) / 60:.1f} min in the training processes (model loading and "
         f"evaluation included), {measure_s / 60:.1f} min measuring (base evaluation, KL, sampled accuracy)"
     ]
+    if train_s:
+        lines.append(
+            f"- wall time: {(train_s + measure_s) / 60:.1f} min, {train_s / 60:.1f} of it training "
+            "(summed over the pieces of a resumed ladder)"
+        )
     if plan.jobs > 1:
         lines.append(
             f"- {plan.jobs} runs trained at a time (`--jobs {plan.jobs}`), each with its share of the CPU "
