@@ -470,3 +470,21 @@ def test_measured_asks_for_kl_and_the_sampled_evaluation_with_the_budget_k(tmp_p
     (base / "sampled.json").write_text(json.dumps({"samples_per_problem": 8}))
     (base / "eval_sampled.jsonl").write_text("")
     assert ladder.measured(base, 8)
+
+
+def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
+    plan = ladder.make_plan(output=tmp_path, seeds=1)
+    cfg = {r.preset: r.cfg for r in plan.runs}
+    assert [ladder.update_share(cfg[p]) for p in ("sft", "reward_norm", "reinforce", "grpo")] == [
+        0.15,
+        0.4,
+        1,
+        1,
+    ]
+    est = {p: ladder.estimate_run_s(c) for p, c in cfg.items()}
+    # the same rollouts; KL sends every row through 2 passes and a reference forward
+    assert est["sft"] < est["reward_norm"] < est["reinforce"] < est["grpo"] == est["no_is"]
+    assert est["importance"] == est["no_kl"]  # one configuration under two names
+    u = ladder.COST["update"] * 32 * 64 * 12  # rows x tokens x steps
+    assert est["grpo"] - est["importance"] == pytest.approx(u * (1.0 * (2 + 2 / 3) - 0.4 * (2 + 1 / 3)))
+    assert ladder.estimate_wall_s(600, 2) == 300 and ladder.estimate_wall_s(600, 1) == 400

@@ -51,28 +51,45 @@ from .ladder_plan import (  # noqa: F401 (re-exported: the ladder's plan is part
     read_json,
 )
 
-# Seconds per unit of work of SmolLM2-135M with bf16 autocast on this project's 2-core machine, for
-# the estimate printed before a ladder starts: a process start (imports, model load and save); a
-# rollout's decode step (a fixed cost, plus a cost per row: the batch runs until its longest row
-# stops, usually at max_new_tokens); one row-token of a forward+backward pass; one greedy
-# problem-token of held-out evaluation. Fitted to steps measured on a quiet machine (the numbers are
-# in docs/ladder/README.md); the progress lines rescale the estimate by what finished runs took.
-COST = {"start": 15.0, "decode": 0.05, "decode_row": 2.5e-3, "update": 4.9e-3, "eval": 3.5e-3}
+# Seconds per unit of work of one SmolLM2-135M run on this project's 2-core machine while another run
+# shares it (`--jobs 2`, one thread each), with int8 rollouts, for the estimate printed before a ladder
+# starts: a process start (imports, model load and save); a rollout's decode step (a fixed cost, plus
+# a cost per row: the batch runs until its longest row stops); one row-token of a forward+backward
+# pass; one greedy problem-token of evaluation. Fitted to the first 8 runs of the default ladder
+# (docs/ladder/README.md); the progress lines rescale the estimate by what finished runs took.
+COST = {"start": 28.0, "decode": 0.105, "decode_row": 5.2e-3, "update": 1.1e-2, "eval": 6.4e-3}
+# Two runs at once did 1.5x the steps per minute of one run with both threads (docs/ladder/README.md)
+JOBS_SPEEDUP = 1.5
+
+
+def update_share(cfg) -> float:
+    """The share of a step's rows that go through the update: rows with a zero advantage are skipped
+    when there is no KL term; group-normalised advantages are zero in groups without a reward spread
+    (about 60% of them on chain_sum), ReLU(r) is zero for every wrong answer (about 85%)."""
+    if cfg.objective.beta > 0 or cfg.objective.advantage == "raw":
+        return 1.0
+    return 0.15 if cfg.objective.advantage == "relu" else 0.4
 
 
 def estimate_run_s(cfg) -> float:
-    """Expected seconds of one run of the 135M model on 2 CPU cores (COST), from its config."""
+    """Expected seconds of one run of the 135M model on 2 CPU cores shared with another run (COST)."""
     t, r = cfg.train, cfg.rollout
     rows = t.prompts_per_step * r.group_size
     rollouts = 1 + (r.max_resample_rounds if r.dynamic_sampling else 0)  # DAPO: worst case
     rollout = rollouts * r.max_new_tokens * (COST["decode"] + COST["decode_row"] * rows)
     # mu forward+backward passes, plus a no-grad forward (about a third) for pi_old and for pi_ref
     passes = t.mu + (t.mu > 1) / 3 + (cfg.objective.beta > 0) / 3
-    step = rollout + COST["update"] * rows * r.max_new_tokens * passes
+    step = rollout + COST["update"] * rows * update_share(cfg) * r.max_new_tokens * passes
     evals = (1 + (t.steps - 1) // cfg.eval.every) if cfg.eval.every else 1
     size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
     eval_s = evals * COST["eval"] * size * (cfg.eval.max_new_tokens or r.max_new_tokens)
     return COST["start"] + t.steps * step + eval_s
+
+
+def estimate_wall_s(run_s: float, jobs: int) -> float:
+    """Wall time of `run_s` seconds of runs as COST counts them (two sharing the cores), `jobs` at a
+    time: halved with two at once, divided by JOBS_SPEEDUP when one run has both cores."""
+    return run_s / 2 if jobs >= 2 else run_s / JOBS_SPEEDUP
 
 
 def estimate_measure_s(plan: Plan) -> float:
@@ -334,11 +351,11 @@ def print_plan(plan: Plan, states: dict, est: dict, jobs: int = 1) -> None:
         secs = [est[(p, r.seed)] for r in runs if (p, r.seed) in est]
         mins = f"~{sum(secs) / 60:4.1f} min" if secs else "    -    "
         print(f"  {p:11s} mu {runs[0].cfg.train.mu}  beta {runs[0].cfg.objective.beta:<5g} {mins}  {marks}")
-    total = sum(est.values()) + (estimate_measure_s(plan) if est else 0.0)
-    at_once = f", {jobs} runs at a time" if jobs > 1 else ""
+    total = estimate_wall_s(sum(est.values()) + (estimate_measure_s(plan) if est else 0.0), jobs)
     print(
         f"{done} of {len(plan.runs)} runs finished before; estimate for the rest, with measurements: "
-        f"~{total / 60:.0f} min of one run at a time{at_once} (SmolLM2-135M timings on 2 CPU cores)",
+        f"~{total / 60:.0f} min, {jobs} run{'s' if jobs > 1 else ''} at a time (SmolLM2-135M timings on "
+        "2 CPU cores)",
         flush=True,
     )
 
