@@ -298,7 +298,8 @@ def train_runs(plan: Plan, states: dict, est: dict, jobs: int) -> dict[tuple[str
                 elif proc.returncode == 0 and (read_json(run.dir / "summary.json") or {}).get("interrupted"):
                     # stopped by a signal (it checkpointed first): stop the ladder too, as Ctrl-C would
                     print(
-                        f"{tag(plan, run)}  interrupted after {took:.0f} s; rerun the same command to resume"
+                        f"{tag(plan, run)}  interrupted after {took:.0f} s; rerun the same command to resume",
+                        flush=True,
                     )
                     if not stopped:
                         for other in running:
