@@ -7,7 +7,14 @@ import math
 import pytest
 
 from sft2grpo.cli import main
-from sft2grpo.evaluate import heldout_change, paired_bootstrap, pass_at_k, problem_scores
+from sft2grpo.evaluate import (
+    EvalResult,
+    heldout_change,
+    merge_evals,
+    paired_bootstrap,
+    pass_at_k,
+    problem_scores,
+)
 from sft2grpo.tracking import plot_metrics
 
 
@@ -183,3 +190,15 @@ def test_plot_from_metrics(tmp_path):
     png = plot_metrics(tmp_path)
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_metrics(tmp_path / "empty") is None
+
+
+def test_merge_evals_weights_shares_by_problems_and_keeps_a_metric_only_some_have():
+    a = EvalResult(
+        {"accuracy": 0.5, "problems": 2, "digits_share": 1.0}, [{"prompt": "q0"}, {"prompt": "q2"}]
+    )
+    b = EvalResult({"accuracy": 0.0, "problems": 1}, [{"prompt": "q1"}])  # logged no digits_share
+    m = merge_evals([a, b])
+    assert m.metrics == {"accuracy": 1 / 3, "problems": 3, "digits_share": 1.0}
+    assert [r["prompt"] for r in m.samples] == ["q0", "q1", "q2"]  # share i holds i, i + n, ...
+    m = merge_evals([b, a])  # the key order of the first share does not decide which keys survive
+    assert m.metrics["digits_share"] == 1.0 and m.metrics["accuracy"] == pytest.approx(1 / 3)

@@ -200,15 +200,20 @@ def heldout_change(before: list[dict[str, Any]], after: list[dict[str, Any]]) ->
 
 def merge_evals(parts: list[EvalResult]) -> EvalResult:
     """The shares of `evaluate_heldout(shard=(i, n))`, i = 0..n-1, as one result: per-problem means
-    weighted by each share's problem count, samples back in the split's order."""
+    weighted by each share's problem count, samples back in the split's order. A metric that only
+    some shares have (a reward function's own, logged when it saw something to log) is the mean over
+    the shares that have it."""
     if len(parts) == 1:
         return parts[0]
-    total = sum(p.metrics["problems"] for p in parts)
-    metrics = dict(parts[0].metrics)
-    for key, value in parts[0].metrics.items():
+    metrics: dict[str, Any] = {}
+    for part in parts:
+        metrics.update({k: v for k, v in part.metrics.items() if k not in metrics})
+    for key, value in metrics.items():
         if isinstance(value, float):
-            metrics[key] = sum(p.metrics[key] * p.metrics["problems"] for p in parts) / max(1, total)
-    metrics["problems"] = total
+            have = [p for p in parts if key in p.metrics]
+            n = sum(p.metrics["problems"] for p in have)
+            metrics[key] = sum(p.metrics[key] * p.metrics["problems"] for p in have) / max(1, n)
+    metrics["problems"] = sum(p.metrics["problems"] for p in parts)
     samples = []
     for j in range(max(len(p.samples) for p in parts)):  # share i holds problems i, i + n, ...
         samples += [p.samples[j] for p in parts if j < len(p.samples)]
