@@ -69,6 +69,11 @@ STEP_KEYS = ("step_s", "rollout_s", "reward_s", "ref_s", "update_s")
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m, tiny, a model folder or a .gguf")
+    ap.add_argument(
+        "--task",
+        default="chain_sum",
+        help="task.name: a reasoning-gym task or a .jsonl file (no reasoning-gym needed)",
+    )
     ap.add_argument("--steps", type=int, default=4, help="optimizer steps per trainer and round")
     ap.add_argument("--warmup", type=int, default=1, help="first steps left out of the medians")
     ap.add_argument(
@@ -127,7 +132,7 @@ def load_examples(args) -> list:
     from sft2grpo.tasks import load_task
 
     n = (args.steps + 1) * args.prompts
-    return load_task(TaskConfig(size=n, eval_size=0, seed=args.seed)).train
+    return load_task(TaskConfig(name=args.task, size=n, eval_size=0, seed=args.seed)).train
 
 
 def peak_rss_mb() -> float:
@@ -167,15 +172,22 @@ class Clock:
 
     def timed(self, key: str, fn, count=None, when=None):
         """fn wrapped: its seconds add to `key` (if `when(*args)` holds); `count(result, *args, **kw)`
-        adds generated tokens."""
+        adds generated tokens. A call from inside the same wrapper (the hf engine's `generate` calls
+        `self.generate` once per prompt, which is the wrapper again) is timed and counted once, by
+        the outer call."""
+        depth = [0]
 
         @functools.wraps(fn)
         def wrapper(*a, **kw):
-            if when is not None and not when(*a, **kw):
+            if depth[0] or (when is not None and not when(*a, **kw)):
                 return fn(*a, **kw)
             self.sync()
             t0 = time.perf_counter()
-            out = fn(*a, **kw)
+            depth[0] += 1
+            try:
+                out = fn(*a, **kw)
+            finally:
+                depth[0] -= 1
             self.sync()
             self.acc[key] += time.perf_counter() - t0
             if count is not None:
@@ -235,6 +247,7 @@ def run_ours(args) -> dict:
     cfg.model.threads = args.threads
     cfg.model.dtype = args.dtype
     cfg.task.size, cfg.task.eval_size, cfg.task.seed = (args.steps + 1) * args.prompts, 0, args.seed
+    cfg.task.name = args.task
     cfg.rollout.engine = args.engine
     cfg.rollout.dtype = args.rollout_dtype
     cfg.rollout.group_size = args.group
@@ -297,7 +310,9 @@ def run_trl(args) -> dict:
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers 5 renames, once per step
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    task = load_task(TaskConfig(size=(args.steps + 1) * args.prompts, eval_size=0, seed=args.seed))
+    task = load_task(
+        TaskConfig(name=args.task, size=(args.steps + 1) * args.prompts, eval_size=0, seed=args.seed)
+    )
     examples = task.train
     reward = build_reward(RewardConfig(), task)
     clock = Clock()

@@ -82,3 +82,20 @@ def test_flat_keys_and_targets(bench):
     }
     # one trainer only: no ratios, no targets
     assert bench.flat_figures([{"prompts": 1, "summary": {}}], None, 8) == {}
+
+
+def test_clock_times_and_counts_a_recursive_generate_once(bench):
+    # the hf engine's generate calls self.generate per prompt: the wrapper again, on the instance
+    class Engine:
+        def generate(self, prompts):
+            if len(prompts) > 1:
+                return sum(self.generate([p]) for p in prompts)
+            return 16  # tokens of one prompt
+
+    eng, clock = Engine(), bench.Clock()
+    eng.generate = clock.timed("rollout_s", eng.generate, count=lambda out, *a, **k: out)
+    assert eng.generate(["a", "b", "c"]) == 48
+    assert clock.acc["tokens"] == 48  # not 96: the inner calls are the outer call's work
+    clock.end_step()
+    row = clock.rows[0]
+    assert row["rollout_s"] <= row["step_s"] and row["update_s"] >= 0
