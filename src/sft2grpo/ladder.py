@@ -12,8 +12,9 @@ an interrupted ladder:
 1. each run trains in its own process (`python -m sft2grpo train`): ru_maxrss only grows within a
    process, so each run's peak memory is its own and no_kl's missing reference model shows. A run
    with a finished summary.json is skipped, one with a checkpoint resumed, one with neither restarted.
-2. one more process (`measure`) evaluates the base model on the held-out set once (greedy and
-   sampled), and for every run estimates KL(trained || base) (`kl_to_base`) and scores its sampled
+   `--jobs` runs train at once (default 2), each with its share of the cores (`train_runs`).
+2. `measure` processes (as many as jobs) evaluate the base model on the held-out set once (greedy
+   and sampled), and for every run estimate KL(trained || base) (`kl_to_base`) and score its sampled
    accuracy: k answers per held-out problem at the rollout temperature (`sampled_accuracy`).
 3. REPORT.md, results.json, curves.png and final.png (`ladder_report.py`): a table per preset (means
    with 95% intervals over seeds), a verdict at 95% on each of the seed's claims from paired
