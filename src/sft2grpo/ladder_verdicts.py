@@ -155,7 +155,8 @@ def comparisons(by_preset: dict, metric: str) -> list[Comparison]:
 
 
 def aa_status(comps: list[Comparison]) -> tuple[bool | None, str]:
-    """(trusted, line): the A/A comparison must be 'undecided'. None when it was not measured."""
+    """(trusted, line): the A/A comparison must be 'undecided'. None when it was not measured, or when
+    the two runs were the same run (a zero-width interval at 0), which tests nothing."""
     aa = next((c for c in comps if c.role == "A/A"), None)
     if aa is None or aa.verdict == "not measured":
         return None, (
@@ -163,6 +164,13 @@ def aa_status(comps: list[Comparison]) -> tuple[bool | None, str]:
             "the same seed; without it the false-verdict rate of these statistics is unchecked."
         )
     span = f"{100 * aa.diff:+.1f} points [{100 * aa.ci95[0]:+.1f}, {100 * aa.ci95[1]:+.1f}]"
+    if aa.ci95[0] == aa.ci95[1] == 0.0:
+        return None, (
+            f"A/A check vacuous: {AA[0]} and {AA[1]} scored the same on every problem and seed ({span} on "
+            f"{aa.metric}). One configuration with one seed trains the same run twice where training is "
+            "deterministic (fp32 on a CPU), so the pair cannot test these intervals; their false-verdict "
+            "rate rests on the synthetic checks of tests/test_ladder_stats.py."
+        )
     if aa.verdict == "undecided":
         return True, (
             f"A/A check passed: {AA[0]} vs {AA[1]}, one configuration under two names, {span} on "
