@@ -260,6 +260,10 @@ def run_ladder(**kwargs) -> int:
     return 1 if failed or problem else 0
 
 
+def run_log(plan: Plan, run: Run) -> Path:
+    return plan.out / "logs" / f"{run.preset}-s{run.seed}.log"
+
+
 def tag(plan: Plan, run: Run) -> str:
     return f"[{plan.runs.index(run) + 1:2d}/{len(plan.runs)}] {run.preset:11s} seed {run.seed}"
 
@@ -277,8 +281,10 @@ def train_runs(plan: Plan, states: dict, est: dict, jobs: int) -> dict[tuple[str
         while (todo and not stopped) or running:
             while todo and len(running) < jobs and not stopped:
                 run = todo.pop(0)
-                log = plan.out / "logs" / f"{run.preset}-s{run.seed}.log"
-                running[start_run(run, states[(run.preset, run.seed)], log, env)] = (run, time.time())
+                running[start_run(run, states[(run.preset, run.seed)], run_log(plan, run), env)] = (
+                    run,
+                    time.time(),
+                )
             done = [p for p in running if p.poll() is not None]
             if not done:
                 time.sleep(0.5)
@@ -308,7 +314,7 @@ def train_runs(plan: Plan, states: dict, est: dict, jobs: int) -> dict[tuple[str
                     stopped = True
                     continue
                 else:
-                    log = plan.out / "logs" / f"{run.preset}-s{run.seed}.log"
+                    log = run_log(plan, run)
                     failed[key] = last_error(log)
                     line = f"FAILED after {took:.0f} s (log: {log}): {failed[key]}"
                 # what is left: estimates rescaled by what finished runs took against theirs (which
