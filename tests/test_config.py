@@ -58,6 +58,8 @@ def test_int_field_accepts_whole_float_and_float_field_accepts_int():
         ("objective.beta=-0.1", "objective.beta=-0.1: must be >= 0"),
         ("objective.eps_low=1.0", "objective.eps_low=1.0: must be in [0, 1)"),
         ("rollout.group_size=1", "objective.advantage=group_norm needs groups of at least 2"),
+        ("rollout.seed=-1", "rollout.seed=-1: must be >= 0"),
+        ("train.seed=-2", "train.seed=-2: must be >= 0"),
         ("log.tensorboard=maybe", "log.tensorboard: expected bool, got 'maybe'"),
         ("train.steps", "expected key.sub=value"),
         ("train=3", "'train' must be a mapping"),

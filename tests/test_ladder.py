@@ -15,6 +15,7 @@ import pytest
 
 from sft2grpo import ladder, ladder_report
 from sft2grpo.cli import main
+from sft2grpo.ladder_plan import AA
 from sft2grpo.ladder_verdicts import aa_status, comparisons
 
 TOY = Path(__file__).parent / "toy_reward.py"
@@ -175,6 +176,18 @@ def check_results_schema(results: dict, presets: list[str], seeds: list[int]) ->
             assert lo <= c["diff"] <= hi
 
 
+def test_first_difference_reads_a_key_older_runs_lack_at_its_default():
+    planned = {"seed": 1, "dtype": "int8", "temperature": 0.7}
+    defaults = {"seed": 0, "dtype": "model", "temperature": 1.0}
+    saved = {"dtype": "int8", "temperature": 0.7}  # written before rollout.seed existed
+    assert ladder.first_difference(planned, saved, "rollout", defaults) == (
+        "rollout.seed: 1 planned, 0 saved (the saved config lacks the key: a run from before it, at the default)"
+    )
+    assert ladder.first_difference({**planned, "seed": 0}, saved, "rollout", defaults) is None
+    assert ladder.first_difference(planned, {**saved, "seed": 1}, "rollout", defaults) is None
+    assert ladder.first_difference(planned, {**saved, "seed": 2}, "rollout", defaults) == "rollout.seed: 1 planned, 2 saved"
+
+
 def test_run_state_resumes_from_a_checkpoint_and_restarts_without_one(tmp_path):
     plan = ladder.make_plan(model="tiny", presets="no_kl", seeds=1, steps=2, output=tmp_path, overrides=TINY)
     (run,) = plan.runs
@@ -296,6 +309,15 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         ("rollout", "dtype"),
     ]:
         assert getattr(getattr(c, section), key) == getattr(getattr(run, section), key), key
+    # the A/A pair: one configuration, the second arm sampling from another stream with the same seed
+    from sft2grpo.config import to_dict
+
+    imp, no_kl = (next(r.cfg for r in default.runs if r.preset == p and r.seed == 1) for p in AA)
+    assert (imp.rollout.seed, no_kl.rollout.seed, no_kl.train.seed) == (0, 1, 1)
+    a, b = to_dict(imp), to_dict(no_kl)
+    for d in (a, b):
+        d.pop("log"), d["rollout"].pop("seed"), d.pop("preset", None)
+    assert a == b
     assert len(ladder.make_plan(output=tmp_path, presets="all").presets) == 12
     assert "--eval-samples 0" in ladder.make_plan(output=tmp_path, eval_samples=0).command
 

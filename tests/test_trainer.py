@@ -6,11 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sft2grpo.config import list_presets, load_config
-from sft2grpo.trainer import Trainer, lr_lambda
+from sft2grpo.trainer import Trainer, lr_lambda, prompt_generator
 
 TOY = Path(__file__).parent / "toy_reward.py"
 
@@ -114,6 +115,25 @@ def test_final_model_reloads_with_transformers(tmp_path):
     assert set(summary["after"]) >= {"accuracy", "format_error_rate", "completion_len"}
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["steps"] == 1
+
+
+def test_rollout_seed_draws_other_answers_to_the_same_prompts(tmp_path):
+    def draws(seed, index, stream=0):
+        return torch.rand(4, generator=prompt_generator(seed, index, stream)).tolist()
+
+    # stream 0 is the generator of runs made before rollout.seed existed: (seed, index) alone
+    state = np.random.SeedSequence([3, 5]).generate_state(2, np.uint32)
+    old = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    assert draws(3, 5) == torch.rand(4, generator=old).tolist()
+    assert draws(3, 5, 1) == draws(3, 5, 1) != draws(3, 5)
+    assert draws(3, 5, 1) != draws(3, 5, 2) and draws(3, 5, 1) != draws(3, 6, 1)
+
+    # in a run: the same prompts in the same order, other completions
+    a = Trainer(tiny_cfg(tmp_path / "a"), tmp_path / "a" / "run")
+    b = Trainer(tiny_cfg(tmp_path / "b", "grpo", "rollout.seed=1"), tmp_path / "b" / "run")
+    batch_a, batch_b = a.sample(), b.sample()
+    assert batch_a.prompts == batch_b.prompts
+    assert not torch.equal(batch_a.completion_ids, batch_b.completion_ids)
 
 
 def test_lr_schedule_warmup_then_cosine():

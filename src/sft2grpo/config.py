@@ -115,6 +115,10 @@ class RolloutConfig:
     # every optimizer step, "int8" (weight-only, CPU) or "bfloat16"; log-probs for the loss stay
     # the trainer's (docs/benchmarks.md has the speed and the log-prob gap)
     dtype: Literal["model", "bfloat16", "int8"] = "model"
+    # the sampling stream: a prompt's completions are drawn from (train.seed, the prompt's number) and,
+    # when not 0, this; the prompts and their order, the model's init and the rest stay train.seed's.
+    # The ladder's A/A arm sets 1, so it is a second draw of its twin, not a copy of it
+    seed: int = 0
 
 
 @dataclass
@@ -434,6 +438,8 @@ def validate(cfg: Config) -> None:
     need(r.temperature > 0, "rollout.temperature", r.temperature, "must be > 0")
     need(0 < r.top_p <= 1, "rollout.top_p", r.top_p, "must be in (0, 1]")
     need(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0 (0 = off)")
+    need(r.seed >= 0, "rollout.seed", r.seed, "must be >= 0 (0 = train.seed's stream)")
+    need(cfg.train.seed >= 0, "train.seed", cfg.train.seed, "must be >= 0")
     need(r.max_resample_rounds >= 0, "rollout.max_resample_rounds", r.max_resample_rounds, "must be >= 0")
     need(
         r.dtype == "model" or r.engine == "fast",

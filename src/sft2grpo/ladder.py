@@ -136,16 +136,16 @@ def check_same_settings(run: Run) -> None:
     """A run folder trained with other settings would mix budgets in one table: refuse it."""
     import yaml
 
-    from .config import to_dict
+    from .config import Config, to_dict
 
     saved = read_yaml(run.dir / "config.yaml", yaml)
     if saved is None:
         return
-    planned = to_dict(run.cfg)
+    planned, defaults = to_dict(run.cfg), to_dict(Config())
     for section, values in planned.items():
         if section in ("log", "checkpoint"):  # where and how often to write: not the experiment
             continue
-        diff = first_difference(values, saved[section], section) if section in saved else None
+        diff = first_difference(values, saved.get(section, {}), section, defaults.get(section))
         if diff:
             raise ValueError(
                 f"{run.dir} holds a run with other settings ({diff}); rerun the same command, "
@@ -161,12 +161,20 @@ def read_yaml(path: Path, yaml) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def first_difference(a: Any, b: Any, key: str) -> str | None:
+def first_difference(a: Any, b: Any, key: str, default: Any = None) -> str | None:
     """'train.steps: 20 planned, 3 saved' for the first leaf where a and b differ, else None. A key
-    the saved config lacks is no difference: it came with a newer sft2grpo, at its default."""
+    the saved config lacks came with a newer sft2grpo: the run had its default (from `default`, the
+    same place in a default config), and it differs only if the plan sets another value."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in a.keys() & b.keys():
-            d = first_difference(a[k], b[k], f"{key}.{k}")
+        default = default if isinstance(default, dict) else {}
+        for k in a:
+            if k in b:
+                d = first_difference(a[k], b[k], f"{key}.{k}", default.get(k))
+            elif k in default:
+                d = first_difference(a[k], default[k], f"{key}.{k}", default[k])
+                d = d and f"{d} (the saved config lacks the key: a run from before it, at the default)"
+            else:
+                d = None
             if d:
                 return d
         return None

@@ -42,6 +42,11 @@ DESCRIPTIONS = {
     "gspo": "GSPO: one ratio per sequence",
     "rloo": "RLOO: leave-one-out baseline",
 }
+# The A/A pair: rung 4 is GRPO without KL, one configuration under two names. The second samples its
+# answers from another stream (rollout.seed=1), with the same prompts in the same order: fp32 training
+# on a CPU is deterministic, so with one stream the pair would be one run twice and test nothing.
+AA = ("importance", "no_kl")
+AA_STREAM = "rollout.seed=1"
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,7 @@ def make_plan(
                 "log.progress=false",
                 f"train.seed={s}",
                 f"log.output_dir={d}",
-            ]
+            ] + ([AA_STREAM] if p == AA[1] else [])
             runs.append(Run(p, s, d, ov, load_config(p, ov)))
     argv = ["sft2grpo", "ladder"]
     argv += ["--task", task] if task else []

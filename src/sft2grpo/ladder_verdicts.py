@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .ladder_plan import DESCRIPTIONS
+from .ladder_plan import AA, DESCRIPTIONS
 from .ladder_stats import MARGIN, mean_interval, paired_interval, verdict
 
 # Per-problem metrics (a RunResult attribute holding {prompt: score}) and per-seed ones (a float).
@@ -56,7 +56,6 @@ CLAIMS = [
     ),
 ]
 VARIANTS = ("dr_grpo", "dapo", "rloo")  # against grpo, kind "differ"
-AA = ("importance", "no_kl")  # rung 4 is GRPO without KL: one configuration under two names
 
 
 @dataclass
@@ -141,7 +140,7 @@ def comparisons(by_preset: dict, metric: str) -> list[Comparison]:
     out.append(
         compare(by_preset, "base", "grpo", metric, "better", "base -> grpo", "GRPO against the base model")
     )
-    out.append(compare(by_preset, *AA, metric, "differ", "A/A", "the same configuration under two names"))
+    out.append(compare(by_preset, *AA, metric, "differ", "A/A", "one configuration, another sampling stream"))
     if metric != "greedy_accuracy":  # the same pairs on the noisier metric, for reference
         for c in [c for c in out if c.role.startswith("claim ") or c.role in ("base -> grpo", "A/A")]:
             out.append(compare(by_preset, c.a, c.b, "greedy_accuracy", c.kind, "other metric", c.what))
@@ -167,13 +166,13 @@ def aa_status(comps: list[Comparison]) -> tuple[bool | None, str]:
     if aa.ci95[0] == aa.ci95[1] == 0.0:
         return None, (
             f"A/A check vacuous: {AA[0]} and {AA[1]} scored the same on every problem and seed ({span} on "
-            f"{aa.metric}). One configuration with one seed trains the same run twice where training is "
-            "deterministic (fp32 on a CPU), so the pair cannot test these intervals; their false-verdict "
-            "rate rests on the synthetic checks of tests/test_ladder_stats.py."
+            f"{aa.metric}), so the pair cannot test these intervals (the same run twice, or runs too short "
+            "to tell apart); their false-verdict rate rests on the synthetic checks of "
+            "tests/test_ladder_stats.py."
         )
     if aa.verdict == "undecided":
         return True, (
-            f"A/A check passed: {AA[0]} vs {AA[1]}, one configuration under two names, {span} on "
+            f"A/A check passed: {AA[0]} vs {AA[1]}, one configuration sampled from two streams, {span} on "
             f"{aa.metric}, undecided as it must be."
         )
     return False, (

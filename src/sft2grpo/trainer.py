@@ -165,7 +165,8 @@ class Trainer:
                 examples.append(self.task.train[self.order[self.pos]])
                 self.pos += 1
         self.drawn += p
-        generators = [prompt_generator(self.cfg.train.seed, first + i) for i in range(k)]
+        seed, stream = self.cfg.train.seed, self.cfg.rollout.seed
+        generators = [prompt_generator(seed, first + i, stream) for i in range(k)]
         return examples[ctx.rank * k : (ctx.rank + 1) * k], generators, buckets
 
     def sample(self) -> Batch:
@@ -497,9 +498,11 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
-def prompt_generator(seed: int, index: int) -> torch.Generator:
-    """The sampling generator of the run's index-th prompt: a function of (seed, index) alone."""
-    state = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
+def prompt_generator(seed: int, index: int, stream: int = 0) -> torch.Generator:
+    """The sampling generator of the run's index-th prompt: a function of (seed, index) alone, and of
+    `stream` (rollout.seed) when it is not 0: another draw of the answers to the same prompts."""
+    entropy = [seed, index] + ([stream] if stream else [])
+    state = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
