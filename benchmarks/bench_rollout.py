@@ -3,6 +3,7 @@
     python benchmarks/bench_rollout.py                       # 8 prompts x 8 samples x 64 tokens, 135M
     python benchmarks/bench_rollout.py --prompts 4 --samples 16 --tokens 128 --repeats 3
     python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:bfloat16   # rollout.dtype
+    python benchmarks/bench_rollout.py --engines fast,fast+compile,fast:int8,fast:int8+compile
 
 Prompts are the default task's (reasoning-gym chain_sum plus the task instruction) in the model's
 chat template; rows stop naturally at EOS. Tokens counted are generated tokens (sum of the mask,
@@ -10,7 +11,10 @@ EOS included). The engines alternate within each repeat, so background load hits
 printed numbers are totals over the repeats. Timings, not assertions: this machine is noisy.
 `fast:int8` is the fast engine decoding with an int8 copy of the weights (`rollout.dtype=int8`);
 the copy is made once here (the weights do not change), and the time one refresh costs, which a
-training step pays after every optimizer step, is measured and printed apart. Ratios go to --json.
+training step pays after every optimizer step, is measured and printed apart. `+compile` wraps the
+fast engine's decode step (one token for every live row) in `torch.compile(dynamic=True)`, an
+experiment the engine does not do by itself: its compile time is the warm-up's, printed apart.
+Ratios go to --json.
 """
 
 from __future__ import annotations
@@ -66,15 +70,25 @@ def compare_engines(
 ) -> dict:
     """Time each engine on the same prompt ids, alternating within each repeat.
 
-    A name is an engine, or `fast:<rollout.dtype>`. Returns {name: {"tokens", "seconds",
-    "tokens_per_s"}} (with "refresh_s" for a copy) plus "fast/hf" when both ran.
+    A name is an engine, or `fast:<rollout.dtype>`, either with `+compile` after it. Returns
+    {name: {"tokens", "seconds", "tokens_per_s", "warmup_s"}} (with "refresh_s" for a copy) plus
+    "fast/hf" when both ran.
     """
-    engines = {}
+    engines, warmup = {}, {}
     for name in names:
-        engine, _, dtype = name.partition(":")
+        base, compiled, _ = name.partition("+compile")
+        engine, _, dtype = base.partition(":")
         engines[name] = make_engine(engine, model, tok, dtype or "model")
-    for engine in engines.values():  # warm-up: first-call allocations and lazy imports
+        if compiled:
+            engines[name]._decode = torch.compile(engines[name]._decode, dynamic=True)
+    for name, engine in engines.items():  # warm-up: first-call allocations, lazy imports, compiling
+        t0 = time.perf_counter()
+        if "+compile" in name:  # the measured shapes once: compiling is warm-up, not decoding
+            engine.generate(
+                ids, n=samples, max_new_tokens=tokens, generator=torch.Generator().manual_seed(99)
+            )
         engine.generate(ids[:1], n=2, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+        warmup[name] = time.perf_counter() - t0
 
     gaps: dict[str, list] = {name: [] for name in names}
     count = dict.fromkeys(names, 0)
@@ -97,7 +111,12 @@ def compare_engines(
                 f"{ro.finish_reasons.count('stop')}/{len(lengths)} stopped"
             )
     out: dict = {
-        name: {"tokens": count[name], "seconds": seconds[name], "tokens_per_s": count[name] / seconds[name]}
+        name: {
+            "tokens": count[name],
+            "seconds": seconds[name],
+            "tokens_per_s": count[name] / seconds[name],
+            "warmup_s": warmup[name],
+        }
         for name in names
     }
     for name, g in gaps.items():
@@ -150,12 +169,13 @@ def main() -> None:
                 f"mean {r['logprob_gap_mean']:.3f} max {r['logprob_gap_max']:.2f})"
             )
         print(
-            f"{name:>13}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s{refresh}"
+            f"{name:>21}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s "
+            f"(warm-up {r['warmup_s']:.1f} s){refresh}"
         )
     ratios = {
         f"{n}/fast": res[n]["tokens_per_s"] / res["fast"]["tokens_per_s"]
         for n in names
-        if n.startswith("fast:")
+        if n.startswith(("fast:", "fast+"))
     }
     if "fast" in res:
         res.update(ratios)

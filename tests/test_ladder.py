@@ -185,7 +185,10 @@ def test_first_difference_reads_a_key_older_runs_lack_at_its_default():
     )
     assert ladder.first_difference({**planned, "seed": 0}, saved, "rollout", defaults) is None
     assert ladder.first_difference(planned, {**saved, "seed": 1}, "rollout", defaults) is None
-    assert ladder.first_difference(planned, {**saved, "seed": 2}, "rollout", defaults) == "rollout.seed: 1 planned, 2 saved"
+    assert (
+        ladder.first_difference(planned, {**saved, "seed": 2}, "rollout", defaults)
+        == "rollout.seed: 1 planned, 2 saved"
+    )
 
 
 def test_run_state_resumes_from_a_checkpoint_and_restarts_without_one(tmp_path):
@@ -383,6 +386,12 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
     for r in plan.runs:
         mem = {"grpo": 4700}.get(r.preset, 4100) + 10 * r.seed  # no reference model: 600 MB less
         write_run(r.dir, plan.steps, *scores(shift[r.preset]), peak_mem_mb=mem)
+    # sft seed 2 resumed from a checkpoint older than the summary's whole-run peak: its summary holds
+    # the last piece's, its steps' log the first piece's higher one
+    log = tmp_path / "runs" / "sft-s2" / "metrics.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    rows[0]["peak_mem_mb"] = 5000.0
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = ladder_report.write_report(plan).read_text()
     assert report.splitlines()[2].startswith(
         "**Do not trust the statistics of this report: the A/A check failed.** importance and no_kl"
@@ -416,7 +425,7 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
     }
     assert all(c["metric"] == "greedy_accuracy" for c in greedy)
     sft = results["presets"]["sft"]
-    assert sft["status"] == ["finished"] * 3 and sft["peak_mem_mb"] == [4100, 4110, 4120]
+    assert sft["status"] == ["finished"] * 3 and sft["peak_mem_mb"] == [4100, 4110, 5000]
     assert sft["sampled_accuracy"][0] == pytest.approx(
         statistics.fmean(ladder_report.read_scores(plan.runs[0].dir / "eval_sampled.jsonl").values())
     )

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from sft2grpo import checkpoint
+from sft2grpo import run as run_module
 from sft2grpo.cli import main
 from sft2grpo.config import load_config
 from sft2grpo.trainer import Trainer, TrainingError
@@ -136,7 +137,18 @@ def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path, monkeypatch, preset, e
     saved = {p.name for p in (ckpt / "model").iterdir()}
     assert ("adapter_model.safetensors" in saved) == ("model.lora.enabled=true" in extra)
 
-    assert main(["train", "--resume", str(stopped)]) == 0
+    earlier = checkpoint.load_state(ckpt)["earlier"]  # the first piece, up to its checkpoint
+    assert 0 < earlier["wall_time_s"] <= summary["wall_time_s"] and earlier["peak_mem_mb"] > 1.0
+
+    with monkeypatch.context() as m:
+        m.setattr(run_module, "peak_memory_mb", lambda: 1.0)  # the resumed piece peaks lower
+        t0 = time.time()
+        assert main(["train", "--resume", str(stopped)]) == 0
+        piece = time.time() - t0
+    resumed = json.loads((stopped / "summary.json").read_text())
+    # the whole run's figures, not the last piece's
+    assert resumed["peak_mem_mb"] == earlier["peak_mem_mb"]
+    assert earlier["wall_time_s"] < resumed["wall_time_s"] <= earlier["wall_time_s"] + piece
     assert_same_run(whole, stopped)
     evals = [evaluations(run) for run in (whole, stopped)]
     # the validation curve: the base model, every 2 steps and the last step; then the held-out "after"

@@ -126,6 +126,9 @@ def load_result(run: Run, failed: dict, base_acc: float | None) -> RunResult:
     rewards = {k: r["reward_mean"] for k, r in metrics.items() if r.get("reward_mean") is not None}
     times = [r["time_step"] for r in metrics.values() if r.get("time_step") is not None]
     last = [rewards[k] for k in sorted(rewards)[-max(1, len(rewards) // 4) :]]
+    # the whole run's peak: each step logs its process's peak so far, which covers the earlier pieces
+    # of a run resumed from a checkpoint written before the summary counted them
+    peaks = [x for x in [s.get("peak_mem_mb")] + [r.get("peak_mem_mb") for r in metrics.values()] if x]
     return RunResult(
         run.preset,
         run.seed,
@@ -138,7 +141,7 @@ def load_result(run: Run, failed: dict, base_acc: float | None) -> RunResult:
         completion_len=after.get("completion_len"),
         kl=(read_json(run.dir / "kl.json") or {}).get("kl_k3"),
         step_time=statistics.median(times) if times else None,
-        peak_mem_mb=s.get("peak_mem_mb"),
+        peak_mem_mb=max(peaks, default=None),
         train_time_s=s.get("train_time_s"),
         final_reward=statistics.fmean(last) if last else None,
         reward_curve=rewards,

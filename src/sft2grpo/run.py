@@ -89,7 +89,16 @@ def checkpoint_state(tr) -> dict[str, Any]:
         "counters": {"bad_steps": tr.bad_steps, "skipped_steps": tr.skipped_steps},
         "before": tr.before,
         "train_time": tr.train_time,
+        "earlier": so_far(tr),
         "difficulty": None if tr.sampler is None else tr.sampler.state_dict(),
+    }
+
+
+def so_far(tr) -> dict[str, float]:
+    """The run's wall seconds and peak memory (MiB) up to now, over every piece of a resumed run."""
+    return {
+        "wall_time_s": tr.earlier["wall_time_s"] + time.time() - tr.piece_start,
+        "peak_mem_mb": max(tr.earlier["peak_mem_mb"], peak_memory_mb()),
     }
 
 
@@ -150,6 +159,7 @@ def load_checkpoint(tr, path: Path) -> None:
     tr.bad_steps = st["counters"]["bad_steps"]
     tr.skipped_steps = st["counters"]["skipped_steps"]
     tr.before, tr.train_time = st["before"], st["train_time"]
+    tr.earlier = st.get("earlier", tr.earlier)  # checkpoints before 2026-11-30 lack it
     tr.step = tr.saved_step = st["step"]
 
 
@@ -183,7 +193,7 @@ def fit(tr) -> dict[str, Any]:
             resume_step=tr.step,
         )
     samples_file = open(run_dir / "samples.jsonl", "a", encoding="utf-8") if main else None  # noqa: SIM115
-    t_start = time.time()
+    tr.piece_start = time.time()
     summary: dict[str, Any] = {"preset": cfg.preset, "run_dir": str(run_dir)}
     if tr.resumed_from is not None:
         summary["resumed_from"] = str(tr.resumed_from)
@@ -253,8 +263,7 @@ def fit(tr) -> dict[str, Any]:
         summary["after"] = run_eval(tr, "after")
     if main:
         summary.update(eval_summary(run_dir))
-    summary["wall_time_s"] = time.time() - t_start
-    summary["peak_mem_mb"] = peak_memory_mb()
+    summary.update(so_far(tr))  # a resumed run's whole wall time, its peak over every piece
     summary["skipped_steps"] = tr.skipped_steps
     summary["autocast"] = "bf16" if tr.bf16 else "off"
     summary["processes"] = ctx.world

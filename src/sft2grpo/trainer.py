@@ -132,6 +132,9 @@ class Trainer:
         self.bad_steps = self.skipped_steps = 0
         self.before: dict[str, float] | None = None  # the held-out evaluation before training
         self.train_time = 0.0  # seconds spent in steps, over every resumed piece of the run
+        # the pieces of the run before this process (a resume): wall seconds, peak memory MiB
+        self.earlier = {"wall_time_s": 0.0, "peak_mem_mb": 0.0}
+        self.piece_start = time.time()  # fit() sets it when this piece starts
         self.resumed_from, self.saved_step, self.stop_requested = resume_from, -1, False
         self.times: dict[str, float] = {}  # this step's seconds per phase
         self.reward_faults = 0  # this step's completions whose reward call failed
