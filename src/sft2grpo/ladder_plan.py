@@ -215,17 +215,14 @@ def make_plan(
         for p in names:
             d = out / "runs" / f"{p}-s{s}"
             # the ladder's own keys come last: one base evaluation for all, the same seeds for all
-            ov = (
-                shared
-                + [
-                    "eval.before=false",
-                    "eval.after=true",
-                    "log.progress=false",
-                    f"train.seed={s}",
-                    f"log.output_dir={d}",
-                ]
-                + ([AA_STREAM] if p == AA[1] else [])
-            )
+            ov = shared + [
+                "eval.before=false",
+                "eval.after=true",
+                "log.progress=false",
+                f"train.seed={s}",
+                f"log.output_dir={d}",
+            ]
+            ov += [AA_STREAM] if p == AA[1] else []  # the A/A twin: its own sampling stream
             runs.append(Run(p, s, d, ov, load_config(p, ov)))
     argv = ["sft2grpo", "ladder"]
     argv += ["--task", task] if task else []
