@@ -72,8 +72,8 @@ DEFAULT_PRESETS = PRESETS[:8]
 # 8 completions x at most 64 tokens, sampled with the int8 copy of the weights), lr 2e-5 with a cosine
 # schedule and 3 warm-up steps, beta2 0.999, temperature 0.7, fp32 where bf16 is not native; each
 # preset keeps its own objective and mu. 12 steps and 4 samples per held-out problem, cut down from 20
-# and 8 to come near 2 hours on 2 idle cores with 2 runs at a time; measured, it is about 2.4 hours of
-# training (docs/ladder/README.md has the measured times and the trade).
+# and 8 to come near 2 hours on 2 idle cores with 2 runs at a time; measured, it is about 135 min of
+# training and 40 of measuring (docs/ladder/README.md has the measured times and the trade).
 # "small" is a smoke check. No periodic checkpoint: a 135M checkpoint is 1.6 GB; Ctrl-C still
 # checkpoints the runs it stops.
 BUDGETS = {
