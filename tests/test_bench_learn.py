@@ -93,7 +93,9 @@ def test_training_order_is_the_trainers(bench):
     # cross two epochs, each a fresh permutation
     fake = SimpleNamespace(task=SimpleNamespace(train=list(range(5))), order=[], pos=0, drawn=0, sampler=None)
     fake.data_rng = np.random.default_rng(3)
-    fake.cfg = SimpleNamespace(train=SimpleNamespace(prompts_per_step=3, seed=3))
+    fake.cfg = SimpleNamespace(
+        train=SimpleNamespace(prompts_per_step=3, seed=3), rollout=SimpleNamespace(seed=0)
+    )
     fake.ctx = SimpleNamespace(world=1, rank=0)
     drawn = [x for _ in range(4) for x in Trainer.draw(fake)[0]]
     assert bench.training_order(5, 3, 12) == drawn
