@@ -289,10 +289,8 @@ def train_runs(plan: Plan, states: dict, est: dict, jobs: int) -> dict[tuple[str
         while (todo and not stopped) or running:
             while todo and len(running) < jobs and not stopped:
                 run = todo.pop(0)
-                running[start_run(run, states[(run.preset, run.seed)], run_log(plan, run), env)] = (
-                    run,
-                    time.time(),
-                )
+                proc = start_run(run, states[(run.preset, run.seed)], run_log(plan, run), env)
+                running[proc] = (run, time.time())
             done = [p for p in running if p.poll() is not None]
             if not done:
                 time.sleep(0.5)
