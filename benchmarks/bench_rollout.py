@@ -4,6 +4,7 @@
     python benchmarks/bench_rollout.py --prompts 4 --samples 16 --tokens 128 --repeats 3
     python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:bfloat16   # rollout.dtype
     python benchmarks/bench_rollout.py --engines fast,fast+compile,fast:int8,fast:int8+compile
+    python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:int8@32   # LOW_PRECISION_MAX_ROWS
 
 Prompts are the default task's (reasoning-gym chain_sum plus the task instruction) in the model's
 chat template; rows stop naturally at EOS. Tokens counted are generated tokens (sum of the mask,
@@ -70,15 +71,19 @@ def compare_engines(
 ) -> dict:
     """Time each engine on the same prompt ids, alternating within each repeat.
 
-    A name is an engine, or `fast:<rollout.dtype>`, either with `+compile` after it. Returns
+    A name is an engine, or `fast:<rollout.dtype>`, either with `+compile` after it; `fast:int8@32`
+    uses the copy for products of at most 32 rows (LOW_PRECISION_MAX_ROWS, 64). Returns
     {name: {"tokens", "seconds", "tokens_per_s", "warmup_s"}} (with "refresh_s" for a copy) plus
     "fast/hf" when both ran.
     """
     engines, warmup = {}, {}
     for name in names:
         base, compiled, _ = name.partition("+compile")
+        base, _, max_rows = base.partition("@")
         engine, _, dtype = base.partition(":")
         engines[name] = make_engine(engine, model, tok, dtype or "model")
+        if max_rows:
+            engines[name].low_max_rows = int(max_rows)
         if compiled:
             engines[name]._decode = torch.compile(engines[name]._decode, dynamic=True)
     for name, engine in engines.items():  # warm-up: first-call allocations, lazy imports, compiling

@@ -131,6 +131,7 @@ def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_p
         "measuring the base model's held-out accuracy and KL and sampled accuracy (4 per problem) of 4 runs, 2 processes"
         in printed
     )
+    assert "  measured 4 of 4 runs (" in printed  # the measure phase's progress, as runs finish
     assert json.loads((out / "measure-0.json").read_text())["base"] is True
     assert not json.loads((out / "measure-1.json").read_text())["base"]
     assert "2 runs trained at a time (`--jobs 2`)" in report and "- wall time: " in report

@@ -100,6 +100,23 @@ def test_engine_samples_from_the_copy(dtype, monkeypatch):
     assert (full.completion_ids == low.completion_ids).float().mean() > 0.7
 
 
+def test_products_over_the_row_threshold_use_the_policy_weights():
+    """low_max_rows (LOW_PRECISION_MAX_ROWS by default) is where the copy stops: at 0 every product
+    has more rows and the int8 engine samples exactly what the fp32 one does; above the batch it
+    samples from the copy (bench_rollout's `fast:int8@N` sets it)."""
+    model, tok = build_tiny()
+    ids = chat_prompt_ids(tok, PROMPTS)
+    full = make_engine("fast", model, tok).generate(ids, 4, 12, generator=torch.Generator().manual_seed(3))
+    engine = make_engine("fast", model, tok, "int8")
+    assert engine.low_max_rows == fast.LOW_PRECISION_MAX_ROWS
+    engine.low_max_rows = 0
+    off = engine.generate(ids, 4, 12, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(off.completion_ids, full.completion_ids) and torch.equal(off.logprobs, full.logprobs)
+    engine.low_max_rows = 10**9
+    on = engine.generate(ids, 4, 12, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(on.logprobs, full.logprobs)
+
+
 def test_engine_follows_the_policy_after_an_update():
     model, tok = build_tiny()
     ids = chat_prompt_ids(tok, PROMPTS)

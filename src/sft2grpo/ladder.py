@@ -409,7 +409,8 @@ def measure_runs(plan: Plan, jobs: int = 1) -> str | None:
                 procs.append(
                     (subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=child_env(n)), log)
                 )
-        errors = [last_error(log) + f" (log: {log})" for proc, log in procs if proc.wait() != 0]
+        wait_measuring(procs, need_kl, k)
+        errors = [last_error(log) + f" (log: {log})" for proc, log in procs if proc.returncode != 0]
         if errors:
             return f"measuring the base model and KL failed: {errors[0]}"
         (plan.out / "base").mkdir(exist_ok=True)
@@ -420,6 +421,21 @@ def measure_runs(plan: Plan, jobs: int = 1) -> str | None:
             if measured(r.dir, k):
                 shutil.rmtree(r.dir / "model", ignore_errors=True)
     return None
+
+
+def wait_measuring(procs: list, runs: list[Run], k: int, every_s: float = 5.0) -> None:
+    """Wait for the measure processes, printing how many of `runs` are measured as that grows (the
+    measure phase of a full ladder takes the better part of an hour)."""
+    done, t0 = 0, time.time()
+    while True:
+        running = [proc for proc, _ in procs if proc.poll() is None]
+        now = sum(measured(r.dir, k) for r in runs)
+        if now > done:
+            done = now
+            print(f"  measured {done} of {len(runs)} runs ({(time.time() - t0) / 60:.1f} min)", flush=True)
+        if not running:
+            return
+        time.sleep(every_s)
 
 
 def measured(folder: Path, eval_samples: int) -> bool:

@@ -97,6 +97,7 @@ class FastEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         # rollout.dtype: "model" decodes with the policy's own weights, else with a copy
         self.low = None if dtype == "model" else DecodeWeights(dtype)
+        self.low_max_rows = LOW_PRECISION_MAX_ROWS  # more rows than this use the fp32 weights
 
     def weights_changed(self) -> None:
         """Tell the engine the policy's weights changed (the trainer calls it after each optimizer
@@ -120,7 +121,7 @@ class FastEngine:
 
     def _lin(self, m, x: torch.Tensor) -> torch.Tensor:
         """m(x), from the low-precision copy when there is one and x has few rows [..., in]."""
-        if self.low is None or x[..., 0].numel() > LOW_PRECISION_MAX_ROWS:
+        if self.low is None or x[..., 0].numel() > self.low_max_rows:
             return m(x)
         return self.low.linear(m, x)
 
@@ -158,8 +159,8 @@ class FastEngine:
         its own forward.
         """
         head = self.lm.lm_head
-        if self.low is not None:
-            return self._lin(head, h).float()  # [b, V]
+        if self.low is not None and h.shape[0] <= self.low_max_rows:
+            return self.low.linear(head, h).float()  # [b, V]
         if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
             return (head.weight @ h.t()).t().float().contiguous()  # [b, V]
         return head(h).float()  # [b, V]
