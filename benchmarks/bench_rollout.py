@@ -72,7 +72,7 @@ def compare_engines(
     """Time each engine on the same prompt ids, alternating within each repeat.
 
     A name is an engine, or `fast:<rollout.dtype>`, either with `+compile` after it; `fast:int8@32`
-    uses the copy for products of at most 32 rows (LOW_PRECISION_MAX_ROWS, 64). Returns
+    uses the copy for products of at most 32 rows (default LOW_PRECISION_MAX_ROWS). Returns
     {name: {"tokens", "seconds", "tokens_per_s", "warmup_s"}} (with "refresh_s" for a copy) plus
     "fast/hf" when both ran.
     """

@@ -42,9 +42,10 @@ from sft2grpo.rollout.base import (
 from sft2grpo.rollout.lowp import DecodeWeights
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-# Above this many rows (a prefill) a matrix product is bound by arithmetic, not by reading the
-# weights, and the fp32 weights are used even when rollout.dtype asks for a copy.
-LOW_PRECISION_MAX_ROWS = 64
+# Above this many rows (a prefill, a wide decode step) a matrix product is bound by arithmetic,
+# not by reading the weights, and the fp32 weights are used even when rollout.dtype asks for a copy.
+# 32: a whole 8 x 8 rollout was 1.15-1.29x faster with it than with 64 (docs/benchmarks.md).
+LOW_PRECISION_MAX_ROWS = 32
 
 
 def unsupported_reason(model) -> str | None:
