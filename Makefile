@@ -62,7 +62,7 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_trl.py $(ARGS)
 
-# Who learns more in the same minutes: make run's recipe (in fp32) vs TRL's GRPOTrainer, both scored
+# Who learns more in the same minutes: make run's recipe (fp32 updates) vs TRL's GRPOTrainer, both scored
 # by `sft2grpo eval` on the same held-out problems; prints gains with intervals, writes bench_learn.json.
 bench-learn: $(BENCH_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_learn.py --config $(RUN_CONFIG) --recipe "" $(ARGS)
