@@ -65,7 +65,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sft2grpo.tracking import read_metrics
+from sft2grpo.tracking import plot_seeds, read_metrics
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -606,6 +606,9 @@ def parent(args) -> None:
                 print(f"  note (TRL {kind}): {note}")
     summary = summarise(base, scores["ours"], scores["trl"])
     print_report(summary, runs)
+    if runs["ours"]:  # validation accuracy, signal, length over the seeds: where the learning went
+        curves = plot_seeds([out / f"ours-seed{seed}" for seed in seeds], out / "ours-curves.png")
+        print(f"\nours over seeds: {curves}")
     if args.json:
         result = {
             "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "spec")},

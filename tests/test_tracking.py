@@ -9,7 +9,7 @@ import pytest
 
 from sft2grpo.cli import main
 from sft2grpo.config import load_config
-from sft2grpo.tracking import PLOT_PANELS
+from sft2grpo.tracking import PLOT_PANELS, plot_seeds, running_mean, seed_band, seed_curve
 from sft2grpo.trainer import Trainer
 
 TOY = Path(__file__).parent / "toy_reward.py"
@@ -108,3 +108,34 @@ def test_wandb_offline_and_resume_continues_the_same_run(tmp_path, monkeypatch, 
     assert [[h["_step"] for h in rows] for rows in logged] == [[1], [2]]  # the resume starts after step 1
     for rows, row in zip(logged, jsonl):
         assert rows[0]["reward_mean"] == pytest.approx(row["reward_mean"])
+
+
+def test_seed_band_is_mean_min_max_over_the_steps_every_seed_has():
+    curves = [{0: 10.0, 1: 20.0, 2: 30.0}, {0: 20.0, 1: 40.0}, {1: 60.0, 0: 0.0, 5: 1.0}]
+    assert seed_band(curves) == ([0, 1], [10.0, 40.0], [0.0, 20.0], [20.0, 60.0])
+    # smoothed per seed first: running means of 2 -> seed 0 [10, 15], seed 1 [20, 30], seed 2 [0, 30]
+    assert seed_band(curves, window=2) == ([0, 1], [10.0, 25.0], [0.0, 15.0], [20.0, 30.0])
+    assert seed_band([{0: 1.0}, {1: 2.0}]) == ([], [], [], [])
+    assert running_mean([1.0, 3.0, 5.0, 7.0], 3) == [1.0, 2.0, 3.0, 5.0]
+
+
+def test_plot_seeds_reads_validation_rows_and_turns_zero_spread_into_signal(tmp_path):
+    runs = []
+    for seed, (acc, zero) in enumerate([(0.25, 0.75), (0.5, 0.5)]):
+        d = tmp_path / f"ours-seed{seed}"
+        d.mkdir()
+        rows = [
+            {"step": s, "accuracy": acc, "zero_std_frac": zero, "completion_len": 20.0 + s} for s in (1, 2)
+        ]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        evals = [{"step": 0, "tag": "val", "accuracy": 0.1}, {"step": 2, "tag": "val", "accuracy": acc}]
+        evals.append({"step": 2, "tag": "heldout", "accuracy": 0.9})  # never on the validation curve
+        (d / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+        runs.append(d)
+    assert seed_curve(runs[0], "val:accuracy") == {0: 10.0, 2: 25.0}
+    assert seed_curve(runs[0], "zero_std_frac") == {1: 25.0, 2: 25.0}  # % of groups with spread
+    assert seed_curve(runs[1], "accuracy") == {1: 50.0, 2: 50.0}
+    assert seed_curve(runs[1], "completion_len") == {1: 21.0, 2: 22.0}
+    out = plot_seeds(runs, tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_seeds([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

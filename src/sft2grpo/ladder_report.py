@@ -26,6 +26,7 @@ from .evaluate import problem_scores
 from .ladder_plan import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
 from .ladder_stats import MARGIN
 from .ladder_verdicts import AA, CLAIMS, Comparison, aa_status, comparisons, results_json, table_interval
+from .tracking import seed_band
 
 
 @dataclass
@@ -312,15 +313,13 @@ def plot_curves(plan: Plan, by_preset: dict[str, list[RunResult]], path: Path) -
             (ax_r, [r.reward_curve for r in rs], window),
             (ax_a, [r.eval_curve for r in rs], 1),
         ):
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            steps, mean, lo, hi = seed_band(curves, smooth)
             if not steps:
                 continue
-            ys = [running_mean([c[s] for s in steps], smooth) for c in curves]  # seeds x steps
-            scale = 100 if ax is ax_a else 1
-            mean = [scale * statistics.fmean(col) for col in zip(*ys)]
+            scale = 100 if ax is ax_a else 1  # accuracy in %
+            mean, lo, hi = ([scale * v for v in xs] for xs in (mean, lo, hi))
             ax.plot(steps, mean, label=p, marker="o" if len(steps) < 12 else None, ms=3, **style)
-            if len(ys) > 1:
-                lo, hi = [scale * min(col) for col in zip(*ys)], [scale * max(col) for col in zip(*ys)]
+            if len(curves) > 1:
                 ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.12, lw=0)
     smoothing = f", running mean over {window} steps" if window > 1 else ""
     ax_r.set_title(f"training reward (mean over seeds{smoothing}; band: min-max over seeds)")
@@ -336,11 +335,6 @@ def plot_curves(plan: Plan, by_preset: dict[str, list[RunResult]], path: Path) -
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return window
-
-
-def running_mean(xs: list[float], window: int) -> list[float]:
-    """Mean of each value and up to window - 1 before it (the first values average fewer)."""
-    return [statistics.fmean(xs[max(0, i - window + 1) : i + 1]) for i in range(len(xs))]
 
 
 def plot_final(plan: Plan, by_preset: dict[str, list[RunResult]], attr: str, path: Path) -> None:

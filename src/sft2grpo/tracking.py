@@ -188,6 +188,88 @@ def plot_metrics(run_dir: Path, out: Path | None = None) -> Path | None:
     return out
 
 
+# Panels of the over-seeds plot (`plot_seeds`): (title, where the curve comes from, running-mean
+# window). "val:" reads evals.jsonl's validation rows; the rest are metrics.jsonl keys.
+SEED_PANELS: list[tuple[str, str, int]] = [
+    ("validation accuracy, greedy (%)", "val:accuracy", 1),
+    ("training accuracy (%), running mean of 5 steps", "accuracy", 5),
+    ("groups with reward spread (%), running mean of 5", "zero_std_frac", 5),
+    ("completion length (tokens)", "completion_len", 1),
+]
+
+
+def running_mean(xs: list[float], window: int) -> list[float]:
+    """Mean of each value and up to window - 1 before it (the first values average fewer)."""
+    out = []
+    for i in range(len(xs)):
+        part = xs[max(0, i - window + 1) : i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+def seed_band(
+    curves: list[dict[int, float]], window: int = 1
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    """One curve per seed ({step: value}) -> (steps, mean, min, max) over the seeds, on the steps
+    every seed has, each seed first smoothed by `running_mean(window)`. No common step: all empty."""
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+        return [], [], [], []
+    ys = [running_mean([c[s] for s in steps], window) for c in curves]  # seeds x steps
+    cols = list(zip(*ys))
+    return steps, [sum(c) / len(c) for c in cols], [min(c) for c in cols], [max(c) for c in cols]
+
+
+def seed_curve(run_dir: Path, source: str) -> dict[int, float]:
+    """{step: value} of one run for a SEED_PANELS source, in percent for accuracies and shares
+    (zero_std_frac becomes the share of groups *with* spread, the ones that carry signal)."""
+    if source.startswith("val:"):
+        rows = [r for r in read_metrics(run_dir / "evals.jsonl") if r.get("tag") == "val"]
+        source = source[4:]
+    else:
+        rows = read_metrics(run_dir / "metrics.jsonl")
+    curve = {r["step"]: r[source] for r in rows if r.get(source) is not None}
+    if source == "zero_std_frac":
+        return {s: 100 * (1 - v) for s, v in curve.items()}
+    return {s: 100 * v for s, v in curve.items()} if source == "accuracy" else curve
+
+
+def plot_seeds(run_dirs: list[Path], out: Path) -> Path | None:
+    """The runs of one recipe over seeds, in one PNG: each panel of SEED_PANELS as the mean over
+    the runs (line), their min-max band and each run thin. Returns out, or None with no runs."""
+    if not run_dirs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for ax, (title, source, window) in zip(axes.flat, SEED_PANELS):
+        curves = [seed_curve(Path(d), source) for d in run_dirs]
+        for d, c in zip(run_dirs, curves):
+            if c:
+                steps = sorted(c)
+                ax.plot(
+                    steps, running_mean([c[s] for s in steps], window), lw=0.7, alpha=0.6, label=Path(d).name
+                )
+        steps, mean, lo, hi = seed_band([c for c in curves if c], window)
+        if steps:
+            ax.plot(steps, mean, color="black", lw=2, marker="o" if len(steps) < 12 else None, label="mean")
+            ax.fill_between(steps, lo, hi, color="grey", alpha=0.2, lw=0)
+        else:
+            ax.text(0.5, 0.5, "not logged in these runs", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{len(run_dirs)} runs: mean (black), min-max band (grey), each run (thin)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 class Progress:
     """A tqdm bar with ETA and the latest reward; silent when not wanted or not a terminal."""
 
