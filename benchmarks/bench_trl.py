@@ -96,6 +96,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=["model", "int8", "bfloat16"],
         help="ours: rollout.dtype, the weights our sampler decodes with (fast engine)",
     )
+    ap.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="ours: train.gradient_checkpointing (TRL's default is on): less memory, a longer update",
+    )
     ap.add_argument("--trl-vllm", action="store_true", help="TRL generates with vLLM (colocate)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights, both sides")
@@ -257,6 +262,7 @@ def run_ours(args) -> dict:
     cfg.train.steps = args.steps
     cfg.train.prompts_per_step = args.prompts
     cfg.train.micro_batch_size = args.micro_batch
+    cfg.train.gradient_checkpointing = args.checkpointing
     cfg.train.lr = args.lr
     cfg.train.mu = 1
     cfg.train.seed = args.seed
@@ -540,8 +546,8 @@ def compare_setting(args, argv: list[str], folder: str, which: list[str], prompt
     print(
         f"first prompt tokenised identically by both: {'yes' if out['same_prompt_tokens'] else 'NO'}; "
         f"reference model built: ours {out['reference_model']['ours']}, "
-        f"TRL {out['reference_model']['trl']}; TRL gradient checkpointing "
-        f"{runs['trl'][0]['gradient_checkpointing']}, loss_type {runs['trl'][0]['loss_type']}"
+        f"TRL {out['reference_model']['trl']}; gradient checkpointing: ours {args.checkpointing}, TRL "
+        f"{runs['trl'][0]['gradient_checkpointing']}; TRL loss_type {runs['trl'][0]['loss_type']}"
     )
     return out
 

@@ -266,8 +266,8 @@ def test_pack_layout_by_hand():
 
 def test_packed_logprobs_equal_group_logprobs_in_value_and_gradient():
     """One packed row with a block mask must give the log-probs and parameter gradient of the padded
-    computation, zero where the mask is 0, and refuse a mask with holes."""
-    from sft2grpo.models import can_pack, group_logprobs, packed_logprobs
+    computation, zero where the mask is 0, and refuse a mask with holes; so must unshared rows."""
+    from sft2grpo.models import can_pack, group_logprobs, packed_logprobs, row_logprobs
 
     torch.manual_seed(0)
     model, _ = build_tiny()
@@ -280,19 +280,21 @@ def test_packed_logprobs_equal_group_logprobs_in_value_and_gradient():
     mask[1, 3:] = 0
     mask[4, 1:] = 0
     mask[5, :] = 0  # an empty completion
-    grads = []
-    for fn in (group_logprobs, packed_logprobs):
+    grads, lps = [], []
+    # row_logprobs: every row its own prompt + completion, no cache (under activation checkpointing)
+    for fn in (group_logprobs, packed_logprobs, row_logprobs):
         lp = fn(model, prompts, row_prompt, comp, mask, 0.7)
         (lp * mask * torch.arange(1.0, 31.0).view(6, 5)).sum().backward()  # weights differ per token
         grads.append([p.grad.clone() for p in model.parameters()])
+        lps.append(lp.detach())
         model.zero_grad()
-        if fn is group_logprobs:
-            padded = lp.detach()
-    packed = lp.detach()
+    padded, packed, rows = lps
     assert torch.allclose(packed * mask, padded * mask, atol=1e-5)
+    assert torch.allclose(rows * mask, padded * mask, atol=1e-5)
     assert torch.equal(packed[mask == 0], torch.zeros(int((mask == 0).sum())))
-    for a, b in zip(*grads):  # gradients reach ~350 here: compare relative to each tensor's scale
-        torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
+    for other in grads[1:]:
+        for a, b in zip(other, grads[0]):  # gradients reach ~350 here: compare relative to each scale
+            torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
     holes = mask.clone()
     holes[0, 2] = 0
     with pytest.raises(ValueError, match="right-padded"):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sft2grpo.config import list_presets, load_config
+from sft2grpo.models import unwrap
 from sft2grpo.trainer import Trainer, lr_lambda, prompt_generator
 
 TOY = Path(__file__).parent / "toy_reward.py"
@@ -444,3 +445,37 @@ def test_step_metrics_are_the_whole_batchs(tmp_path, monkeypatch):
     assert row["adv_mean"] == pytest.approx(0.0, abs=1e-6)
     assert row["adv_std"] == pytest.approx(math.sqrt(1 - row["zero_std_frac"]), rel=1e-4)
     assert row["time_step"] >= row["time_rollout"] + row["time_reward"] + row["time_update"] - 1e-3
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradient(tmp_path, packing):
+    """train.gradient_checkpointing: each decoder layer runs forward twice per micro-batch (again in
+    backward), the gradient is the one without it, and the reference model is not affected."""
+    grads, calls = [], []
+    for on in (False, True):
+        cfg = tiny_cfg(tmp_path, "grpo", "train.mu=1", f"train.packing={packing}")
+        cfg.train.gradient_checkpointing = on
+        (tmp_path / "run").mkdir(exist_ok=True)
+        tr = Trainer(cfg, tmp_path / "run")  # same seed: same weights
+        if not on:
+            batch, _ = tr.collect()
+            ref = tr.no_grad_logprobs(tr.reference, batch, tr.micro_batches(batch))
+        adv = torch.tensor([1.0, -0.5, 0.5, -1.0, 0.25, 0.0, -0.25, 0.0])
+        mlp = unwrap(tr.model).model.layers[0].mlp  # inside the layer's checkpointed forward
+        n, forward = [0], mlp.forward  # counted in forward itself: torch runs no hooks in a recompute
+
+        def counted(*a, forward=forward, n=n, **k):
+            n[0] += 1
+            return forward(*a, **k)
+
+        mlp.forward = counted
+        tr.update(batch, adv, ref, tr.micro_batches(batch))
+        calls.append(n[0])
+        grads.append([p.grad.clone() for p in tr.model.parameters()])
+        assert not unwrap(tr.reference).model.layers[0].gradient_checkpointing
+        assert unwrap(tr.model).model.layers[0].gradient_checkpointing == on
+    # 8 rows in micro-batches of 3, 3, 2: one forward each when packed, two unpacked (the prompts,
+    # then the completions on their cache); checkpointed, one forward over whole rows, recomputed
+    assert calls == [3, 6] if packing else calls == [6, 6]
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(*grads))
+    assert any(g.abs().max() > 0 for g in grads[1])

@@ -154,6 +154,9 @@ class TrainConfig:
     # pack each micro-batch's prompts and completions into one row with no padding (SDPA models);
     # false: one padded row per completion, each prompt's keys/values shared through the cache
     packing: bool = True
+    # recompute each decoder layer's activations in backward instead of keeping them: less memory
+    # for a longer update (transformers' gradient checkpointing, non-reentrant; same gradient)
+    gradient_checkpointing: bool = False
     lr: float = 1e-5
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0

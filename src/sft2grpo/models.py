@@ -460,9 +460,47 @@ def completion_logprobs(
     packing: bool = True,
 ) -> torch.Tensor:
     """[B, T] log-probs of the completions: `packed_logprobs` where the model allows it (`can_pack`)
-    and `packing` is on, otherwise `group_logprobs`. The two agree up to float rounding."""
-    fn = packed_logprobs if packing and can_pack(model) else group_logprobs
+    and `packing` is on; otherwise `group_logprobs`, or `row_logprobs` when activation checkpointing
+    would drop group_logprobs' shared prompt cache. All agree up to float rounding."""
+    if packing and can_pack(model):
+        fn = packed_logprobs
+    else:
+        fn = row_logprobs if checkpoints_now(model) else group_logprobs
     return fn(model, prompts, row_prompt, completion_ids, completion_mask, temperature)
+
+
+def checkpoints_now(model: nn.Module) -> bool:
+    """Whether a forward now would run under transformers' activation checkpointing: enabled on the
+    layers, the model training, gradients on. Checkpointed layers take no cache."""
+    return (
+        torch.is_grad_enabled()
+        and model.training
+        and any(getattr(m, "gradient_checkpointing", False) is True for m in unwrap(model).modules())
+    )
+
+
+def row_logprobs(
+    model: nn.Module,
+    prompts: list[list[int]],
+    row_prompt: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """`group_logprobs` without sharing: every row is its prompt and completion, one plain forward
+    with no cache (what activation checkpointing needs). Same arguments and result ([B, T])."""
+    dev = completion_ids.device
+    T = completion_ids.shape[1]
+    pids, patt = left_pad([prompts[i] for i in row_prompt.tolist()], 0, dev)  # [B, Lp]
+    att = torch.cat([patt, completion_mask.long()], dim=1)  # [B, Lp + T]
+    out = model(
+        input_ids=torch.cat([pids, completion_ids], dim=1),
+        attention_mask=att,
+        position_ids=positions(att),
+        use_cache=False,
+        logits_to_keep=T + 1,  # positions Lp-1 .. Lp+T-1; the last predicts nothing we score
+    )
+    return selective_logprobs(out.logits[:, :-1], completion_ids, temperature)  # [B, T]
 
 
 def uses_sliding_window(cfg) -> bool:

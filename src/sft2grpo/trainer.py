@@ -49,7 +49,7 @@ from . import distributed, objective, run
 from .components import build_components
 from .config import Config, loss_switches
 from .difficulty import DifficultySampler
-from .models import chat_prompt_ids, completion_logprobs, has_fast_bf16, make_reference
+from .models import chat_prompt_ids, completion_logprobs, has_fast_bf16, make_reference, unwrap
 from .rollout.base import decode_completions, unpadded_ids
 from .rollout.batch import Batch, dynamic_sampling
 from .run import TrainingError
@@ -94,6 +94,10 @@ class Trainer:
                 stacklevel=2,
             )
         self.reference = make_reference(self.model) if cfg.objective.beta > 0 else None
+        if cfg.train.gradient_checkpointing:  # after the reference copy, which never goes backward
+            m = unwrap(self.model)  # transformers >= 5.2x renamed it activation checkpointing
+            enable = getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
         # The policy's log-probs with gradient go through this module: DDP-wrapped, or over FSDP2 shards.
         self.policy_logprobs = distributed.parallelize(
             self.model, cfg.train.parallel, cfg.rollout.temperature, ctx, cfg.train.packing
