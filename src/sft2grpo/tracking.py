@@ -231,7 +231,9 @@ def seed_curve(run_dir: Path, source: str) -> dict[int, float]:
     curve = {r["step"]: r[source] for r in rows if r.get(source) is not None}
     if source == "zero_std_frac":
         return {s: 100 * (1 - v) for s, v in curve.items()}
-    return {s: 100 * v for s, v in curve.items()} if source == "accuracy" else curve
+    if source == "accuracy":
+        return {s: 100 * v for s, v in curve.items()}
+    return curve
 
 
 def plot_seeds(run_dirs: list[Path], out: Path) -> Path | None:

@@ -95,7 +95,7 @@ class Trainer:
             )
         self.reference = make_reference(self.model) if cfg.objective.beta > 0 else None
         if cfg.train.gradient_checkpointing:  # after the reference copy, which never goes backward
-            m = unwrap(self.model)  # transformers >= 5.2x renamed it activation checkpointing
+            m = unwrap(self.model)  # newer transformers name it activation checkpointing
             enable = getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable
             enable({"use_reentrant": False})
         # The policy's log-probs with gradient go through this module: DDP-wrapped, or over FSDP2 shards.
