@@ -5,6 +5,7 @@
     python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:bfloat16   # rollout.dtype
     python benchmarks/bench_rollout.py --engines fast,fast+compile,fast:int8,fast:int8+compile
     python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:int8@32   # LOW_PRECISION_MAX_ROWS
+    python benchmarks/bench_rollout.py --engines hf,fast,fast-plain   # rollout.prepack on / off
 
 Prompts are the default task's (reasoning-gym chain_sum plus the task instruction) in the model's
 chat template; rows stop naturally at EOS. Tokens counted are generated tokens (sum of the mask,
@@ -72,7 +73,8 @@ def compare_engines(
     """Time each engine on the same prompt ids, alternating within each repeat.
 
     A name is an engine, or `fast:<rollout.dtype>`, either with `+compile` after it; `fast:int8@32`
-    uses the copy for products of at most 32 rows (default LOW_PRECISION_MAX_ROWS). Returns
+    uses the copy for products of at most 32 rows (default LOW_PRECISION_MAX_ROWS); `-plain`
+    (`fast-plain`, `fast:int8-plain`) turns rollout.prepack off. Returns
     {name: {"tokens", "seconds", "tokens_per_s", "warmup_s"}} (with "refresh_s" for a copy) plus
     "fast/hf" when both ran.
     """
@@ -80,8 +82,9 @@ def compare_engines(
     for name in names:
         base, compiled, _ = name.partition("+compile")
         base, _, max_rows = base.partition("@")
+        base, plain, _ = base.partition("-plain")
         engine, _, dtype = base.partition(":")
-        engines[name] = make_engine(engine, model, tok, dtype or "model")
+        engines[name] = make_engine(engine, model, tok, dtype or "model", prepack=not plain)
         if max_rows:
             engines[name].low_max_rows = int(max_rows)
         if compiled:
@@ -129,7 +132,7 @@ def compare_engines(
             out[name]["logprob_gap_mean"] = sum(x.sum().item() for x in g) / sum(x.numel() for x in g)
             out[name]["logprob_gap_max"] = max(x.max().item() for x in g)
     for name, engine in engines.items():
-        if getattr(engine, "low", None) is not None:  # what a training step adds: one full refresh
+        if getattr(engine, "low", None) or getattr(engine, "packed", None):  # a step adds one refresh
             engine.weights_changed()
             t0 = time.perf_counter()
             engine.refresh_copy()
@@ -169,10 +172,12 @@ def main() -> None:
         r = res[name]
         refresh = ""
         if "refresh_s" in r:
-            refresh = (
-                f" (+{r['refresh_s']:.2f} s per weight refresh; log-prob gap to the policy "
-                f"mean {r['logprob_gap_mean']:.3f} max {r['logprob_gap_max']:.2f})"
+            refresh = f" (+{r['refresh_s']:.2f} s per weight refresh"
+        if "logprob_gap_mean" in r:
+            refresh += (
+                f"; log-prob gap to the policy mean {r['logprob_gap_mean']:.3f} max {r['logprob_gap_max']:.2f}"
             )
+        refresh += ")" if refresh else ""
         print(
             f"{name:>21}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s "
             f"(warm-up {r['warmup_s']:.1f} s){refresh}"
@@ -180,7 +185,7 @@ def main() -> None:
     ratios = {
         f"{n}/fast": res[n]["tokens_per_s"] / res["fast"]["tokens_per_s"]
         for n in names
-        if n.startswith(("fast:", "fast+"))
+        if n.startswith(("fast:", "fast+", "fast-", "fast@"))
     }
     if "fast" in res:
         res.update(ratios)

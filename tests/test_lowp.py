@@ -9,7 +9,7 @@ from test_rollout import PROMPTS, recompute
 
 from sft2grpo.config import ConfigError, load_config
 from sft2grpo.models import build_tiny, chat_prompt_ids
-from sft2grpo.rollout import fast, make_engine
+from sft2grpo.rollout import fast, lowp, make_engine
 from sft2grpo.rollout.lowp import DecodeWeights, int8_linear, quantize_int8
 
 
@@ -172,3 +172,100 @@ def test_quantizing_in_chunks_through_a_small_scratch_is_exact():
     chunked = quantize_int8(w, out, torch.empty(5 * 16 + 3))  # 5 rows at a time, 8 pieces
     assert chunked[0] is out
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
+
+
+# -- rollout.prepack: the fp32 weights laid out for oneDNN (CPU) ------------------------------------
+
+needs_prepack = pytest.mark.skipif(not lowp.prepack_available(), reason="no oneDNN in this torch")
+
+
+@needs_prepack
+def test_prepacked_linear_is_the_fp32_product():
+    g = torch.Generator().manual_seed(0)
+    w, b, x = torch.randn(48, 32, generator=g), torch.randn(48, generator=g), torch.randn(5, 3, 32, generator=g)
+    packed = lowp.prepack(w)
+    torch.testing.assert_close(lowp.prepacked_linear(x, packed, None), x @ w.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lowp.prepacked_linear(x, packed, b), x @ w.t() + b, rtol=1e-5, atol=1e-5)
+
+
+@needs_prepack
+def test_prepack_copies_only_large_fp32_matrices(monkeypatch):
+    packed = DecodeWeights("onednn")
+    big, small = torch.nn.Linear(64, 32), torch.nn.Linear(8, 4)
+    monkeypatch.setattr(lowp, "PREPACK_MIN_ELEMENTS", 64 * 32)
+    assert packed.wants(big) and not packed.wants(small) and not packed.wants(big.bfloat16())
+    # the tiny test model has no matrix as large as the 135M model's MLPs: no copy at all
+    model, tok = build_tiny()
+    monkeypatch.setattr(lowp, "PREPACK_MIN_ELEMENTS", 1 << 19)
+    assert make_engine("fast", model, tok).packed is None
+
+
+@pytest.fixture
+def prepack_everything(monkeypatch):
+    """Prepack every matrix of the tiny model, as the 135M model's large ones are."""
+    if not lowp.prepack_available():
+        pytest.skip("no oneDNN in this torch")
+    monkeypatch.setattr(lowp, "PREPACK_MIN_ELEMENTS", 0)
+
+
+def test_prepacked_engine_samples_what_the_policy_samples(prepack_everything):
+    """The same fp32 values in another layout: the same tokens, log-probs equal up to the order of
+    the sums, and greedy decoding identical."""
+    model, tok = build_tiny()
+    ids = chat_prompt_ids(tok, PROMPTS)
+    plain = make_engine("fast", model, tok, prepack=False)
+    packed = make_engine("fast", model, tok)
+    assert plain.packed is None and packed.packed is not None
+    a = plain.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
+    b = packed.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
+    assert packed.use_packed and packed.packed.refreshed == sum(1 for _ in packed._linears())
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
+    assert not torch.equal(a.logprobs, b.logprobs)  # it did run another kernel
+    g1, g2 = plain.generate(ids, 1, 12, greedy=True), packed.generate(ids, 1, 12, greedy=True)
+    assert torch.equal(g1.completion_ids, g2.completion_ids)
+
+
+def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
+    """With both copies, int8 takes products of up to low_max_rows rows and the prepacked copy the
+    wider ones; a rollout that never has more rows makes no prepacked copy, and one made earlier is
+    not read once the weights changed (the prefill is wider than the batch)."""
+    model, tok = build_tiny()
+    ids = chat_prompt_ids(tok, PROMPTS)
+    engine = make_engine("fast", model, tok, "int8")
+    assert engine.low_max_rows == fast.LOW_PRECISION_MAX_ROWS
+    engine.low_max_rows = 8
+    engine.generate(ids[:2], 4, 6, generator=torch.Generator().manual_seed(0))  # 8 rows: int8 only
+    assert not engine.use_packed and engine.packed.refreshed == 0
+    engine.generate(ids, 4, 6, generator=torch.Generator().manual_seed(0))  # 4 prompts x 4: wide
+    assert engine.use_packed and engine.packed.refreshed > 0
+    with torch.no_grad():  # an update the version counters do not see (as fused AdamW's), announced
+        for p in model.parameters():
+            p.data.mul_(1.5)
+    engine.weights_changed()
+    fresh = make_engine("fast", model, tok, "int8")
+    fresh.low_max_rows = 8
+    for prompts, seed in ((ids[:2], 1), (ids, 2)):  # 8 rows (a prefill of more), then 16
+        got = engine.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
+        want = fresh.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(got.completion_ids, want.completion_ids) and torch.equal(got.logprobs, want.logprobs)
+
+
+def test_trainer_shares_one_prepacked_copy_and_keeps_it_fresh(tmp_path, prepack_everything):
+    """The training (int8) and evaluation engines read one prepacked copy; every optimizer step
+    marks it stale, so after training the evaluation engine samples what a new engine does."""
+    from test_trainer import tiny_cfg
+
+    from sft2grpo.trainer import Trainer
+
+    cfg = tiny_cfg(tmp_path, "grpo", "rollout.dtype=int8", "train.lr=1e-2", "train.prompts_per_step=4")
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.engine.packed is trainer.eval_engine.packed is not None
+    trainer.fit()
+    assert trainer.engine.packed.stale  # the last optimizer step said so
+    ids = chat_prompt_ids(trainer.tokenizer, PROMPTS)
+    got = trainer.eval_engine.generate(ids, 1, 12, greedy=True)
+    want = make_engine("fast", trainer.model, trainer.tokenizer, prepack=False).generate(ids, 1, 12, greedy=True)
+    assert torch.equal(got.completion_ids, want.completion_ids)
+    off = Trainer(tiny_cfg(tmp_path, "grpo", "rollout.prepack=false"), tmp_path / "off")
+    assert off.engine.packed is None

@@ -33,8 +33,11 @@ def build_components(cfg: Config, task: tasks.Task | None = None) -> Components:
     model, tokenizer = models.load_policy(cfg.model)
     task = task if task is not None else tasks.load_task(cfg.task)
     reward_fn = rewards.build_reward(cfg.reward, task, max_steps=cfg.train.steps)
-    engine = rollout.make_engine(cfg.rollout.engine, model, tokenizer)
+    r = cfg.rollout
+    engine = rollout.make_engine(r.engine, model, tokenizer, prepack=r.prepack)
     train_engine = engine
-    if cfg.rollout.dtype != "model":
-        train_engine = rollout.make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.dtype)
+    if r.dtype != "model":
+        train_engine = rollout.make_engine(r.engine, model, tokenizer, r.dtype, r.prepack)
+        if getattr(engine, "packed", None) is not None:  # one prepacked copy serves both
+            train_engine.packed = engine.packed
     return Components(model, tokenizer, task, reward_fn, train_engine, engine)

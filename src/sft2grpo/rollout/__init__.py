@@ -8,7 +8,8 @@
 - `vllm`: vLLM on GPU, colocated, weights pushed from the policy in memory (needs the [gpu] extra).
 
 `ENGINES` is the registry `rollout.engine` selects from: every entry has one signature,
-(model, tokenizer, dtype) -> Engine, dtype being `rollout.dtype` (only `fast` decodes with a copy). An engine's module is imported only when it is chosen (vLLM is heavy).
+(model, tokenizer, dtype, prepack) -> Engine, from `rollout.dtype` and `rollout.prepack` (only
+`fast` decodes with copies of the weights). An engine's module is imported only when it is chosen (vLLM is heavy).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from collections.abc import Callable
 from sft2grpo.rollout.base import Engine, Rollout
 
 
-def _hf(model, tokenizer, dtype: str = "model") -> Engine:
+def _hf(model, tokenizer, dtype: str = "model", prepack: bool = True) -> Engine:
     from sft2grpo.rollout.hf import HFEngine
 
     return HFEngine(model, tokenizer)
 
 
-def _fast(model, tokenizer, dtype: str = "model") -> Engine:
+def _fast(model, tokenizer, dtype: str = "model", prepack: bool = True) -> Engine:
     from sft2grpo.rollout.fast import FastEngine, unsupported_reason
 
     why = unsupported_reason(model)
@@ -34,10 +35,10 @@ def _fast(model, tokenizer, dtype: str = "model") -> Engine:
             raise ValueError(f"rollout.dtype={dtype} needs the fast engine, and {why}")
         warnings.warn(f"rollout.engine=fast: {why}; falling back to hf", stacklevel=3)
         return _hf(model, tokenizer)
-    return FastEngine(model, tokenizer, dtype)
+    return FastEngine(model, tokenizer, dtype, prepack)
 
 
-def _vllm(model, tokenizer, dtype: str = "model") -> Engine:
+def _vllm(model, tokenizer, dtype: str = "model", prepack: bool = True) -> Engine:
     from sft2grpo.rollout.vllm import VLLMEngine
 
     return VLLMEngine(model, tokenizer)
@@ -46,14 +47,15 @@ def _vllm(model, tokenizer, dtype: str = "model") -> Engine:
 ENGINES: dict[str, Callable[..., Engine]] = {"fast": _fast, "hf": _hf, "vllm": _vllm}
 
 
-def make_engine(name: str, model, tokenizer, dtype: str = "model") -> Engine:
+def make_engine(name: str, model, tokenizer, dtype: str = "model", prepack: bool = True) -> Engine:
     """The engine called `name` around the live policy `model`; with dtype "int8" or "bfloat16"
-    (`fast` only) it decodes with a low-precision copy of the weights, kept up to date."""
+    (`fast` only) it decodes with a low-precision copy of the weights, kept up to date, and with
+    prepack (`fast`, fp32 on CPU) with a copy laid out for oneDNN."""
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine '{name}'; valid engines: {', '.join(ENGINES)}")
     if dtype != "model" and name != "fast":
         raise ValueError(f"rollout.dtype={dtype} needs rollout.engine=fast, not {name}")
-    return ENGINES[name](model, tokenizer, dtype)
+    return ENGINES[name](model, tokenizer, dtype, prepack)
 
 
 __all__ = ["ENGINES", "Engine", "Rollout", "make_engine"]

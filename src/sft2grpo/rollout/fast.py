@@ -11,7 +11,8 @@ Where the time goes in GRPO rollouts, and what this engine does about it:
   pass of exp over the vocabulary per step for both the sample and its log-probability.
 - A decode step over a few rows streams every weight from memory once: with `dtype="int8"` (or
   "bfloat16") the projections and the LM head read a low-precision copy instead (rollout/lowp.py),
-  refreshed whenever the policy's weights change.
+  refreshed whenever the policy's weights change. On CPU (`prepack`, default on) the large
+  products read a copy of the fp32 weights prepacked for oneDNN's matmul, refreshed the same way.
 
 The forward pass calls the model's own submodules (norms, projections, MLP, rotary embedding), so
 LoRA layers, biases (Qwen2) and q/k norms (Qwen3) behave exactly as in the HF model; only the
@@ -39,12 +40,13 @@ from sft2grpo.rollout.base import (
     repeat_rows,
     row_uniforms,
 )
-from sft2grpo.rollout.lowp import DecodeWeights
+from sft2grpo.rollout.lowp import DecodeWeights, prepack_available
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # Above this many rows (a prefill, a wide decode step) a matrix product is bound by arithmetic,
 # not by reading the weights, and the fp32 weights are used even when rollout.dtype asks for a copy.
-# 32: a whole 8 x 8 rollout was 1.15-1.29x faster with it than with 64 (docs/benchmarks.md).
+# 32: a whole 8 x 8 rollout was 1.15-1.29x faster with it than with 64 (docs/benchmarks.md); at
+# 4 x 8, int8 up to 8 rows and prepacked fp32 above it was no faster than int8 throughout.
 LOW_PRECISION_MAX_ROWS = 32
 
 
@@ -83,7 +85,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class FastEngine:
     name = "fast"
 
-    def __init__(self, model, tokenizer, dtype: str = "model"):
+    def __init__(self, model, tokenizer, dtype: str = "model", prepack: bool = True):
         why = unsupported_reason(model)
         if why is not None:
             raise ValueError(f"rollout.engine=fast: {why}")
@@ -98,19 +100,33 @@ class FastEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         # rollout.dtype: "model" decodes with the policy's own weights, else with a copy
         self.low = None if dtype == "model" else DecodeWeights(dtype)
-        self.low_max_rows = LOW_PRECISION_MAX_ROWS  # more rows than this use the fp32 weights
+        # rollout.prepack: fp32 CPU weights, also as oneDNN reads them fastest (the large ones)
+        param = next(lm.parameters())
+        fp32_cpu = param.device.type == "cpu" and param.dtype == torch.float32
+        self.packed = DecodeWeights("onednn") if prepack and fp32_cpu and prepack_available() else None
+        if self.packed is not None and not any(map(self.packed.wants, self._linears())):
+            self.packed = None  # every matrix is below PREPACK_MIN_ELEMENTS (tiny models)
+        # products of more rows than this use the fp32 weights (prepacked where there is a copy)
+        self.low_max_rows = LOW_PRECISION_MAX_ROWS
+        self.use_packed = False  # set by refresh_copy: this generate reads the prepacked copy
 
     def weights_changed(self) -> None:
         """Tell the engine the policy's weights changed (the trainer calls it after each optimizer
-        step): a low-precision copy is refreshed before the next generate. No-op without one."""
-        if self.low is not None:
-            self.low.invalidate()
+        step): its copies are refreshed before the next generate. No-op without one."""
+        for copies in (self.low, self.packed):
+            if copies is not None:
+                copies.invalidate()
 
-    def refresh_copy(self) -> None:
-        """Bring the low-precision copy up to date (what changed since the last call); generate
-        calls it first. No-op without a copy."""
+    def refresh_copy(self, rows: int | None = None) -> None:
+        """Bring the copies up to date (what changed since the last call); generate calls it first
+        with its number of rows. The prepacked one is made only when some product will have more
+        rows than the low-precision copy takes (rows=None: always). No-op without a copy."""
         if self.low is not None:
             self.low.refresh(self._linears())
+        wide = rows is None or self.low is None or rows > self.low_max_rows
+        self.use_packed = self.packed is not None and wide  # up to date only then: _lin checks
+        if self.use_packed:
+            self.packed.refresh(self._linears())
 
     def _linears(self):
         """Every projection the sampler runs, for DecodeWeights.refresh."""
@@ -121,10 +137,13 @@ class FastEngine:
         yield self.lm.lm_head
 
     def _lin(self, m, x: torch.Tensor) -> torch.Tensor:
-        """m(x), from the low-precision copy when there is one and x has few rows [..., in]."""
-        if self.low is None or x[..., 0].numel() > self.low_max_rows:
-            return m(x)
-        return self.low.linear(m, x)
+        """m(x) for x [..., in]: from the low-precision copy when there is one and x has few rows,
+        else from the prepacked copy when there is one (m(x) for a layer without a copy)."""
+        if self.low is not None and x[..., 0].numel() <= self.low_max_rows:
+            return self.low.linear(m, x)
+        if self.use_packed:
+            return self.packed.linear(m, x)
+        return m(x)
 
     # -- the model, one layer at a time ---------------------------------------------------------
 
@@ -145,9 +164,9 @@ class FastEngine:
         # o [b, L, nh * hd] attention output -> residual, then the MLP block
         x = x + self._lin(layer.self_attn.o_proj, o)  # [b, L, H]
         h, mlp = layer.post_attention_layernorm(x), layer.mlp  # [b, L, H]
-        if self.low is None:
+        if self.low is None and not self.use_packed:
             return x + mlp(h)
-        # the llama-family MLP, each projection through the copy: down(act(gate(h)) * up(h))
+        # the llama-family MLP, each projection through a copy: down(act(gate(h)) * up(h))
         gated = mlp.act_fn(self._lin(mlp.gate_proj, h)) * self._lin(mlp.up_proj, h)  # [b, L, I]
         return x + self._lin(mlp.down_proj, gated)  # [b, L, H]
 
@@ -162,6 +181,8 @@ class FastEngine:
         head = self.lm.lm_head
         if self.low is not None and h.shape[0] <= self.low_max_rows:
             return self.low.linear(head, h).float()  # [b, V]
+        if self.use_packed and head in self.packed.copies:
+            return self.packed.linear(head, h)  # [b, V]
         if h.device.type == "cpu" and type(head) is torch.nn.Linear and head.bias is None:
             return (head.weight @ h.t()).t().float().contiguous()  # [b, V]
         return head(h).float()  # [b, V]
@@ -279,7 +300,7 @@ class FastEngine:
             )
             return repeat_rows(one, n)
         with eval_mode(self.model), torch.inference_mode():
-            self.refresh_copy()
+            self.refresh_copy(len(prompt_ids) * n)
             tokens, logprobs = self._generate(
                 prompt_ids, n, max_new_tokens, temperature, top_p, top_k, stop, generator, greedy
             )

@@ -1,4 +1,4 @@
-"""Low-precision copies of the policy's weights for decoding (`rollout.dtype`): bf16 or int8.
+"""Copies of the policy's weights for decoding: bf16 or int8 (`rollout.dtype`), and prepacked fp32.
 
 A decode step over a few rows reads every weight once and does little arithmetic with it, so on a
 CPU its time is the time to stream the weights from memory. A copy at 1 byte per weight (int8, one
@@ -17,6 +17,12 @@ that are not plain `nn.Linear` (LoRA, quantised by others) keep their own forwar
 int8 uses PyTorch's weight-only kernel `aten._weight_int8pack_mm` (CPU), which takes bf16
 activations; outputs come back as float32. Its logits are rounded to bf16, about 3 significant
 digits, which is part of the measured gap.
+
+"onednn" (`rollout.prepack`, CPU) keeps the fp32 values, reordered once per optimizer step into the
+blocked layout oneDNN's matmul reads; F.linear reorders nothing and runs MKL's general kernel, which
+on a few rows is 1.3-1.7x slower over weights that come from memory (docs/benchmarks.md). Same
+values, so the log-probs match the policy's up to the order of the sums. Only matrices of at least
+PREPACK_MIN_ELEMENTS weights are copied: smaller ones were no faster.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DTYPES = ("model", "bfloat16", "int8")
+DTYPES = ("model", "bfloat16", "int8")  # rollout.dtype
+KINDS = ("bfloat16", "int8", "onednn")  # the copies DecodeWeights makes
+PREPACK_MIN_ELEMENTS = 1 << 19  # SmolLM2-135M: the MLP's and the LM head, not q/k/v/o
 SCRATCH_ELEMENTS = 1 << 22  # the fp32 work space of an int8 refresh (16 MiB)
 
 
@@ -55,6 +63,23 @@ def quantize_int8(w: torch.Tensor, out: torch.Tensor | None = None, scratch: tor
     return q, scale
 
 
+def prepack_available() -> bool:
+    """Whether this torch has oneDNN's CPU matmul with prepacked weights (what "onednn" uses)."""
+    ops = getattr(torch.ops, "mkldnn", None)
+    return torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+
+
+def prepack(w: torch.Tensor) -> torch.Tensor:
+    """w [out, in] float32 (CPU) -> the same values in oneDNN's blocked layout (an opaque tensor that
+    only `prepacked_linear` reads). Laid out for products of up to 64 rows, a wide decode step."""
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach(), 64)
+
+
+def prepacked_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., in] float32 times a `prepack`ed [out, in] weight, plus bias [out] -> [..., out]."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., in] (any float dtype) times the int8 weight q [out, in] with scale [out] -> [..., out]
     float32: sum_i x_i q_oi * scale_o, computed in bf16 by the weight-only int8 kernel."""
@@ -64,7 +89,8 @@ def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.
 
 
 class DecodeWeights:
-    """Per plain `nn.Linear`, its weight in `dtype` ("bfloat16" or "int8"), refreshed on change.
+    """Per plain `nn.Linear`, its weight as `kind` ("bfloat16", "int8" or "onednn"), refreshed on
+    change.
 
         low = DecodeWeights("int8")
         low.refresh(linears)         # before each generate: copies what changed since last time
@@ -75,10 +101,10 @@ class DecodeWeights:
     writes such as `load_state_dict` move it; a fused optimizer step does not, hence invalidate).
     """
 
-    def __init__(self, dtype: str):
-        if dtype not in DTYPES[1:]:
-            raise ValueError(f"rollout.dtype: unknown '{dtype}'; valid: {', '.join(DTYPES)}")
-        self.dtype = dtype
+    def __init__(self, kind: str):
+        if kind not in KINDS:
+            raise ValueError(f"rollout.dtype: unknown '{kind}'; valid: {', '.join(DTYPES)}")
+        self.dtype = kind
         self.copies: dict[nn.Module, tuple[torch.Tensor, torch.Tensor | None]] = {}  # weight, scale
         self.versions: dict[nn.Module, int] = {}
         self.stale = True
@@ -89,8 +115,20 @@ class DecodeWeights:
         """The policy's weights changed (an optimizer step): copy all of them at the next refresh."""
         self.stale = True
 
+    def wants(self, m: nn.Module) -> bool:
+        """Whether m gets a copy: a plain nn.Linear (large enough, for "onednn", and fp32)."""
+        if type(m) is not nn.Linear:
+            return False
+        w = m.weight
+        return self.dtype != "onednn" or (
+            w.dtype == torch.float32 and w.device.type == "cpu" and w.numel() >= PREPACK_MIN_ELEMENTS
+        )
+
     def _copy(self, m: nn.Linear) -> None:
         w, old = m.weight.detach(), self.copies.get(m)
+        if self.dtype == "onednn":  # a new blocked tensor; the old one is freed when replaced
+            self.copies[m] = (prepack(w), None)
+            return
         if self.dtype == "bfloat16":
             low = old[0] if old is not None else torch.empty_like(w, dtype=torch.bfloat16)
             self.copies[m] = (low.copy_(w), None)
@@ -104,7 +142,7 @@ class DecodeWeights:
         (In inference mode, where generate runs, so the copies are always inference tensors.)"""
         with torch.inference_mode():
             for m in modules:
-                if type(m) is not nn.Linear:
+                if not self.wants(m):
                     continue
                 version = m.weight._version
                 if self.stale or m not in self.copies or self.versions[m] != version:
@@ -114,10 +152,12 @@ class DecodeWeights:
         self.stale = False
 
     def linear(self, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """m(x) computed with m's low-precision copy: x [..., in] -> [..., out] in x's dtype."""
+        """m(x) computed with m's copy: x [..., in] -> [..., out] in x's dtype."""
         copy = self.copies.get(m)
         if copy is None:
             return m(x)
+        if self.dtype == "onednn":
+            return prepacked_linear(x, copy[0], m.bias)
         if self.dtype == "int8":
             y = int8_linear(x, *copy)
         else:
