@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--autocast", default="off", choices=["off", "bf16"])
     ap.add_argument("--ops", action="store_true", help="torch.profiler op table for the last step")
+    ap.add_argument("--ops-update", action="store_true", help="... for the last step's update only")
+    ap.add_argument("--rollout-dtype", default="model", help="rollout.dtype (model, int8, bfloat16)")
+    ap.add_argument("--no-prepack", action="store_true", help="rollout.prepack=false")
     args = ap.parse_args()
 
     cfg = Config()
@@ -58,6 +61,7 @@ def main() -> None:
     cfg.train.steps, cfg.train.prompts_per_step = args.steps, args.prompts
     cfg.train.micro_batch_size, cfg.train.mu, cfg.train.lr = args.micro_batch, args.mu, 1e-5
     cfg.train.autocast = args.autocast
+    cfg.rollout.dtype, cfg.rollout.prepack = args.rollout_dtype, not args.no_prepack
     cfg.eval.before = cfg.eval.after = False
     tr = Trainer(cfg, Path(tempfile.mkdtemp(prefix="profile-")))
     tr.order, tr.pos = list(range(len(tr.task.train))), 0
@@ -106,9 +110,19 @@ def main() -> None:
         counts.clear()
         last = s == args.steps - 1
         prof = None
-        if last and args.ops:
+        if last and (args.ops or args.ops_update):
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        if prof is not None and args.ops:
             prof.__enter__()
+        if prof is not None and args.ops_update:  # start once the rollout is done: ref + update
+            sample = tr.sample
+
+            def sample_then_profile(*a, **k):
+                out = sample(*a, **k)
+                prof.__enter__()
+                return out
+
+            tr.sample = sample_then_profile
         t0 = time.perf_counter()
         row, batch = tr.train_step()
         tr.step += 1
@@ -129,7 +143,7 @@ def main() -> None:
     print(f"\nmedian over steps 2..{args.steps} (threads={torch.get_num_threads()}):")
     for k in sorted(keep[0]):
         print(f"  {k:<24} {statistics.median(r.get(k, 0.0) for r in keep):8.3f}")
-    if args.ops and prof is not None:
+    if prof is not None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 

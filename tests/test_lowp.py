@@ -202,10 +202,12 @@ def test_prepack_copies_only_large_fp32_matrices(monkeypatch):
 
 @pytest.fixture
 def prepack_everything(monkeypatch):
-    """Prepack every matrix of the tiny model, as the 135M model's large ones are."""
+    """Prepack every matrix of the tiny model, as the 135M model's large ones are, for rollouts of
+    any number of rows."""
     if not lowp.prepack_available():
         pytest.skip("no oneDNN in this torch")
     monkeypatch.setattr(lowp, "PREPACK_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(fast, "PREPACK_MIN_ROWS", 0)
 
 
 def test_prepacked_engine_samples_what_the_policy_samples(prepack_everything):
@@ -226,6 +228,18 @@ def test_prepacked_engine_samples_what_the_policy_samples(prepack_everything):
     assert torch.equal(g1.completion_ids, g2.completion_ids)
 
 
+def test_small_rollouts_make_no_prepacked_copy(prepack_everything, monkeypatch):
+    """At most PREPACK_MIN_ROWS rows (1 prompt x 8) decode with the policy itself: no copy made."""
+    monkeypatch.setattr(fast, "PREPACK_MIN_ROWS", 8)
+    model, tok = build_tiny()
+    ids = chat_prompt_ids(tok, PROMPTS)
+    engine = make_engine("fast", model, tok)
+    engine.generate(ids[:2], 4, 6, generator=torch.Generator().manual_seed(0))
+    assert not engine.use_packed and engine.packed.refreshed == 0
+    engine.generate(ids[:3], 4, 6, generator=torch.Generator().manual_seed(0))
+    assert engine.use_packed and engine.packed.refreshed > 0
+
+
 def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
     """With both copies, int8 takes products of up to low_max_rows rows and the prepacked copy the
     wider ones; a rollout that never has more rows makes no prepacked copy, and one made earlier is
@@ -237,7 +251,7 @@ def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
     engine.low_max_rows = 8
     engine.generate(ids[:2], 4, 6, generator=torch.Generator().manual_seed(0))  # 8 rows: int8 only
     assert not engine.use_packed and engine.packed.refreshed == 0
-    engine.generate(ids, 4, 6, generator=torch.Generator().manual_seed(0))  # 4 prompts x 4: wide
+    engine.generate(ids, 4, 6, generator=torch.Generator().manual_seed(0))  # 3 prompts x 4 = 12 rows: wide
     assert engine.use_packed and engine.packed.refreshed > 0
     with torch.no_grad():  # an update the version counters do not see (as fused AdamW's), announced
         for p in model.parameters():
@@ -245,7 +259,7 @@ def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
     engine.weights_changed()
     fresh = make_engine("fast", model, tok, "int8")
     fresh.low_max_rows = 8
-    for prompts, seed in ((ids[:2], 1), (ids, 2)):  # 8 rows (a prefill of more), then 16
+    for prompts, seed in ((ids[:2], 1), (ids, 2)):  # 8 rows (a prefill of more), then 12
         got = engine.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
         want = fresh.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(got.completion_ids, want.completion_ids) and torch.equal(got.logprobs, want.logprobs)
