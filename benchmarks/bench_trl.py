@@ -97,6 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="ours: rollout.dtype, the weights our sampler decodes with (fast engine)",
     )
     ap.add_argument(
+        "--no-prepack",
+        action="store_true",
+        help="ours: rollout.prepack=false (no oneDNN-prepacked copy of the weights for wide rollouts)",
+    )
+    ap.add_argument(
         "--checkpointing",
         action="store_true",
         help="ours: train.gradient_checkpointing (TRL's default is on): less memory, a longer update",
@@ -254,7 +259,7 @@ def run_ours(args) -> dict:
     cfg.task.size, cfg.task.eval_size, cfg.task.seed = (args.steps + 1) * args.prompts, 0, args.seed
     cfg.task.name = args.task
     cfg.rollout.engine = args.engine
-    cfg.rollout.dtype = args.rollout_dtype
+    cfg.rollout.dtype, cfg.rollout.prepack = args.rollout_dtype, not args.no_prepack
     cfg.rollout.group_size = args.group
     cfg.rollout.max_new_tokens = args.tokens
     cfg.rollout.temperature = args.temperature
@@ -615,7 +620,7 @@ def parent(args, argv: list[str]) -> None:
         f"model={args.model} ({folder}) prompts/step={','.join(map(str, args.prompt_list))} x "
         f"group={args.group} max_new_tokens={args.tokens} beta={args.beta} lr={args.lr} "
         f"micro_batch={args.micro_batch} steps={args.steps} (warm-up {args.warmup}) rounds={args.rounds} "
-        f"engine={args.engine} rollout_dtype={args.rollout_dtype}"
+        f"engine={args.engine} rollout_dtype={args.rollout_dtype} prepack={not args.no_prepack}"
         f"{' trl-vllm' if args.trl_vllm else ''}; cpus={machine['cpus']} "
         f"load avg {machine['loadavg_before'][0]:.2f}; "
         + " ".join(f"{k} {v}" for k, v in versions().items())
