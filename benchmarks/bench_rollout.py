@@ -174,9 +174,8 @@ def main() -> None:
         if "refresh_s" in r:
             refresh = f" (+{r['refresh_s']:.2f} s per weight refresh"
         if "logprob_gap_mean" in r:
-            refresh += (
-                f"; log-prob gap to the policy mean {r['logprob_gap_mean']:.3f} max {r['logprob_gap_max']:.2f}"
-            )
+            gap = f"mean {r['logprob_gap_mean']:.3f} max {r['logprob_gap_max']:.2f}"
+            refresh += f"; log-prob gap to the policy {gap}"
         refresh += ")" if refresh else ""
         print(
             f"{name:>21}: {r['tokens']:6d} tokens {r['seconds']:7.2f} s {r['tokens_per_s']:8.1f} tokens/s "

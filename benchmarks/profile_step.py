@@ -117,9 +117,9 @@ def main() -> None:
         if prof is not None and args.ops_update:  # start once the rollout is done: ref + update
             sample = tr.sample
 
-            def sample_then_profile(*a, **k):
-                out = sample(*a, **k)
-                prof.__enter__()
+            def sample_then_profile(*a, _sample=sample, _prof=prof, **k):
+                out = _sample(*a, **k)
+                _prof.__enter__()
                 return out
 
             tr.sample = sample_then_profile

@@ -182,7 +182,8 @@ needs_prepack = pytest.mark.skipif(not lowp.prepack_available(), reason="no oneD
 @needs_prepack
 def test_prepacked_linear_is_the_fp32_product():
     g = torch.Generator().manual_seed(0)
-    w, b, x = torch.randn(48, 32, generator=g), torch.randn(48, generator=g), torch.randn(5, 3, 32, generator=g)
+    w, b = torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
+    x = torch.randn(5, 3, 32, generator=g)
     packed = lowp.prepack(w)
     torch.testing.assert_close(lowp.prepacked_linear(x, packed, None), x @ w.t(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lowp.prepacked_linear(x, packed, b), x @ w.t() + b, rtol=1e-5, atol=1e-5)
@@ -262,7 +263,8 @@ def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
     for prompts, seed in ((ids[:2], 1), (ids, 2)):  # 8 rows (a prefill of more), then 12
         got = engine.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
         want = fresh.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(got.completion_ids, want.completion_ids) and torch.equal(got.logprobs, want.logprobs)
+        assert torch.equal(got.completion_ids, want.completion_ids)
+        assert torch.equal(got.logprobs, want.logprobs)
 
 
 def test_trainer_shares_one_prepacked_copy_and_keeps_it_fresh(tmp_path, prepack_everything):
@@ -279,7 +281,8 @@ def test_trainer_shares_one_prepacked_copy_and_keeps_it_fresh(tmp_path, prepack_
     assert trainer.engine.packed.stale  # the last optimizer step said so
     ids = chat_prompt_ids(trainer.tokenizer, PROMPTS)
     got = trainer.eval_engine.generate(ids, 1, 12, greedy=True)
-    want = make_engine("fast", trainer.model, trainer.tokenizer, prepack=False).generate(ids, 1, 12, greedy=True)
+    plain = make_engine("fast", trainer.model, trainer.tokenizer, prepack=False)
+    want = plain.generate(ids, 1, 12, greedy=True)
     assert torch.equal(got.completion_ids, want.completion_ids)
     off = Trainer(tiny_cfg(tmp_path, "grpo", "rollout.prepack=false"), tmp_path / "off")
     assert off.engine.packed is None
