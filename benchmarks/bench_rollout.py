@@ -12,7 +12,8 @@ chat template; rows stop naturally at EOS. Tokens counted are generated tokens (
 EOS included). The engines alternate within each repeat, so background load hits both alike; the
 printed numbers are totals over the repeats. Timings, not assertions: this machine is noisy.
 `fast:int8` is the fast engine decoding with an int8 copy of the weights (`rollout.dtype=int8`);
-the copy is made once here (the weights do not change), and the time one refresh costs, which a
+`fast` keeps a copy prepacked for oneDNN for wide rollouts (`rollout.prepack`; `fast-plain` has
+none). A copy is made once here (the weights do not change), and the time one refresh costs, which a
 training step pays after every optimizer step, is measured and printed apart. `+compile` wraps the
 fast engine's decode step (one token for every live row) in `torch.compile(dynamic=True)`, an
 experiment the engine does not do by itself: its compile time is the warm-up's, printed apart.
