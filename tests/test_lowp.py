@@ -222,6 +222,7 @@ def test_prepacked_engine_samples_what_the_policy_samples(prepack_everything):
     a = plain.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
     b = packed.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
     assert packed.use_packed and packed.packed.refreshed == sum(1 for _ in packed._linears())
+    assert not packed.packed.copies  # released after sampling, made again by the next rollout
     assert torch.equal(a.completion_ids, b.completion_ids)
     torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
     assert not torch.equal(a.logprobs, b.logprobs)  # it did run another kernel

@@ -115,8 +115,9 @@ class RolloutConfig:
     # every optimizer step, "int8" (weight-only, CPU) or "bfloat16"; log-probs for the loss stay
     # the trainer's (docs/benchmarks.md has the speed and the log-prob gap)
     dtype: Literal["model", "bfloat16", "int8"] = "model"
-    # `fast` on CPU with fp32 weights: wide decode steps read a second copy of the large weights,
-    # prepacked for oneDNN's matmul (same values, 1.2x the tokens/s; +~430 MB for the 135M model)
+    # `fast` on CPU with fp32 weights: rollouts of more than 16 rows read a second copy of the large
+    # weights, prepacked for oneDNN's matmul (same values, 1.06-1.15x the tokens/s at 8 x 8; +430 MB
+    # for the 135M model while sampling)
     prepack: bool = True
     # the sampling stream: a prompt's completions are drawn from (train.seed, the prompt's number) and,
     # when not 0, this; the prompts and their order, the model's init and the rest stay train.seed's.

@@ -50,7 +50,7 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 LOW_PRECISION_MAX_ROWS = 32
 # A rollout of at most this many rows decodes without the prepacked fp32 copy (rollout.prepack):
 # at 1 x 8 it would save 1-2 s of a ~17 s step, less a 0.2-0.4 s refresh after each update, for
-# +430 MB, which is what keeps 1 x 8 under 0.9x TRL's peak memory (docs/benchmarks.md).
+# +430 MB while sampling, where 1 x 8 is under 0.9x TRL's peak memory (docs/benchmarks.md).
 PREPACK_MIN_ROWS = 16
 
 
@@ -307,9 +307,13 @@ class FastEngine:
             return repeat_rows(one, n)
         with eval_mode(self.model), torch.inference_mode():
             self.refresh_copy(len(prompt_ids) * n)
-            tokens, logprobs = self._generate(
-                prompt_ids, n, max_new_tokens, temperature, top_p, top_k, stop, generator, greedy
-            )
+            try:
+                tokens, logprobs = self._generate(
+                    prompt_ids, n, max_new_tokens, temperature, top_p, top_k, stop, generator, greedy
+                )
+            finally:  # the prepacked copy lives only while sampling: the update's memory is its own
+                if self.use_packed:
+                    self.packed.release()
         return finish(prompt_ids, tokens, logprobs, self.eos_ids, self.pad_id, self.tokenizer, stop)
 
     def _generate(self, prompt_ids, n, max_new_tokens, temperature, top_p, top_k, stop, generator, greedy):

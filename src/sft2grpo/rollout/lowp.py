@@ -22,7 +22,8 @@ digits, which is part of the measured gap.
 blocked layout oneDNN's matmul reads; F.linear reorders nothing and runs MKL's general kernel, which
 on a few rows is 1.3-1.7x slower over weights that come from memory (docs/benchmarks.md). Same
 values, so the log-probs match the policy's up to the order of the sums. Only matrices of at least
-PREPACK_MIN_ELEMENTS weights are copied: smaller ones were no faster.
+PREPACK_MIN_ELEMENTS weights are copied: smaller ones were no faster. The engine releases this copy
+after each rollout, so it takes memory only while sampling, not during the update.
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ class DecodeWeights:
         if self.scratch is None:  # 16 MiB of fp32 rows, reused by every weight
             self.scratch = torch.empty(SCRATCH_ELEMENTS, dtype=torch.float32, device=w.device)
         self.copies[m] = quantize_int8(w, None if old is None else old[0], self.scratch)
+
+    def release(self) -> None:
+        """Drop every copy; the next refresh makes them again."""
+        self.copies.clear()
+        self.versions.clear()
 
     def refresh(self, modules) -> None:
         """Copy the weight of every plain nn.Linear in `modules` whose values may have changed.
