@@ -12,8 +12,9 @@ chat template; rows stop naturally at EOS. Tokens counted are generated tokens (
 EOS included). The engines alternate within each repeat, so background load hits both alike; the
 printed numbers are totals over the repeats. Timings, not assertions: this machine is noisy.
 `fast:int8` is the fast engine decoding with an int8 copy of the weights (`rollout.dtype=int8`);
-`fast` keeps a copy prepacked for oneDNN for wide rollouts (`rollout.prepack`; `fast-plain` has
-none). A copy is made once here (the weights do not change), and the time one refresh costs, which a
+`fast` reads a copy prepacked for oneDNN in wide rollouts (`rollout.prepack`; `fast-plain` has
+none), made in each rollout and timed with it, as in training. The int8 or bf16 copy is made once
+here (the weights do not change), and the time one refresh costs, which a
 training step pays after every optimizer step, is measured and printed apart. `+compile` wraps the
 fast engine's decode step (one token for every live row) in `torch.compile(dynamic=True)`, an
 experiment the engine does not do by itself: its compile time is the warm-up's, printed apart.
@@ -97,8 +98,6 @@ def compare_engines(
                 ids, n=samples, max_new_tokens=tokens, generator=torch.Generator().manual_seed(99)
             )
         engine.generate(ids[:1], n=2, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
-        if hasattr(engine, "refresh_copy"):  # every copy made now, as in warm-up (not only small ones)
-            engine.refresh_copy()
         warmup[name] = time.perf_counter() - t0
 
     gaps: dict[str, list] = {name: [] for name in names}

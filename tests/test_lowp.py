@@ -268,22 +268,22 @@ def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
         assert torch.equal(got.logprobs, want.logprobs)
 
 
-def test_trainer_shares_one_prepacked_copy_and_keeps_it_fresh(tmp_path, prepack_everything):
-    """The training (int8) and evaluation engines read one prepacked copy; every optimizer step
-    marks it stale, so after training the evaluation engine samples what a new engine does."""
+def test_trainer_rollouts_read_a_prepacked_copy_of_the_current_weights(tmp_path, prepack_everything):
+    """The copy is made at the start of each rollout and dropped at its end: after fused AdamW steps
+    (which move no version counter) the engine samples what a new engine does, and between
+    rollouts, during the update, no copy is held."""
     from test_trainer import tiny_cfg
 
     from sft2grpo.trainer import Trainer
 
-    cfg = tiny_cfg(tmp_path, "grpo", "rollout.dtype=int8", "train.lr=1e-2", "train.prompts_per_step=4")
-    trainer = Trainer(cfg, tmp_path / "run")
-    assert trainer.engine.packed is trainer.eval_engine.packed is not None
+    trainer = Trainer(tiny_cfg(tmp_path, "grpo", "train.lr=1e-2"), tmp_path / "run")
+    assert trainer.engine.packed is not None
     trainer.fit()
-    assert trainer.engine.packed.stale  # the last optimizer step said so
+    assert not trainer.engine.packed.copies and trainer.engine.packed.refreshed > 0
     ids = chat_prompt_ids(trainer.tokenizer, PROMPTS)
-    got = trainer.eval_engine.generate(ids, 1, 12, greedy=True)
-    plain = make_engine("fast", trainer.model, trainer.tokenizer, prepack=False)
-    want = plain.generate(ids, 1, 12, greedy=True)
-    assert torch.equal(got.completion_ids, want.completion_ids)
+    got = trainer.engine.generate(ids, 4, 12, generator=torch.Generator().manual_seed(5))
+    fresh = make_engine("fast", trainer.model, trainer.tokenizer)
+    want = fresh.generate(ids, 4, 12, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got.completion_ids, want.completion_ids) and torch.equal(got.logprobs, want.logprobs)
     off = Trainer(tiny_cfg(tmp_path, "grpo", "rollout.prepack=false"), tmp_path / "off")
     assert off.engine.packed is None

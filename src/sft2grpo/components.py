@@ -38,6 +38,4 @@ def build_components(cfg: Config, task: tasks.Task | None = None) -> Components:
     train_engine = engine
     if r.dtype != "model":
         train_engine = rollout.make_engine(r.engine, model, tokenizer, r.dtype, r.prepack)
-        if getattr(engine, "packed", None) is not None:  # one prepacked copy serves both
-            train_engine.packed = engine.packed
     return Components(model, tokenizer, task, reward_fn, train_engine, engine)

@@ -112,8 +112,8 @@ class Trainer:
             # FSDP2's sharded parameters need the default
             fused=not self.sharded and self.device.type in ("cpu", "cuda"),
         )
-        # the engines' copies of the weights (rollout.dtype, rollout.prepack) follow every update
-        self.optimizer.register_step_post_hook(lambda *_: self.weights_changed())
+        if cfg.rollout.dtype != "model":  # the sampler's low-precision copy follows every update
+            self.optimizer.register_step_post_hook(lambda *_: self.engine.weights_changed())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, cfg.train.steps * cfg.train.mu),
@@ -148,13 +148,6 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Run to `train.steps` (or to a stop signal); returns the summary (`run.fit`)."""
         return run.fit(self)
-
-    def weights_changed(self) -> None:
-        """After each optimizer step (a fused step moves no version counter): the engines that
-        decode from copies of the weights refresh them before they next sample."""
-        for engine in {id(e): e for e in (self.engine, self.eval_engine)}.values():
-            if hasattr(engine, "weights_changed"):
-                engine.weights_changed()
 
     # -- the step, in the order the data flows ----------------------------------------------------
 

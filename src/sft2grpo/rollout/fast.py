@@ -12,7 +12,8 @@ Where the time goes in GRPO rollouts, and what this engine does about it:
 - A decode step over a few rows streams every weight from memory once: with `dtype="int8"` (or
   "bfloat16") the projections and the LM head read a low-precision copy instead (rollout/lowp.py),
   refreshed whenever the policy's weights change. On CPU (`prepack`, default on) the large
-  products read a copy of the fp32 weights prepacked for oneDNN's matmul, refreshed the same way.
+  products of wide rollouts read a copy of the fp32 weights prepacked for oneDNN's matmul, made at
+  the start of each rollout and dropped at its end.
 
 The forward pass calls the model's own submodules (norms, projections, MLP, rotary embedding), so
 LoRA layers, biases (Qwen2) and q/k norms (Qwen3) behave exactly as in the HF model; only the
@@ -116,16 +117,16 @@ class FastEngine:
 
     def weights_changed(self) -> None:
         """Tell the engine the policy's weights changed (the trainer calls it after each optimizer
-        step): its copies are refreshed before the next generate. No-op without one."""
-        for copies in (self.low, self.packed):
-            if copies is not None:
-                copies.invalidate()
+        step): a low-precision copy is refreshed before the next generate. No-op without one (the
+        prepacked copy lasts one generate)."""
+        if self.low is not None:
+            self.low.invalidate()
 
     def refresh_copy(self, rows: int | None = None) -> None:
         """Bring the copies up to date (what changed since the last call); generate calls it first
-        with its number of rows. The prepacked one is made only for rollouts of more rows than
-        PREPACK_MIN_ROWS, and than the low-precision copy takes (rows=None: always). No-op
-        without a copy."""
+        with its number of rows, and drops the prepacked copy when it ends. That one is made only
+        for rollouts of more rows than PREPACK_MIN_ROWS and than the low-precision copy takes
+        (rows=None: always). No-op without a copy."""
         if self.low is not None:
             self.low.refresh(self._linears())
         floor = self.low_max_rows if self.low is not None else PREPACK_MIN_ROWS
