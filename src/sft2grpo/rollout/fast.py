@@ -50,8 +50,8 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # 4 x 8, int8 up to 8 rows and prepacked fp32 above it was no faster than int8 throughout.
 LOW_PRECISION_MAX_ROWS = 32
 # A rollout of at most this many rows decodes without the prepacked fp32 copy (rollout.prepack):
-# at 1 x 8 it would save 1-2 s of a ~17 s step, less a 0.2-0.4 s refresh after each update, for
-# +430 MB while sampling, where 1 x 8 is under 0.9x TRL's peak memory (docs/benchmarks.md).
+# at 1 x 8 it would save 1-2 s of a ~17 s step, less the 0.2-0.4 s it takes to make in each rollout,
+# for +430 MB while sampling, where 1 x 8 is under 0.9x TRL's peak memory (docs/benchmarks.md).
 PREPACK_MIN_ROWS = 16
 
 
