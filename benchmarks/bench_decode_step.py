@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     model, tok = load_policy(ModelConfig(name=args.model, threads=args.threads))
     engines = {
-        "int8": make_engine("fast", model, tok, "int8"),
+        "int8": make_engine("fast", model, tok, "int8", prepack=False),
         "prepacked": make_engine("fast", model, tok),
         "fp32": make_engine("fast", model, tok, prepack=False),
     }

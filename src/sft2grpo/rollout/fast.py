@@ -106,11 +106,9 @@ class FastEngine:
         # rollout.dtype: "model" decodes with the policy's own weights, else with a copy
         self.low = None if dtype == "model" else DecodeWeights(dtype)
         # rollout.prepack: fp32 CPU weights, also as oneDNN reads them fastest (the large ones)
-        param = next(lm.parameters())
-        fp32_cpu = param.device.type == "cpu" and param.dtype == torch.float32
-        self.packed = DecodeWeights("onednn") if prepack and fp32_cpu and prepack_available() else None
+        self.packed = DecodeWeights("onednn") if prepack and prepack_available() else None
         if self.packed is not None and not any(map(self.packed.wants, self._linears())):
-            self.packed = None  # every matrix is below PREPACK_MIN_ELEMENTS (tiny models)
+            self.packed = None  # no large fp32 CPU matrix (tiny models, bf16 or GPU weights)
         # products of more rows than this use the fp32 weights (prepacked where there is a copy)
         self.low_max_rows = LOW_PRECISION_MAX_ROWS
         self.use_packed = False  # set by refresh_copy: this generate reads the prepacked copy
