@@ -28,7 +28,9 @@ code is untouched):
   `Trainer.no_grad_logprobs` on the reference; TRL: `_get_per_token_logps_and_entropies` on
   `ref_model`);
 - update: the rest (policy forward/backward, optimizer, bookkeeping);
-- generated tokens: completion tokens up to and including EOS (TRL's completion mask).
+- generated tokens: completion tokens up to and including EOS (TRL's completion mask);
+- step time per generated token: the two samplers draw different completions (same distribution,
+  other draws), and how many tokens a step draws moves its time; this compares at equal work.
 The first `--warmup` steps are dropped; the table shows medians over the remaining steps of every
 round (tokens/s is total tokens over total rollout time). Then our rollout engines, fast vs hf, on
 the same model (benchmarks/bench_rollout.py). The figures go to `--json` (default bench.json), with
@@ -485,7 +487,10 @@ def summarise(runs: list[dict], warmup: int) -> dict:
     out = {k: statistics.median(r[k] for r in rows) for k in STEP_KEYS}
     rollout = sum(r["rollout_s"] for r in rows)
     out["tokens_per_step"] = statistics.median(r["tokens"] for r in rows)
-    out["gen_tokens_per_s"] = sum(r["tokens"] for r in rows) / rollout if rollout else 0.0
+    tokens = sum(r["tokens"] for r in rows)
+    out["gen_tokens_per_s"] = tokens / rollout if rollout else 0.0
+    # the two samplers draw different completions: per generated token, the steps compare at equal work
+    out["step_ms_per_token"] = 1000 * sum(r["step_s"] for r in rows) / tokens if tokens else 0.0
     out["peak_rss_mb"] = max(run["rows"][-1]["peak_rss_mb"] for run in runs)
     out["peak_gpu_mb"] = max(run["rows"][-1]["peak_gpu_mb"] for run in runs)
     out["steps_measured"] = len(rows)
@@ -499,6 +504,7 @@ ROWS = [
     ("  reference forward", "ref_s", "{:.2f}"),
     ("  update (rest)", "update_s", "{:.2f}"),
     ("generated tokens / step", "tokens_per_step", "{:.0f}"),
+    ("step time / generated token (ms)", "step_ms_per_token", "{:.1f}"),
     ("generation tokens/s", "gen_tokens_per_s", "{:.1f}"),
     ("peak RSS (MiB)", "peak_rss_mb", "{:.0f}"),
 ]
@@ -567,6 +573,7 @@ def flat_figures(settings: list[dict], rollout: dict | None, group: int) -> dict
         ratio, tag = st["ratio"], f"{st['prompts']}x{group}"
         mem = "peak_gpu_mb" if st["gpu"] else "peak_rss_mb"
         flat[f"step_time_ratio_{tag}"] = ratio["step_s"]
+        flat[f"step_time_per_token_ratio_{tag}"] = ratio.get("step_ms_per_token")
         flat[f"gen_tokens_per_s_ratio_vs_trl_{tag}"] = ratio["gen_tokens_per_s"]
         flat[f"peak_rss_ratio_{tag}"] = ratio[mem]
     tps = [v for k, v in flat.items() if k.startswith("gen_tokens_per_s_ratio_vs_trl_") and v]

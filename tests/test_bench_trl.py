@@ -44,11 +44,17 @@ def test_bad_arguments_name_the_culprit(bench, capsys, argv, culprit):
     assert culprit in capsys.readouterr().err
 
 
-def setting(prompts: int, step: float, tokens_per_s: float, rss: float) -> dict:
+def setting(prompts: int, step: float, tokens_per_s: float, rss: float, per_token: float = 0.5) -> dict:
     return {
         "prompts": prompts,
         "gpu": False,
-        "ratio": {"step_s": step, "gen_tokens_per_s": tokens_per_s, "peak_rss_mb": rss, "peak_gpu_mb": None},
+        "ratio": {
+            "step_s": step,
+            "step_ms_per_token": per_token,
+            "gen_tokens_per_s": tokens_per_s,
+            "peak_rss_mb": rss,
+            "peak_gpu_mb": None,
+        },
     }
 
 
@@ -59,12 +65,14 @@ def test_flat_keys_and_targets(bench):
         "fast:int8": {"tokens_per_s": 60.0},
         "fast/hf": 2.5,
     }
-    flat = bench.flat_figures([setting(1, 0.38, 2.0, 0.85), setting(4, 0.36, 3.0, 0.95)], rollout, 8)
+    flat = bench.flat_figures([setting(1, 0.38, 2.0, 0.85), setting(4, 0.36, 3.0, 0.95, 0.45)], rollout, 8)
     assert flat == {
         "step_time_ratio_1x8": 0.38,
+        "step_time_per_token_ratio_1x8": 0.5,
         "gen_tokens_per_s_ratio_vs_trl_1x8": 2.0,
         "peak_rss_ratio_1x8": 0.85,
         "step_time_ratio_4x8": 0.36,
+        "step_time_per_token_ratio_4x8": 0.45,
         "gen_tokens_per_s_ratio_vs_trl_4x8": 3.0,
         "peak_rss_ratio_4x8": 0.95,
         # unsuffixed: the least favourable setting
@@ -99,3 +107,27 @@ def test_clock_times_and_counts_a_recursive_generate_once(bench):
     clock.end_step()
     row = clock.rows[0]
     assert row["rollout_s"] <= row["step_s"] and row["update_s"] >= 0
+
+
+def test_summary_medians_and_per_token_cost(bench):
+    def row(step, rollout, tokens):
+        return {
+            "step_s": step,
+            "rollout_s": rollout,
+            "reward_s": 0.0,
+            "ref_s": 1.0,
+            "update_s": step - rollout - 1.0,
+            "tokens": tokens,
+            "peak_rss_mb": 100.0,
+            "peak_gpu_mb": 0.0,
+        }
+
+    # the warm-up step (first of each run) is left out; two rounds pool their measured steps
+    runs = [
+        {"rows": [row(99.0, 9.0, 1), row(10.0, 4.0, 200), row(12.0, 6.0, 400)]},
+        {"rows": [row(99.0, 9.0, 1), row(14.0, 5.0, 400)]},
+    ]
+    s = bench.summarise(runs, warmup=1)
+    assert s["step_s"] == 12.0 and s["tokens_per_step"] == 400 and s["steps_measured"] == 3
+    assert s["gen_tokens_per_s"] == pytest.approx(1000 / 15.0)  # all tokens over all rollout time
+    assert s["step_ms_per_token"] == pytest.approx(1000 * 36.0 / 1000)  # 36 s of steps, 1000 tokens
