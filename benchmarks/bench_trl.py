@@ -573,7 +573,7 @@ def flat_figures(settings: list[dict], rollout: dict | None, group: int) -> dict
         ratio, tag = st["ratio"], f"{st['prompts']}x{group}"
         mem = "peak_gpu_mb" if st["gpu"] else "peak_rss_mb"
         flat[f"step_time_ratio_{tag}"] = ratio["step_s"]
-        flat[f"step_time_per_token_ratio_{tag}"] = ratio.get("step_ms_per_token")
+        flat[f"step_time_per_token_ratio_{tag}"] = ratio["step_ms_per_token"]
         flat[f"gen_tokens_per_s_ratio_vs_trl_{tag}"] = ratio["gen_tokens_per_s"]
         flat[f"peak_rss_ratio_{tag}"] = ratio[mem]
     tps = [v for k, v in flat.items() if k.startswith("gen_tokens_per_s_ratio_vs_trl_") and v]
