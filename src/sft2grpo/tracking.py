@@ -11,18 +11,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-# Panels of the training plot: (title, metric keys drawn in it).
-PLOT_PANELS: list[tuple[str, list[str]]] = [
-    ("reward", ["reward_mean"]),
-    ("accuracy / format errors", ["accuracy", "format_error_rate"]),
-    ("KL to reference", ["kl"]),
-    ("clip fraction", ["clip_frac_low", "clip_frac_high"]),
-    ("completion length (tokens)", ["completion_len"]),
-    ("step time (s)", ["time_rollout", "time_reward", "time_update", "time_step"]),
-]
+from typing import Any, NamedTuple
 
 
 class JsonlSink:
@@ -144,48 +136,267 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_metrics(run_dir: Path, out: Path | None = None) -> Path | None:
-    """Draw the panels of PLOT_PANELS from run_dir/metrics.jsonl into a PNG; returns its path."""
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    if not rows:
+# ---- The training plot. Which panels and lines a run's PNG shows is worked out from its rows by
+# pure functions (`run_panels`, `stage_plan`); `draw_plan` only draws that plan with matplotlib.
+
+Rows = list[dict[str, Any]]
+
+
+class PanelSpec(NamedTuple):
+    """A panel the training plot may draw: its title and the metrics.jsonl keys drawn in it.
+
+    runs: the runs it is for: "rl" (rows with reward_mean), "sft" (rows without) or "both".
+    show: "always" (when it has data); "nonzero" (only when some value is not 0: the KL with
+    beta = 0 and the clip fractions with mu = 1 are 0 throughout, nothing to see); "spare" (only in
+    the place of a panel that has no data in this run)."""
+
+    title: str
+    keys: list[str]
+    runs: str = "both"
+    show: str = "always"
+
+
+# The training plot's panels, in the order drawn; `run_panels` picks the ones a run fills.
+PLOT_PANELS: list[PanelSpec] = [
+    PanelSpec("reward (mean over samples)", ["reward_mean"], runs="rl"),
+    PanelSpec("SFT loss (cross-entropy per token)", ["loss"], runs="sft"),
+    PanelSpec("accuracy (%)", ["accuracy"]),  # + the validation curve of evals.jsonl
+    PanelSpec("groups with reward spread (%)", ["zero_std_frac"], runs="rl"),
+    PanelSpec("entropy (mean -log pi of sampled tokens)", ["entropy"], runs="rl"),
+    PanelSpec("completion length (tokens)", ["completion_len"]),
+    PanelSpec("step time (s)", ["time_step", "time_rollout", "time_reward", "time_update"]),
+    PanelSpec("KL to reference", ["kl"], runs="rl", show="nonzero"),
+    PanelSpec("clip fraction (%)", ["clip_frac_low", "clip_frac_high"], runs="rl", show="nonzero"),
+    PanelSpec("gradient norm", ["grad_norm"], show="spare"),
+    PanelSpec("trained tokens / s", ["tokens_per_s"], show="spare"),
+    PanelSpec("learning rate", ["lr"], show="spare"),
+]
+MIN_PANELS = 6  # spares, then as a last resort empty "not logged" frames, fill a plot up to this
+STAGE_BOUNDARY_LABEL = "SFT | RL"
+
+# How a logged key is drawn where not as logged: (legend label, logged value -> drawn value).
+KEY_VIEW: dict[str, tuple[str, Callable[[float], float]]] = {
+    "accuracy": ("training accuracy", lambda v: 100 * v),
+    "zero_std_frac": ("groups with reward spread", lambda v: 100 * (1 - v)),  # the ones with signal
+    "clip_frac_low": ("clip_frac_low", lambda v: 100 * v),
+    "clip_frac_high": ("clip_frac_high", lambda v: 100 * v),
+}
+
+
+@dataclass
+class Series:
+    """One line of a panel; validation: evals.jsonl's curve, drawn black with markers."""
+
+    label: str
+    xs: list[float]
+    ys: list[float]
+    validation: bool = False
+
+
+@dataclass
+class Panel:
+    title: str
+    series: list[Series] = field(default_factory=list)
+
+
+@dataclass
+class PlotPlan:
+    """What a training PNG shows. boundary: the x of the dashed line between the stages of a
+    pipeline run (None for one run); xlim: the x range every panel shares (None: each its own)."""
+
+    title: str
+    panels: list[Panel]
+    boundary: float | None = None
+    xlim: tuple[float, float] | None = None
+
+
+def key_series(rows: Rows, key: str, offset: float = 0, label: str | None = None) -> Series | None:
+    """`key` over the steps of `rows` as KEY_VIEW draws it, step s at offset + s; None when no
+    row has it."""
+    name, view = KEY_VIEW.get(key, (key, float))
+    pts = [(r["step"] + offset, view(r[key])) for r in rows if r.get(key) is not None and "step" in r]
+    if not pts:
         return None
+    return Series(label or name, [x for x, _ in pts], [y for _, y in pts])
+
+
+def val_series(evals: Rows, offset: float = 0) -> Series | None:
+    """Validation accuracy (%) from evals.jsonl rows: the "val" ones ("before"/"after" are the
+    held-out set), step s at offset + s; None when there are none."""
+    pts = [
+        (r["step"] + offset, 100 * r["accuracy"])
+        for r in evals
+        if r.get("tag") == "val" and r.get("accuracy") is not None
+    ]
+    if not pts:
+        return None
+    return Series("validation accuracy", [x for x, _ in pts], [y for _, y in pts], validation=True)
+
+
+def _joined(label: str, parts: list[Series | None], validation: bool = False) -> Series | None:
+    """One line through the points of several series (a metric over both stages)."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    return Series(label, [x for p in parts for x in p.xs], [y for p in parts for y in p.ys], validation)
+
+
+def _panel(spec: PanelSpec, rows: Rows, offset: float = 0) -> Panel:
+    return Panel(spec.title, [s for k in spec.keys if (s := key_series(rows, k, offset)) is not None])
+
+
+def _shows(spec: PanelSpec, panel: Panel) -> bool:
+    if spec.show == "nonzero":
+        return any(y != 0 for s in panel.series for y in s.ys)
+    return bool(panel.series)
+
+
+def is_rl(rows: Rows) -> bool:
+    """RL rows log a reward; supervised (SFT) rows do not."""
+    return any(r.get("reward_mean") is not None for r in rows)
+
+
+def run_panels(rows: Rows, evals: Rows | None = None) -> list[Panel]:
+    """The panels of one run's plot, from its metrics.jsonl and evals.jsonl rows: the panels of
+    PLOT_PANELS for its kind of run (RL or SFT) that have data ("nonzero" ones only with a value
+    that is not 0), then spares with data up to MIN_PANELS, then, as a last resort, empty frames
+    for the panels not logged in this run; in the order of PLOT_PANELS."""
+    kind = "rl" if is_rl(rows) else "sft"
+    specs = [(i, s) for i, s in enumerate(PLOT_PANELS) if s.runs in (kind, "both")]
+    built = {i: _panel(s, rows) for i, s in specs}
+    for i, s in specs:
+        if s.keys == ["accuracy"] and (v := val_series(evals or [])) is not None:
+            built[i].series.append(v)
+    chosen = [i for i, s in specs if s.show != "spare" and _shows(s, built[i])]
+    for pool in (
+        [i for i, s in specs if s.show == "spare" and built[i].series],
+        [i for i, s in specs if s.show == "always" and not built[i].series],
+    ):
+        chosen += pool[: max(0, MIN_PANELS - len(chosen))]
+    return [built[i] for i in sorted(chosen)]
+
+
+def stage_plan(sft_rows: Rows, sft_evals: Rows, rl_rows: Rows, rl_evals: Rows, title: str = "") -> PlotPlan:
+    """The plot of a pipeline run (SFT, then RL) on one x axis: the SFT steps first, RL step s at
+    sft_steps + s (the RL stage's step 0, the SFT model, on the boundary). Accuracy (validation over
+    both stages, training over RL), the SFT loss over the SFT part, the RL panels (reward, groups
+    with spread, entropy; KL and clip fraction when not all 0) over the RL part, completion length
+    and step time over both."""
+    b = max((r["step"] for r in sft_rows if "step" in r), default=0)  # sft_steps
+    acc = Panel("accuracy (%)")
+    for s in (
+        key_series(rl_rows, "accuracy", b, "training accuracy (RL)"),
+        _joined("validation accuracy", [val_series(sft_evals), val_series(rl_evals, b)], validation=True),
+    ):
+        if s is not None:
+            acc.series.append(s)
+    panels = [acc] + [_panel(s, sft_rows) for s in PLOT_PANELS if s.runs == "sft"]
+    rl_panels = [(spec, _panel(spec, rl_rows, b)) for spec in PLOT_PANELS if spec.runs == "rl"]
+    panels += [p for spec, p in rl_panels if _shows(spec, p)]
+    lengths = Panel("completion length (tokens)")
+    for rows, offset, label in ((sft_rows, 0, "SFT: reference completions"), (rl_rows, b, "RL: sampled")):
+        if (s := key_series(rows, "completion_len", offset, label)) is not None:
+            lengths.series.append(s)
+    times = Panel("step time (s)")
+    for key in ("time_step", "time_rollout", "time_reward", "time_update"):
+        if (s := _joined(key, [key_series(sft_rows, key), key_series(rl_rows, key, b)])) is not None:
+            times.series.append(s)
+    panels += [lengths, times]
+    xs = [x for p in panels for s in p.series for x in s.xs] + [0, b]
+    return PlotPlan(title, panels, boundary=b, xlim=(min(xs), max(xs)))
+
+
+def draw_plan(plan: PlotPlan, out: Path) -> Path:
+    """Draw a PlotPlan into a PNG: up to 3 panels in a row, 2 rows up to 8, then 3."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    for ax, (title, keys) in zip(axes.flat, PLOT_PANELS):
-        drawn = 0
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, label=k, marker="." if len(pts) < 40 else None)
-                drawn += 1
-        if title.startswith("accuracy"):  # the validation curve (eval.every) beside the training one
-            val = [
-                (r["step"], r["accuracy"])
-                for r in read_metrics(run_dir / "evals.jsonl")
-                if r.get("tag") == "val"
-            ]
-            if val:
-                xs, ys = zip(*val)
-                ax.plot(xs, ys, label="validation accuracy", marker="o", color="black")
-                drawn += 1
-        ax.set_title(title)
-        ax.set_xlabel("step")
+    n = max(1, len(plan.panels))
+    nrows = 1 if n <= 3 else 2 if n <= 8 else 3
+    ncols = math.ceil(n / nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False)
+    for ax in axes.flat[len(plan.panels) :]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes.flat, plan.panels):
+        for s in panel.series:
+            style = {"marker": "." if len(s.xs) < 40 else None}
+            if s.validation:
+                style = {"marker": "o", "color": "black", "markersize": 4}
+            ax.plot(s.xs, s.ys, label=s.label, **style)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel("step" if plan.boundary is None else "step (SFT, then RL)")
         ax.grid(alpha=0.3)
-        if not drawn:  # e.g. KL with beta = 0: say so rather than leave an empty frame
+        if plan.xlim is not None and plan.xlim[1] > plan.xlim[0]:
+            pad = 0.02 * (plan.xlim[1] - plan.xlim[0])
+            ax.set_xlim(plan.xlim[0] - pad, plan.xlim[1] + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # steps
+        if plan.boundary is not None:
+            if panel.series:  # headroom above the lines for the label
+                lo, hi = ax.get_ylim()
+                ax.set_ylim(lo, hi + 0.12 * (hi - lo))
+            ax.axvline(plan.boundary, color="grey", ls="--", lw=1)
+            ax.text(
+                plan.boundary,
+                0.97,
+                STAGE_BOUNDARY_LABEL,
+                transform=ax.get_xaxis_transform(),  # x in steps, y in the panel's height
+                ha="center",
+                va="top",
+                fontsize=8,
+                color="dimgrey",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
+        if not panel.series:  # the last resort: say so rather than leave an empty frame
             ax.text(0.5, 0.5, "not logged in this run", ha="center", va="center", transform=ax.transAxes)
-        if drawn > 1:
+        if len(panel.series) > 1:
             ax.legend(fontsize=7)
-    fig.suptitle(run_dir.name)
+    fig.suptitle(plan.title)
     fig.tight_layout()
-    out = out or run_dir / "training.png"
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def is_pipeline(run_dir: Path) -> bool:
+    """A pipeline run's folder: sft/ and rl/ stage folders with metrics, no metrics of its own."""
+    run_dir = Path(run_dir)
+    return (
+        not read_metrics(run_dir / "metrics.jsonl")
+        and (run_dir / "sft" / "metrics.jsonl").is_file()
+        and (run_dir / "rl" / "metrics.jsonl").is_file()
+    )
+
+
+def plot_metrics(run_dir: Path, out: Path | None = None) -> Path | None:
+    """Draw run_dir/metrics.jsonl (and evals.jsonl's validation curve) into run_dir/training.png,
+    the panels `run_panels` picks; a pipeline folder (`is_pipeline`) is drawn by `plot_stages`.
+    Returns the PNG's path, or None with nothing to draw."""
+    run_dir = Path(run_dir)
+    if is_pipeline(run_dir):
+        return plot_stages(run_dir, out)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if not rows:
+        return None
+    kind = "RL" if is_rl(rows) else "SFT"
+    plan = PlotPlan(f"{run_dir.name} ({kind})", run_panels(rows, read_metrics(run_dir / "evals.jsonl")))
+    return draw_plan(plan, out or run_dir / "training.png")
+
+
+def plot_stages(run_dir: Path, out: Path | None = None) -> Path | None:
+    """Draw a pipeline run (run_dir/sft, then run_dir/rl) into one PNG, run_dir/training.png, on
+    one x axis (`stage_plan`). Returns its path, or None when neither stage logged a step."""
+    run_dir = Path(run_dir)
+    sft = [read_metrics(run_dir / "sft" / f) for f in ("metrics.jsonl", "evals.jsonl")]
+    rl = [read_metrics(run_dir / "rl" / f) for f in ("metrics.jsonl", "evals.jsonl")]
+    if not sft[0] and not rl[0]:
+        return None
+    n_sft = max((r["step"] for r in sft[0] if "step" in r), default=0)
+    n_rl = max((r["step"] for r in rl[0] if "step" in r), default=0)
+    title = f"{run_dir.name}: SFT ({n_sft} steps), then RL ({n_rl} steps)"
+    return draw_plan(stage_plan(*sft, *rl, title=title), out or run_dir / "training.png")
 
 
 # Panels of the over-seeds plot (`plot_seeds`): (title, where the curve comes from, running-mean
