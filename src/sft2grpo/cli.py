@@ -1,6 +1,8 @@
-"""The `sft2grpo` command: train, eval and advantages.
+"""The `sft2grpo` command: sft, train, eval, ladder and advantages.
 
+    sft2grpo sft task.name=rows.jsonl train.steps=100      # rung 0: fine-tune on given completions
     sft2grpo train --config grpo train.steps=20 rollout.group_size=8
+    sft2grpo train --config run sft.steps=15                # base -> SFT -> RL in one run folder
     sft2grpo eval --model runs/grpo-.../model --task chain_sum
     sft2grpo advantages --rewards 1,-1,-2 --counts 1,127,896
 
@@ -52,6 +54,41 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("--help-config", action="store_true", help="list every config key and exit")
+
+    s = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on reference completions (rung 0)",
+        description="Fine-tune on given completions: cross-entropy on the completion tokens (the "
+        "ladder's loss with A = 1 on every reference answer). Data: prompt/completion or messages rows "
+        "in JSONL, Parquet or a datasets folder, or a reasoning-gym task with worked solutions "
+        "(chain_sum). Same run folder, checkpoints, resume and evaluations as train.",
+        epilog=EPILOG_TRAIN.replace("sft2grpo train", "sft2grpo sft"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("--config", default=None, help="a YAML file or a preset name; default: sft0")
+    s.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its newest checkpoint")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    s.add_argument("--help-config", action="store_true", help="list every config key and exit")
+
+    sm = sub.add_parser(
+        "sample",
+        help="write reference completions by rejection sampling: a model's right answers",
+        description="Sample completions of each training problem from a model and keep the ones the "
+        "reward marks right, as prompt/completion/answer rows for `sft2grpo sft` (offline rejection "
+        "sampling, for tasks that cannot write worked solutions). The task's held-out problems go to "
+        "OUTPUT's .eval.jsonl sibling, so the SFT run is scored on them.",
+    )
+    sm.add_argument("--output", required=True, help="the .jsonl file to write")
+    sm.add_argument(
+        "--config", default=None, help="YAML file or preset for model/task/reward/rollout settings"
+    )
+    sm.add_argument("--n", type=int, default=8, help="completions drawn per problem (default 8)")
+    sm.add_argument(
+        "--keep", type=int, default=1, help="right completions kept per problem, at most (default 1)"
+    )
+    sm.add_argument("--problems", type=int, default=0, help="only the first N training problems (0: all)")
+    sm.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
 
     e = sub.add_parser(
         "eval",
@@ -122,8 +159,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_train(args) -> int:
-    from .config import describe, dump_yaml, load_config
+def cmd_train(args, supervised: bool = False) -> int:
+    """`sft2grpo train` (RL, or the SFT -> RL pipeline when sft.steps > 0) and, with `supervised`,
+    `sft2grpo sft` (rung 0 alone): the same config, run folder, resume and summary."""
+    from .config import SUPERVISED_PRESETS, describe, dump_yaml, load_config
 
     if args.help_config:
         for key, tp, default in describe():
@@ -131,6 +170,7 @@ def cmd_train(args) -> int:
         return 0
     from . import checkpoint, distributed
     from .run import find_resumable, make_run_dir
+    from .sft import SFTTrainer, format_pipeline, run_pipeline
     from .trainer import Trainer
 
     run_dir = ckpt = None
@@ -140,24 +180,33 @@ def cmd_train(args) -> int:
             raise ValueError(f"--resume {run_dir}: the run's own config.yaml is used; drop --config")
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"--resume {run_dir}: not a run folder (no config.yaml)")
+        cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
         ckpt = checkpoint.latest(run_dir)
-        if ckpt is None:
+        # a pipeline's stages keep their own checkpoints (run_pipeline finds them)
+        if ckpt is None and (supervised or cfg.sft.steps == 0):
             raise FileNotFoundError(
                 f"--resume {run_dir}: no complete checkpoint in {checkpoint.folder(run_dir)}"
             )
-        cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
     else:
-        cfg = load_config(args.config or "grpo", args.overrides)
+        cfg = load_config(args.config or ("sft0" if supervised else "grpo"), args.overrides)
         if args.resume == "auto":
             run_dir = find_resumable(cfg)
             ckpt = checkpoint.latest(run_dir) if run_dir else None
+    if not supervised and cfg.preset in SUPERVISED_PRESETS:
+        raise ValueError(f"--config {cfg.preset} is rung 0, supervised fine-tuning: run `sft2grpo sft`")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     ctx = distributed.setup()  # under torchrun: join the process group; else one process
     if run_dir is None:
         run_dir = distributed.broadcast(make_run_dir(cfg), ctx)  # rank 0's {time} for every rank
-    trainer = Trainer(cfg, run_dir, resume_from=ckpt)  # loads everything; bad input stops here
+    if not supervised and cfg.sft.steps > 0:  # base -> SFT (run_dir/sft) -> RL (run_dir/rl)
+        summary = run_pipeline(cfg, run_dir)
+        if ctx.main and not summary.get("interrupted"):
+            print(format_pipeline(summary))
+        distributed.shutdown()
+        return 0
+    trainer = (SFTTrainer if supervised else Trainer)(cfg, run_dir, resume_from=ckpt)  # bad input stops here
     if ctx.main:
         if ckpt is not None:
             print(f"# resuming {run_dir} from {ckpt.name}", file=sys.stderr)
@@ -194,6 +243,12 @@ def format_summary(s: dict) -> str:
             f"held-out accuracy change: {100 * c['diff']:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}] "
             f"({c['method']}, {c['problems']} problems)"
         )
+    if s.get("heldout_loss"):
+        hl = s["heldout_loss"]
+        b = "-" if hl["before"] is None else f"{hl['before']:.3f}"
+        lines.append(
+            f"held-out loss (mean -log pi per completion token): before {b}, after {hl['after']:.3f}"
+        )
     if s.get("val"):
         v = s["val"]
         lines.append(
@@ -227,6 +282,27 @@ def cmd_eval(args) -> int:
         write_jsonl(out / "eval_samples.jsonl", res.samples)
     print(
         json.dumps({"model": args.model, "task": cfg.task.name, "split": args.split, **res.metrics}, indent=2)
+    )
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .config import load_config
+    from .sft import sample_completions
+
+    out = Path(args.output)
+    if out.suffix != ".jsonl":
+        raise ValueError(f"--output {out}: must be a .jsonl file")
+    if args.n < 1 or args.keep < 1 or args.problems < 0:
+        raise ValueError(
+            f"--n {args.n} / --keep {args.keep} / --problems {args.problems}: n, keep >= 1, problems >= 0"
+        )
+    counts = sample_completions(
+        load_config(args.config, args.overrides), out, args.n, args.keep, args.problems
+    )
+    print(
+        f"{out}: {counts['rows']} completions, right answers to {counts['solved']} of {counts['problems']} "
+        f"problems ({args.n} drawn each); {counts['heldout']} held-out problems in {out.stem}.eval.jsonl"
     )
     return 0
 
@@ -269,7 +345,14 @@ def cmd_ladder(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "advantages": cmd_advantages, "ladder": cmd_ladder}
+    handlers = {
+        "train": cmd_train,
+        "sft": lambda a: cmd_train(a, supervised=True),
+        "sample": cmd_sample,
+        "eval": cmd_eval,
+        "advantages": cmd_advantages,
+        "ladder": cmd_ladder,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

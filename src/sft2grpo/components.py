@@ -27,11 +27,12 @@ class Components:
     eval_engine: rollout.Engine  # evaluation: always the policy's own weights, what is saved
 
 
-def build_components(cfg: Config, task: tasks.Task | None = None) -> Components:
+def build_components(cfg: Config, task: tasks.Task | None = None, supervised: bool = False) -> Components:
     """Load cfg.model, cfg.task (unless `task` is given: one task for many models) and cfg.reward,
-    and put cfg.rollout.engine around the model. A bad name or file stops here, before any work."""
+    and put cfg.rollout.engine around the model. A bad name or file stops here, before any work.
+    `supervised`: the task's training examples must carry reference completions (rung 0)."""
     model, tokenizer = models.load_policy(cfg.model)
-    task = task if task is not None else tasks.load_task(cfg.task)
+    task = task if task is not None else tasks.load_task(cfg.task, supervised)
     reward_fn = rewards.build_reward(cfg.reward, task, max_steps=cfg.train.steps)
     r = cfg.rollout
     engine = rollout.make_engine(r.engine, model, tokenizer, prepack=r.prepack)

@@ -82,6 +82,12 @@ class TaskConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reasoning-gym generator
     prompt_field: str = "prompt"
     answer_field: str = "answer"
+    # supervised fine-tuning (`sft2grpo sft`, `sft.steps`): the reference completion of a prompt/
+    # completion row (a string, or TRL's conversational [{"role": "assistant", ...}]); a row with
+    # `messages_field` instead is a whole conversation whose last (assistant) turn is the completion.
+    # reasoning-gym tasks with a solution writer (chain_sum) write one for each training problem
+    completion_field: str = "completion"
+    messages_field: str = "messages"
     instruction: str = "Answer with the final number."  # appended to each prompt; "" for none
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
 
@@ -211,6 +217,21 @@ class CheckpointConfig:
 
 
 @dataclass
+class SFTConfig:
+    """The supervised stage that `sft2grpo train` runs before the RL objective when steps > 0: rung 0
+    (A = 1 on reference completions) in <run>/sft/, then RL from its model in <run>/rl/. These keys
+    stand in for train.steps, lr, prompts_per_step (batch_size), schedule and warmup_steps during that
+    stage; everything else (model, task, eval, log, checkpoint) is shared. `sft2grpo sft` alone
+    reads the train section instead."""
+
+    steps: int = 0  # 0: no supervised stage, RL starts from model.name as it is
+    lr: float = 5.0e-5
+    batch_size: int = 16  # reference completions per step
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = 0
+
+
+@dataclass
 class Config:
     preset: str = "grpo"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -222,6 +243,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -378,6 +400,10 @@ def configs_dir() -> Path:
     return here.parent.parent / "configs"
 
 
+# presets that `sft2grpo sft` runs (rung 0, reference completions); `sft2grpo train` refuses them
+SUPERVISED_PRESETS = ("sft0",)
+
+
 def list_presets() -> list[str]:
     return sorted(p.stem for p in configs_dir().glob("*.yaml"))
 
@@ -496,6 +522,11 @@ def validate(cfg: Config) -> None:
     need(rw.timeout > 0, "reward.timeout", rw.timeout, "must be > 0")
     need(rw.max_failed_steps >= 0, "reward.max_failed_steps", rw.max_failed_steps, "must be >= 0 (0 = never)")
     need(cfg.model.lora.r >= 1, "model.lora.r", cfg.model.lora.r, "must be >= 1")
+    s = cfg.sft
+    need(s.steps >= 0, "sft.steps", s.steps, "must be >= 0 (0 = no supervised stage)")
+    need(s.lr > 0, "sft.lr", s.lr, "must be > 0")
+    need(s.batch_size >= 1, "sft.batch_size", s.batch_size, "must be >= 1")
+    need(s.warmup_steps >= 0, "sft.warmup_steps", s.warmup_steps, "must be >= 0")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -30,6 +30,7 @@ from .evaluate import evaluate_heldout, heldout_change, merge_evals, write_jsonl
 from .tracking import Progress, Tracker, make_tracker, plot_metrics, read_metrics, truncate_jsonl
 
 LOGS = ("metrics.jsonl", "samples.jsonl", "evals.jsonl")  # one row per step (or evaluation) each
+PROGRESS = {"reward": "reward_mean", "acc": "accuracy", "loss": "loss"}  # the bar's fields, where logged
 
 
 class TrainingError(RuntimeError):
@@ -227,9 +228,9 @@ def fit(tr) -> dict[str, Any]:
             tr.step += 1
             tr.train_time += time.perf_counter() - t0
             tracker.log(tr.step, row)
-            if samples_file is not None:
+            if samples_file is not None and batch is not None:  # supervised steps sample nothing
                 write_samples(samples_file, tr.step, batch, cfg.rollout.group_size, cfg.log.samples_per_step)
-            bar.update(reward=row["reward_mean"], acc=row["accuracy"])
+            bar.update(**{k: row[key] for k, key in PROGRESS.items() if key in row})
             if cfg.eval.every and (tr.step % cfg.eval.every == 0 or tr.step == cfg.train.steps):
                 run_eval(tr, "val", samples=False, split="val")
             if every and (tr.step % every == 0 or tr.step == cfg.train.steps):

@@ -27,6 +27,17 @@ messages ending with the user's turn, e.g. [{"role": "system", "content": "Be br
 its own system message wins over `model.system_prompt`, and the instruction goes at the end of its
 last user message.
 
+For supervised fine-tuning (`load_task(cfg, supervised=True)`, rung 0) each training row also needs
+a reference completion, in TRL's SFT formats: a `completion` column next to the prompt (a string, or
+a conversation's assistant turn [{"role": "assistant", "content": ...}]), or a `messages` column
+holding the whole conversation, whose last turn, the assistant's, is the completion. The answer
+column is then optional (without it, evaluation reports the held-out loss, not accuracy).
+reasoning-gym tasks with a writer in SOLUTION_WRITERS get a worked solution for every training
+problem, written from its metadata; held-out and validation problems never get one:
+
+    worked_solution("chain_sum", {"expression": "74 + 30 - 91"})
+    # '74 + 30 = 104, 104 - 91 = 13. The answer is 13.'
+
 Bad data never passes silently: a missing file, a line that is not JSON, a missing or empty field,
 a malformed message or an empty dataset raises `TaskError` with one line naming the file, the line
 and the field.
@@ -56,6 +67,9 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)  # every other column; reasoning-gym: the entry
     source: str = ""  # "reasoning_gym:chain_sum" or "train.jsonl:12"
     messages: list[dict[str, str]] | None = None  # the prompt as a conversation, when it was one
+    # the reference completion supervised fine-tuning trains on (a file's completion column, a
+    # conversation's last assistant turn, a reasoning-gym worked solution); None when there is none
+    completion: str | None = None
 
     @property
     def chat(self) -> str | list[dict[str, str]]:
@@ -114,8 +128,10 @@ def with_instruction(text: str, instruction: str) -> str:
     return f"{text}\n{instruction}"
 
 
-def load_task(cfg: TaskConfig) -> Task:
-    """The task named by `cfg.name`: a JSONL file, a datasets folder, or a reasoning-gym task."""
+def load_task(cfg: TaskConfig, supervised: bool = False) -> Task:
+    """The task named by `cfg.name`: a JSONL file, a datasets folder, or a reasoning-gym task.
+    `supervised`: every training example must have a reference completion (`sft2grpo sft`), and
+    file rows need no answer."""
     name = cfg.name.strip()
     if not name:
         raise TaskError("task.name is empty")
@@ -126,16 +142,50 @@ def load_task(cfg: TaskConfig) -> Task:
             f"but task.name={name} is a file"
         )
     if name.endswith(".jsonl"):
-        return _load_jsonl(path, cfg)
+        return _load_jsonl(path, cfg, supervised)
     if name.endswith(".parquet"):
-        return _load_parquet(path, cfg)
+        return _load_parquet(path, cfg, supervised)
     if path.is_dir():
-        return _load_hf_folder(path, cfg)
+        return _load_hf_folder(path, cfg, supervised)
     if "/" in name or "\\" in name or path.suffix in (".json", ".csv", ".txt"):
         if path.exists():
             raise TaskError(f"task.name={name}: not a .jsonl or .parquet file or a datasets folder")
         raise TaskError(f"task.name={name}: file not found")
-    return _load_reasoning_gym(name, cfg)
+    task = _load_reasoning_gym(name, cfg)
+    if supervised and name not in SOLUTION_WRITERS:
+        raise TaskError(
+            f"task.name={name}: supervised fine-tuning needs reference completions, and reasoning-gym "
+            f"{name} has no solution writer (those that do: {', '.join(SOLUTION_WRITERS)}); give a "
+            "file with a completion column, e.g. one that `sft2grpo sample` writes"
+        )
+    return task
+
+
+# ---------------------------------------------------------------------------------------------------
+# Worked solutions: a reference completion written from a reasoning-gym problem's metadata
+
+
+def _chain_sum_solution(meta: dict[str, Any]) -> str:
+    """'74 + 30 - 91' -> '74 + 30 = 104, 104 - 91 = 13. The answer is 13.': the running partial
+    sums, left to right, then the final number as the reward's last-number extractor reads it."""
+    tokens = str(meta["expression"]).split()  # "a op b op c": numbers and operators alternate
+    total = int(tokens[0])
+    steps = []
+    for op, term in zip(tokens[1::2], tokens[2::2]):
+        new = total + int(term) if op == "+" else total - int(term)
+        steps.append(f"{total} {op} {term} = {new}")
+        total = new
+    return f"{', '.join(steps)}. The answer is {total}."
+
+
+SOLUTION_WRITERS: dict[str, Callable[[dict[str, Any]], str]] = {"chain_sum": _chain_sum_solution}
+
+
+def worked_solution(name: str, meta: dict[str, Any]) -> str | None:
+    """The worked solution of a reasoning-gym `name` problem from its metadata, or None when the
+    task has no writer."""
+    writer = SOLUTION_WRITERS.get(name)
+    return writer(meta) if writer else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -169,12 +219,17 @@ def _load_reasoning_gym(name: str, cfg: TaskConfig) -> Task:
     def scorer(answer: str, example: Example) -> float:
         return float(made.get(example.source, train_ds).score_answer(answer, example.meta))
 
-    def to_example(entry: dict[str, Any], source: str = source) -> Example:
+    def to_example(entry: dict[str, Any], source: str = source, solved: bool = False) -> Example:
         return Example(
-            with_instruction(entry["question"], cfg.instruction), str(entry["answer"]), entry, source
+            with_instruction(entry["question"], cfg.instruction),
+            str(entry["answer"]),
+            entry,
+            source,
+            completion=worked_solution(name, entry["metadata"]) if solved else None,
         )
 
-    train = [to_example(e) for e in _entries(train_ds)]
+    # only training problems get a worked solution; held-out and validation ones never do
+    train = [to_example(e, solved=True) for e in _entries(train_ds)]
     seen = {e.meta["question"] for e in train}
 
     # Fresh questions from another seed until `size` are found; candidates are capped so that a
@@ -272,19 +327,39 @@ def _read_messages(value: list, where: str, name: str) -> list[dict[str, str]]:
     return out
 
 
-def _row_example(row: Any, where: str, cfg: TaskConfig, source: str) -> Example:
-    """One row -> Example, or TaskError naming `where` ("file.jsonl:12") and the field."""
+def _row_example(
+    row: Any, where: str, cfg: TaskConfig, source: str, supervised: bool | str = False
+) -> Example:
+    """One row -> Example, or TaskError naming `where` ("file.jsonl:12") and the field. A row is a
+    prompt (string or conversation) with an answer and, optionally, a completion; or a `messages`
+    conversation whose last turn is the assistant's completion. `supervised`: the completion is
+    required and the answer optional; "heldout" (a supervised run's eval file): either will do."""
     if not isinstance(row, dict):
         raise TaskError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    pf, af = cfg.prompt_field, cfg.answer_field
-    for f in (pf, af):
-        if f not in row:
-            keys = ", ".join(map(str, row)) or "none"
-            raise TaskError(f"{where}: missing field '{f}' (fields: {keys}; see task.{_which(f, cfg)})")
-    prompt, answer = row[pf], row[af]
+    pf, af, cf, mf = cfg.prompt_field, cfg.answer_field, cfg.completion_field, cfg.messages_field
+    completion = None
+    if pf not in row and mf in row:  # a whole conversation: the last turn is the completion
+        prompt, completion = _split_conversation(row[mf], where, mf)
+    elif pf not in row:
+        keys = ", ".join(map(str, row)) or "none"
+        also = f" or '{mf}'" if supervised else ""
+        raise TaskError(f"{where}: missing field '{pf}'{also} (fields: {keys}; see task.prompt_field)")
+    else:
+        prompt = row[pf]
+        if cf in row:
+            completion = _read_completion(row[cf], where, cf)
+    if supervised is True and completion is None:
+        keys = ", ".join(map(str, row)) or "none"
+        raise TaskError(
+            f"{where}: missing field '{cf}' (fields: {keys}; supervised fine-tuning needs a reference "
+            "completion: see task.completion_field, or give a 'messages' conversation)"
+        )
+    if af not in row and (not supervised or completion is None):
+        keys = ", ".join(map(str, row)) or "none"
+        raise TaskError(f"{where}: missing field '{af}' (fields: {keys}; see task.answer_field)")
     messages = None
     if isinstance(prompt, list):
-        messages = _read_messages(prompt, where, pf)
+        messages = _read_messages(prompt, where, pf if pf in row else mf)
         last = messages[-1]
         last["content"] = prompt = with_instruction(last["content"], cfg.instruction)
     elif not isinstance(prompt, str):
@@ -295,22 +370,61 @@ def _row_example(row: Any, where: str, cfg: TaskConfig, source: str) -> Example:
         raise TaskError(f"{where}: field '{pf}' is empty")
     else:
         prompt = with_instruction(prompt, cfg.instruction)
-    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-        raise TaskError(f"{where}: field '{af}' must be a string or a number, got {type(answer).__name__}")
-    text = str(answer).strip()
-    if not text:
-        raise TaskError(f"{where}: field '{af}' is empty")
+    text = ""  # a supervised row without an answer: evaluated by its loss, not its accuracy
+    if af in row:
+        answer = row[af]
+        if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+            raise TaskError(
+                f"{where}: field '{af}' must be a string or a number, got {type(answer).__name__}"
+            )
+        text = str(answer).strip()
+        if not text:
+            raise TaskError(f"{where}: field '{af}' is empty")
     # Reward functions get every column by name; an answer column not called "answer" (TRL's
     # `solution`) keeps its own name too, since `def accuracy(completions, solution, **kw)` asks for it.
-    meta = {k: v for k, v in row.items() if k != pf and (k != af or af != "answer")}
-    return Example(prompt, text, meta, source, messages)
+    dropped = {pf, cf, mf} | ({af} if af == "answer" else set())
+    meta = {k: v for k, v in row.items() if k not in dropped}
+    return Example(prompt, text, meta, source, messages, completion)
+
+
+def _read_completion(value: Any, where: str, name: str) -> str:
+    """A completion column: a non-empty string, or TRL's conversational completion, a list holding
+    one assistant message."""
+    if isinstance(value, list):
+        if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
+            raise TaskError(
+                f"{where}: field '{name}' as a list must hold one message with role 'assistant', got {value!r:.80}"
+            )
+        value = value[0].get("content")
+    if not isinstance(value, str):
+        raise TaskError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise TaskError(f"{where}: field '{name}' is empty")
+    return value
+
+
+def _split_conversation(value: Any, where: str, name: str) -> tuple[list[dict[str, str]], str]:
+    """A `messages` row -> (the prompt conversation, the completion): its last message, which must
+    be the assistant's, is the completion; the messages before it (ending with the user's) the prompt."""
+    if not isinstance(value, list) or not value:
+        raise TaskError(f"{where}: field '{name}' must be a non-empty list of chat messages")
+    last = value[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        role = last.get("role") if isinstance(last, dict) else type(last).__name__
+        raise TaskError(
+            f"{where}: field '{name}': the last message must be the assistant's (got {role!r}), "
+            "it is the completion trained on"
+        )
+    if len(value) < 2:
+        raise TaskError(f"{where}: field '{name}' has no user message before the assistant's")
+    return list(value[:-1]), _read_completion([last], where, name)
 
 
 def _which(f: str, cfg: TaskConfig) -> str:
     return "prompt_field" if f == cfg.prompt_field else "answer_field"
 
 
-def _read_jsonl(path: Path, cfg: TaskConfig) -> list[Example]:
+def _read_jsonl(path: Path, cfg: TaskConfig, supervised: bool | str = False) -> list[Example]:
     if not path.is_file():
         raise TaskError(f"{path}: file not found")
     out = []
@@ -323,7 +437,7 @@ def _read_jsonl(path: Path, cfg: TaskConfig) -> list[Example]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise TaskError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            out.append(_row_example(row, where, cfg, f"{path.name}:{lineno}"))
+            out.append(_row_example(row, where, cfg, f"{path.name}:{lineno}", supervised))
     if not out:
         raise TaskError(f"{path}: no examples (the file is empty)")
     return out
@@ -334,20 +448,28 @@ def eval_sibling(path: Path) -> Path:
     return path.with_name(f"{path.stem}.eval{path.suffix}")
 
 
-def _load_jsonl(path: Path, cfg: TaskConfig) -> Task:
+def _load_jsonl(path: Path, cfg: TaskConfig, supervised: bool = False) -> Task:
     """Train on the file; hold out `<name>.eval.jsonl` beside it if present (its first eval_size
     rows), else the file's last `eval_size` rows. Training rows whose prompt also appears in the
     eval split are dropped, counted in `Task.stats` and warned about."""
-    rows = _read_jsonl(path, cfg)
+    rows = _read_jsonl(path, cfg, supervised)
     sibling = eval_sibling(path)
     if sibling.is_file() and sibling != path:
-        evals = _read_jsonl(sibling, cfg)[: cfg.eval_size]
+        # a supervised run's held-out rows need an answer (accuracy) or a completion (loss), not both
+        evals = _read_jsonl(sibling, cfg, "heldout" if supervised else False)[: cfg.eval_size]
         return _split(str(path), rows, evals, cfg)
-    return _split_tail(str(path), rows, cfg, f" or add {sibling.name}")
+    return _split_tail(str(path), rows, cfg, f" or add {sibling.name}", supervised)
 
 
-def _split_tail(name: str, rows: list[Example], cfg: TaskConfig, alt: str) -> Task:
+def _split_tail(name: str, rows: list[Example], cfg: TaskConfig, alt: str, supervised: bool = False) -> Task:
     n = cfg.eval_size
+    if supervised and n and len(rows) < 2 * n:
+        # a small supervised file still trains: a tenth of its rows are held out, with a warning
+        n = max(1, len(rows) // 10)
+        warnings.warn(
+            f"{name}: {len(rows)} rows; holding out {n} (a tenth) instead of task.eval_size={cfg.eval_size}",
+            stacklevel=3,
+        )
     if n and len(rows) <= n:
         raise TaskError(
             f"{name}: {len(rows)} rows leave none for training after holding out task.eval_size={n}; "
@@ -383,7 +505,7 @@ def _split(name: str, train: list[Example], evals: list[Example], cfg: TaskConfi
 NEEDS_DATA = "needs the optional 'datasets' package: pip install 'sft2grpo[data]'"
 
 
-def _load_parquet(path: Path, cfg: TaskConfig) -> Task:
+def _load_parquet(path: Path, cfg: TaskConfig, supervised: bool = False) -> Task:
     """Rows as in JSONL, named by 0-based index; `<name>.eval.parquet` beside it is the eval split
     if present, else the last `eval_size` rows. Read with pyarrow (which the `data` extra brings)
     rather than datasets, which would first copy the file into its cache."""
@@ -394,13 +516,14 @@ def _load_parquet(path: Path, cfg: TaskConfig) -> Task:
     except ImportError:
         raise TaskError(f"{path}: reading Parquet {NEEDS_DATA}") from None
 
-    def read(p: Path) -> list[Example]:
+    def read(p: Path, supervised: bool | str = supervised) -> list[Example]:
         try:
             table = pq.read_table(p)
         except Exception as e:  # pyarrow raises its own ArrowInvalid, OSError, ...
             raise TaskError(f"{p}: not a readable Parquet file ({' '.join(str(e).split())})") from None
         out = [
-            _row_example(row, f"{p} row {i}", cfg, f"{p.name}:{i}") for i, row in enumerate(table.to_pylist())
+            _row_example(row, f"{p} row {i}", cfg, f"{p.name}:{i}", supervised)
+            for i, row in enumerate(table.to_pylist())
         ]
         if not out:
             raise TaskError(f"{p}: no examples (the file has no rows)")
@@ -409,11 +532,12 @@ def _load_parquet(path: Path, cfg: TaskConfig) -> Task:
     rows = read(path)
     sibling = eval_sibling(path)
     if sibling.is_file():
-        return _split(str(path), rows, read(sibling)[: cfg.eval_size], cfg)
-    return _split_tail(str(path), rows, cfg, f" or add {sibling.name}")
+        held = read(sibling, "heldout" if supervised else False)
+        return _split(str(path), rows, held[: cfg.eval_size], cfg)
+    return _split_tail(str(path), rows, cfg, f" or add {sibling.name}", supervised)
 
 
-def _load_hf_folder(path: Path, cfg: TaskConfig) -> Task:
+def _load_hf_folder(path: Path, cfg: TaskConfig, supervised: bool = False) -> Task:
     """A `save_to_disk` folder: a Dataset (eval = its last eval_size rows) or a DatasetDict
     (train = "train", eval = the first of "test"/"validation"/"eval" present, else the tail).
     Errors name rows by their 0-based index, as `dataset[i]` does."""
@@ -431,7 +555,7 @@ def _load_hf_folder(path: Path, cfg: TaskConfig) -> Task:
 
     def rows(split: Iterable[dict[str, Any]], label: str) -> list[Example]:
         out = [
-            _row_example(row, f"{path}[{label}] row {i}", cfg, f"{path.name}[{label}]:{i}")
+            _row_example(row, f"{path}[{label}] row {i}", cfg, f"{path.name}[{label}]:{i}", supervised)
             for i, row in enumerate(split)
         ]
         if not out:
@@ -445,5 +569,5 @@ def _load_hf_folder(path: Path, cfg: TaskConfig) -> Task:
         for label in ("test", "validation", "eval"):
             if label in loaded:
                 return _split(str(path), train, rows(loaded[label], label)[: cfg.eval_size], cfg)
-        return _split_tail(str(path), train, cfg, " or save a 'test' split")
-    return _split_tail(str(path), rows(loaded, "rows"), cfg, "")
+        return _split_tail(str(path), train, cfg, " or save a 'test' split", supervised)
+    return _split_tail(str(path), rows(loaded, "rows"), cfg, "", supervised)

@@ -61,6 +61,8 @@ class Trainer:
     """One run: the model, the optimizer and the data position. `train_step()` is one step; `fit()`
     runs them all (run.py)."""
 
+    supervised = False  # SFTTrainer (sft.py, rung 0) trains on the task's reference completions
+
     def __init__(self, cfg: Config, run_dir: Path, resume_from: Path | None = None):
         """Builds everything a run needs; writes nothing. With `resume_from` (a checkpoint folder),
         the weights, optimizer, scheduler, data position and RNG states continue from there."""
@@ -74,7 +76,7 @@ class Trainer:
         if ctx.enabled and cfg.train.parallel == "fsdp2" and cfg.model.lora.enabled:
             raise ValueError("train.parallel=fsdp2 with model.lora.enabled=true is not supported; use ddp")
         seed_everything(cfg.train.seed)
-        parts = build_components(cfg)
+        parts = build_components(cfg, supervised=self.supervised)
         self.model, self.tokenizer, self.task = parts.model, parts.tokenizer, parts.task
         self.reward_fn, self.engine, self.eval_engine = parts.reward_fn, parts.engine, parts.eval_engine
         self.device = next(self.model.parameters()).device
