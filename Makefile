@@ -57,10 +57,15 @@ $(BENCH_STAMP): pyproject.toml
 # Our trainer vs TRL's GRPOTrainer at 1 and 4 prompts x 8 (then fast vs hf rollouts); prints the
 # ratios and the rollout issue's targets, writes bench.json (flat keys such as step_time_ratio_1x8).
 # ARGS='--rollout-dtype int8' has our sampler decode with an int8 copy of the weights.
+# Then our SFT step vs TRL's SFTTrainer (benchmarks/bench_sft.py: the same 16 chain_sum rows with
+# worked solutions a step, fp32, packed, completion-only loss; step time, tokens/s, peak RSS and the
+# first batch's loss on both sides), merged into bench.json as sft_step_time_ratio,
+# sft_tokens_per_s_ratio, sft_peak_rss_ratio. ARGS goes to bench_trl.py, SFT_ARGS to bench_sft.py
+# (e.g. SFT_ARGS='--warmup 2 --steps 3').
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning (on a shared 2-core machine
 # spinning threads slowed decoding up to 8x); both trainers run under it.
 bench: $(BENCH_STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_trl.py $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_trl.py $(ARGS) && OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_sft.py $(SFT_ARGS)
 
 # Who learns more in the same minutes: make run's recipe (fp32 updates) vs TRL's GRPOTrainer, both scored
 # by `sft2grpo eval` on the same held-out problems; prints gains with intervals, writes bench_learn.json.
