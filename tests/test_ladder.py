@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sft2grpo import ladder, ladder_report
 from sft2grpo.cli import main
-from sft2grpo.ladder_plan import AA
-from sft2grpo.ladder_verdicts import aa_status, comparisons
+from sft2grpo.ladder import report as ladder_report
+from sft2grpo.ladder import run as ladder  # the command's module: what monkeypatch must reach
+from sft2grpo.ladder.plan import AA
+from sft2grpo.ladder.verdicts import aa_status, comparisons
 
 TOY = Path(__file__).parent / "toy_reward.py"
 TINY = [
@@ -324,7 +325,7 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
     for d in (a, b):
         d.pop("log"), d["rollout"].pop("seed"), d.pop("preset", None)
     assert a == b
-    assert len(ladder.make_plan(output=tmp_path, presets="all").presets) == 12
+    assert len(ladder.make_plan(output=tmp_path, presets="all").presets) == 14
     assert "--eval-samples 0" in ladder.make_plan(output=tmp_path, eval_samples=0).command
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sft2grpo.evaluate import paired_bootstrap
-from sft2grpo.ladder_stats import mean_interval, paired_interval, t_quantile, verdict
+from sft2grpo.ladder.stats import mean_interval, paired_interval, t_quantile, verdict
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,8 @@ def loop_advantages(r: list[float], n: int, estimator: str, ddof: int, eps: floa
                 out.append(0.0)
             elif estimator == "group_norm":
                 out.append((x - mean) / (std + eps))
+            elif estimator == "group_norm_relu":
+                out.append(max((x - mean) / (std + eps), 0.0))
             elif estimator == "group_mean":
                 out.append(x - mean)
             elif estimator == "rloo":
@@ -223,6 +226,25 @@ def test_rloo_and_group_mean_by_hand():
     )
     torch.testing.assert_close(
         compute_advantages(r, 3, "rloo")[0], torch.tensor([2.5, -0.5, -2.0], dtype=F64)
+    )
+
+
+def test_group_norm_relu_by_hand():
+    # GRPO without the negative gradient (grpo_no_neg). Group [1, -1, -1, 1]: mean 0, population
+    # std 1, so group_norm is [1, -1, -1, 1] and ReLU keeps [1, 0, 0, 1].
+    # Unequal counts, [1, -1, -1, -1]: mean -1/2, std sqrt(3)/2; group_norm [sqrt 3, -1/sqrt 3 (x3)]
+    # -> [sqrt 3, 0, 0, 0]. A constant group [1, 1, 1, 1] stays 0 (no signal, as in group_norm).
+    r = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0], dtype=F64)
+    adv, same = compute_advantages(r, 4, "group_norm_relu", eps=0.0)
+    s3 = math.sqrt(3)
+    expected = [1.0, 0.0, 0.0, 1.0, s3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    torch.testing.assert_close(adv, torch.tensor(expected, dtype=F64))
+    assert same.tolist() == [False, False, True]
+    # it is group_norm through ReLU, with the default eps too
+    torch.testing.assert_close(adv, compute_advantages(r, 4, "group_norm", eps=0.0)[0].clamp_min(0.0))
+    torch.testing.assert_close(
+        compute_advantages(r, 4, "group_norm_relu")[0],
+        compute_advantages(r, 4, "group_norm")[0].clamp_min(0.0),
     )
 
 
@@ -503,6 +525,8 @@ EXPECTED_PRESETS = {
     "sft_o1",
     "no_is",
     "no_kl",
+    "grpo_no_neg",
+    "grpo_no_norm",
     "dr_grpo",
     "dapo",
     "gspo",
@@ -532,6 +556,12 @@ def test_preset_switches_of_the_ladder():
     assert o["no_kl"].beta == 0 and o["no_is"].ratio == "none" and o["gspo"].ratio == "sequence"
     assert (o["dapo"].eps_low, o["dapo"].eps_high, o["dapo"].aggregation) == (0.2, 0.28, "token_mean")
     assert load_config("dapo").rollout.dynamic_sampling and load_config("sft_o1").train.mu == 4
+    # the leave-one-out ablations: GRPO with one trick removed, the rest GRPO's
+    grpo = load_config("grpo")
+    no_neg, no_norm = load_config("grpo_no_neg"), load_config("grpo_no_norm")
+    assert no_neg.objective == replace(grpo.objective, advantage="group_norm_relu")
+    assert no_norm.objective == replace(grpo.objective, advantage="raw", clip=False)
+    assert no_neg.train.mu == no_norm.train.mu == grpo.train.mu == 2
 
 
 def test_loss_switches_are_exactly_policy_loss_keywords():

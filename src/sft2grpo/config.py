@@ -135,7 +135,7 @@ class RolloutConfig:
 class ObjectiveConfig:
     """The switches of the ladder; see objective.py and the table in README.md."""
 
-    advantage: Literal["raw", "relu", "group_norm", "group_mean", "rloo"] = "group_norm"
+    advantage: Literal["raw", "relu", "group_norm", "group_norm_relu", "group_mean", "rloo"] = "group_norm"
     std_ddof: int = 0
     std_eps: float = 1e-6
     ratio: Literal["none", "token", "sequence"] = "token"
@@ -458,14 +458,14 @@ def validate(cfg: Config) -> None:
     need(o.max_len is None or o.max_len > 0, "objective.max_len", o.max_len, "must be > 0")
     need(o.tis_cap is None or o.tis_cap >= 1, "objective.tis_cap", o.tis_cap, "must be >= 1 or null")
     need(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1")
-    if o.advantage in ("group_norm", "group_mean", "rloo"):
+    if o.advantage in ("group_norm", "group_norm_relu", "group_mean", "rloo"):
         need(
             r.group_size >= 2,
             "rollout.group_size",
             r.group_size,
             f"objective.advantage={o.advantage} needs groups of at least 2 completions",
         )
-    if o.advantage == "group_norm" and o.std_ddof == 1:
+    if o.advantage in ("group_norm", "group_norm_relu") and o.std_ddof == 1:
         need(r.group_size >= 2, "rollout.group_size", r.group_size, "std with ddof=1 needs >= 2")
     need(r.max_new_tokens >= 1, "rollout.max_new_tokens", r.max_new_tokens, "must be >= 1")
     need(r.temperature > 0, "rollout.temperature", r.temperature, "must be > 0")

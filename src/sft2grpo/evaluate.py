@@ -155,7 +155,7 @@ def paired_bootstrap(
     problem spread, which both share, cancels). `before` and `after` are (P,) scores in [0, 1], or
     (S, P) scores of S paired seeds: then the seeds are resampled too, independently of the
     problems (a crossed bootstrap). With few seeds that under-covers: the ladder's verdicts use
-    `ladder_stats.paired_interval` instead.
+    `ladder.stats.paired_interval` instead.
 
     Example: before = [0, 0, 1, 0], after = [1, 0, 1, 0] -> diff 0.25; every resample's diff is a
     multiple of 1/4 between 0 and 1, so the interval is [0.0, 0.75] or tighter.

@@ -82,6 +82,16 @@ def _adv_group_norm(r: Tensor, std_ddof: int, eps: float) -> Tensor:
     return torch.where(all_equal(r)[:, None], torch.zeros_like(adv), adv)
 
 
+def _adv_group_norm_relu(r: Tensor, std_ddof: int, eps: float) -> Tensor:
+    """GRPO without the negative gradient: the group-normalised advantage through ReLU, so answers
+    below their group's mean weigh 0 instead of being pushed down (the `grpo_no_neg` ablation).
+
+    rewards [1, -1, -1, -1] (one group): mean -0.5, std sqrt(3)/2 -> group_norm [1.73, -0.58, -0.58,
+    -0.58] -> ReLU [1.73, 0, 0, 0]. All-equal groups stay exactly 0, as in group_norm.
+    """
+    return _adv_group_norm(r, std_ddof, eps).clamp_min(0.0)
+
+
 def _adv_group_mean(r: Tensor, std_ddof: int, eps: float) -> Tensor:
     # Dr. GRPO: dividing by std up-weights groups that are almost solved or almost hopeless; skip it
     adv = r - r.mean(dim=1, keepdim=True)  # [G, n]
@@ -100,6 +110,7 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor, int, float], Tensor]] = {
     "raw": _adv_raw,
     "relu": _adv_relu,
     "group_norm": _adv_group_norm,
+    "group_norm_relu": _adv_group_norm_relu,
     "group_mean": _adv_group_mean,
     "rloo": _adv_rloo,
 }
@@ -111,8 +122,8 @@ def compute_advantages(
     """Advantages of B completions laid out as consecutive groups of `group_size` (one per prompt).
 
     rewards: [B]. Returns (advantages [B], all_equal [B // group_size] bool). A group whose rewards are
-    all equal gets advantage exactly 0 from group_norm / group_mean / rloo, never NaN; the mask counts
-    those groups for logging (raw and relu still train on them, as rungs 1-2 do).
+    all equal gets advantage exactly 0 from group_norm, group_norm_relu, group_mean and rloo, never
+    NaN; the mask counts those groups for logging (raw and relu still train on them, as rungs 1-2 do).
 
         >>> compute_advantages(torch.tensor([1.0, -1.0, 0.0, 0.0]), 2, "group_norm")[0]
         tensor([ 1.0000, -1.0000,  0.0000,  0.0000])

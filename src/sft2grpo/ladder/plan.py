@@ -1,6 +1,6 @@
 """What `sft2grpo ladder` runs: the presets, the budgets, and the plan of (preset, seed) runs.
 
-Both the ladder (ladder.py, which runs the plan) and its report (ladder_report.py, which reads what
+Both the ladder (run.py, which runs the plan) and its report (report.py, which reads what
 the runs left) start from here; neither imports the other's module for it.
 """
 
@@ -22,6 +22,8 @@ PRESETS = (
     "sft_o1",
     "no_is",
     "no_kl",
+    "grpo_no_neg",
+    "grpo_no_norm",
     "dr_grpo",
     "dapo",
     "gspo",
@@ -37,6 +39,8 @@ DESCRIPTIONS = {
     "sft_o1": "sft-o1: no negative gradient, 4 passes",
     "no_is": "GRPO without importance sampling",
     "no_kl": "GRPO without KL (no reference model)",
+    "grpo_no_neg": "GRPO without negative gradient, A = ReLU(norm)",
+    "grpo_no_norm": "GRPO without normalisation or clip, A = r",
     "dr_grpo": "Dr. GRPO: A = r - mean, token sums",
     "dapo": "DAPO: clip-higher, dynamic sampling",
     "gspo": "GSPO: one ratio per sequence",
@@ -62,7 +66,7 @@ class Budget:
     eval_samples: int = 8
 
 
-# The default ladder: the seed's 5 rungs and 3 variants; `--presets all` adds the other 4.
+# The default ladder: the seed's 5 rungs and 3 variants; `--presets all` adds the other 6.
 # Runs trained at once by default: on 2 CPU cores two runs of one thread each did 1.5x the steps per
 # minute of one run with both threads (docs/ladder/README.md); each has its own process and memory.
 DEFAULT_JOBS = 2
@@ -154,7 +158,7 @@ class Plan:
 def parse_presets(text: str | None) -> list[str]:
     """'sft,grpo' -> ['sft', 'grpo'] (duplicates dropped); None -> the seed's rungs and variants
     (DEFAULT_PRESETS); 'all' -> every preset of the ladder (PRESETS)."""
-    from .config import list_presets
+    from ..config import list_presets
 
     available = list_presets()
     if not text or text.strip() == "all":
@@ -184,7 +188,7 @@ def make_plan(
 ) -> Plan:
     """Every run's overrides and resolved config; a bad preset, budget or key stops here, before any
     training, with one line naming it."""
-    from .config import load_config
+    from ..config import load_config
 
     if budget not in BUDGETS:
         raise ValueError(f"--budget: unknown budget '{budget}'; available: {', '.join(BUDGETS)}")

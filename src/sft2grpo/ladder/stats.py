@@ -1,5 +1,5 @@
 """The ladder's statistics: a 95% interval for a paired difference over seeds and problems, and the
-verdict it gives. Pure functions of arrays; the report (ladder_report.py) feeds them the per-problem
+verdict it gives. Pure functions of arrays; the report (report.py) feeds them the per-problem
 scores every run left.
 
 Two presets A and B trained with the same seeds and scored on the same held-out problems give two

@@ -1,5 +1,5 @@
 """The ladder's comparisons: each of the seed's claims, the A/A check and base -> grpo, as paired
-differences with 95% intervals (`ladder_stats`), and results.json.
+differences with 95% intervals (`stats.py`), and results.json.
 
 Runs are paired by seed (same train.seed: same prompt order) and problem (the same held-out
 problems). The base model is evaluated once; its per-problem scores stand on the A side for every
@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .ladder_plan import AA, DESCRIPTIONS
-from .ladder_stats import MARGIN, mean_interval, paired_interval, verdict
+from .plan import AA, DESCRIPTIONS
+from .stats import MARGIN, mean_interval, paired_interval, verdict
 
 # Per-problem metrics (a RunResult attribute holding {prompt: score}) and per-seed ones (a float).
 PER_PROBLEM = {"sampled_accuracy": "sampled", "greedy_accuracy": "greedy"}
 PER_SEED = {"peak_mem_mb": "peak_mem_mb", "step_time_s": "step_time", "kl_to_base": "kl"}
 
-# Each claim: its title, its kind (ladder_stats.verdict) and comparisons (A, B, what changes from A
+# Each claim: its title, its kind (stats.verdict) and comparisons (A, B, what changes from A
 # to B). The first comparison decides the claim; the others are further evidence, with their own
 # interval and the same kind of verdict.
 CLAIMS = [
@@ -66,7 +66,7 @@ class Comparison:
     # "claim 1".."claim 4", "evidence", "variant", "A/A", "base -> grpo", "cost", or "other metric"
     # (a claim's deciding pair, base -> grpo or A/A on greedy accuracy when sampled accuracy decides)
     role: str
-    kind: str  # ladder_stats.verdict's kind
+    kind: str  # stats.verdict's kind
     what: str
     verdict: str  # "supported", "contradicted", "undecided", or "not measured"
     diff: float | None = None
@@ -217,7 +217,7 @@ def results_json(plan, by_preset: dict, comps: list[Comparison], metric: str) ->
         "level": 0.95,
         "method": "paired t interval over seeds and problems: se^2 = var over seeds of the per-seed "
         "mean difference / S + var over problems of the per-problem mean difference / P, t with S - 1 "
-        "df (ladder_stats.paired_interval)",
+        "df (ladder.stats.paired_interval)",
         "margin": MARGIN,
         "aa_trusted": trusted,
         "presets": presets,

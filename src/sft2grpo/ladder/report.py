@@ -3,7 +3,7 @@ its runs left.
 
 Per preset, the mean over seeds with a 95% interval of the sampled and greedy held-out accuracy,
 KL to the base model, step time and peak memory (and means of the rest); a verdict at 95% on each of
-the seed's claims from paired differences (ladder_verdicts.py, ladder_stats.py); and the A/A check,
+the seed's claims from paired differences (verdicts.py, stats.py); and the A/A check,
 whose failure the report's first lines state.
 
     write_report(make_plan(budget="small", output="ladder"))   # redraw the report of a ladder folder
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .evaluate import problem_scores
-from .ladder_plan import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
-from .ladder_stats import MARGIN
-from .ladder_verdicts import AA, CLAIMS, Comparison, aa_status, comparisons, results_json, table_interval
-from .tracking import seed_band
+from ..evaluate import problem_scores
+from ..tracking import seed_band
+from .plan import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
+from .stats import MARGIN
+from .verdicts import AA, CLAIMS, Comparison, aa_status, comparisons, results_json, table_interval
 
 
 @dataclass
@@ -163,7 +163,7 @@ def mean_std(xs: list[float], scale: float = 1.0, fmt: str = ".1f") -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The verdicts: paired differences with 95% intervals (ladder_verdicts.py).
+# The verdicts: paired differences with 95% intervals (verdicts.py).
 
 METRIC_WORDS = {
     "sampled_accuracy": "sampled accuracy",
@@ -506,7 +506,7 @@ STATS_METHOD = (
     "the interval is a paired t interval whose variance adds the run-to-run term (the variance over "
     "seeds of the per-seed mean difference, / S) and the problem term (the variance over problems of "
     "the per-problem mean difference, / P), with S - 1 degrees of freedom "
-    "(`ladder_stats.paired_interval`; on synthetic data with no effect it called a difference in 3.5% "
+    "(`ladder.stats.paired_interval`; on synthetic data with no effect it called a difference in 3.5% "
     "of 400 repetitions, tests/test_ladder_stats.py). With one seed only the problem term is left and "
     "run-to-run variation is not in the interval. Memory, step time and KL pair by seed alone."
 )
@@ -558,7 +558,7 @@ def budget_lines(plan: Plan) -> list[str]:
         f"- validation: {cfg.task.val_size} other problems, greedy, evaluated at step 0 and {when}",
         f"- KL to the base model: {b.kl_prompts} held-out prompts x {b.kl_samples} completions sampled "
         "from the trained policy, mean per-token k3 = exp(d) - d - 1 with d = log pi_base - log pi "
-        "(`ladder.kl_to_base`)",
+        "(`ladder.run.kl_to_base`)",
         f"- overrides shared by every run: `{' '.join(plan.shared)}`",
         "",
     ]

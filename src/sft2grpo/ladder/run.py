@@ -16,9 +16,9 @@ an interrupted ladder:
 2. `measure` processes (as many as jobs) evaluate the base model on the held-out set once (greedy
    and sampled), and for every run estimate KL(trained || base) (`kl_to_base`) and score its sampled
    accuracy: k answers per held-out problem at the rollout temperature (`sampled_accuracy`).
-3. REPORT.md, results.json, curves.png and final.png (`ladder_report.py`): a table per preset (means
+3. REPORT.md, results.json, curves.png and final.png (`report.py`): a table per preset (means
    with 95% intervals over seeds), a verdict at 95% on each of the seed's claims from paired
-   intervals over seeds and problems (`ladder_verdicts.py`, `ladder_stats.py`), and the A/A check.
+   intervals over seeds and problems (`verdicts.py`, `stats.py`), and the A/A check.
 
 This process never loads a model (it imports torch at most, to look for checkpoints): a child
 process starts with its parent's peak RSS as its own, so a parent holding a model would inflate every
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .ladder_plan import (  # noqa: F401 (re-exported: the ladder's plan is part of its API)
+from .plan import (  # noqa: F401 (re-exported: the ladder's plan is part of its API)
     BUDGETS,
     DESCRIPTIONS,
     PRESETS,
@@ -125,7 +125,7 @@ def run_state(run: Run) -> str:
     if is_finished(run):
         return "done"
     if run.dir.is_dir():
-        from . import checkpoint  # imports torch (a few hundred MB, less than any run's own peak)
+        from .. import checkpoint  # imports torch (a few hundred MB, less than any run's own peak)
 
         if checkpoint.latest(run.dir) is not None:
             return "resume"
@@ -136,7 +136,7 @@ def check_same_settings(run: Run) -> None:
     """A run folder trained with other settings would mix budgets in one table: refuse it."""
     import yaml
 
-    from .config import Config, to_dict
+    from ..config import Config, to_dict
 
     saved = read_yaml(run.dir / "config.yaml", yaml)
     if saved is None:
@@ -257,7 +257,7 @@ def run_ladder(**kwargs) -> int:
     if failed is None:
         return 130
     problem = measure_runs(plan, jobs)
-    from .ladder_report import write_report
+    from .report import write_report
 
     report = write_report(plan, failed)
     print(f"report: {report}")
@@ -359,12 +359,15 @@ def print_plan(plan: Plan, states: dict, est: dict, jobs: int = 1) -> None:
         + "); "
         f"task {cfg.task.name}, model {cfg.model.name}; output {plan.out}/"
     )
+    width = max(11, *(len(p) for p in plan.presets))  # 11: the default ladder's widest, reward_norm
     for p in plan.presets:
         runs = [r for r in plan.runs if r.preset == p]
         marks = " ".join(f"s{r.seed}:{states[(p, r.seed)]}" for r in runs)
         secs = [est[(p, r.seed)] for r in runs if (p, r.seed) in est]
         mins = f"~{sum(secs) / 60:4.1f} min" if secs else "    -    "
-        print(f"  {p:11s} mu {runs[0].cfg.train.mu}  beta {runs[0].cfg.objective.beta:<5g} {mins}  {marks}")
+        print(
+            f"  {p:{width}s} mu {runs[0].cfg.train.mu}  beta {runs[0].cfg.objective.beta:<5g} {mins}  {marks}"
+        )
     total = estimate_wall_s(sum(est.values()) + (estimate_measure_s(plan) if est else 0.0), jobs)
     print(
         f"{done} of {len(plan.runs)} runs finished before; estimate for the rest, with measurements: "
@@ -454,7 +457,7 @@ def sampled_accuracy(comp, cfg, k: int, seed: int):
     training samples at): per problem the share of correct samples, in EvalResult.samples."""
     import torch
 
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
 
     if k < 2:
         raise ValueError(f"sampled accuracy needs k >= 2 samples per problem, got {k}")
@@ -475,7 +478,7 @@ def sampled_accuracy(comp, cfg, k: int, seed: int):
 
 def write_sampled(folder: Path, comp, cfg, k: int, seed: int) -> float:
     """sampled.json (metrics) and eval_sampled.jsonl (per problem) in `folder`; returns the accuracy."""
-    from .evaluate import write_jsonl
+    from ..evaluate import write_jsonl
 
     t0 = time.perf_counter()
     res = sampled_accuracy(comp, cfg, k, seed)
@@ -498,8 +501,8 @@ def kl_to_base(policy, base, examples: list, cfg, samples: int, seed: int = 0) -
     """
     import torch
 
-    from . import objective
-    from .models import chat_prompt_ids, group_logprobs
+    from .. import objective
+    from ..models import chat_prompt_ids, group_logprobs
 
     dev = next(policy.model.parameters()).device
     ids = chat_prompt_ids(policy.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
@@ -531,9 +534,9 @@ def measure(spec_path: Path) -> None:
     listed in the spec that `measure_runs` wrote."""
     from dataclasses import replace
 
-    from .components import build_components
-    from .config import LoraConfig, load_config
-    from .evaluate import evaluate_heldout, write_jsonl
+    from ..components import build_components
+    from ..config import LoraConfig, load_config
+    from ..evaluate import evaluate_heldout, write_jsonl
 
     spec = json.loads(spec_path.read_text())
     out = spec_path.parent
@@ -568,10 +571,3 @@ def measure(spec_path: Path) -> None:
             acc = write_sampled(d, policy, cfg, k, seed)
             print(f"{d.name}: sampled accuracy {acc:.3f} ({k} per problem)", flush=True)
         del policy
-
-
-if __name__ == "__main__":
-    # `python -m sft2grpo.ladder measure SPEC.json`: the measure process of `measure_runs`
-    if len(sys.argv) != 3 or sys.argv[1] != "measure":
-        raise SystemExit("usage: python -m sft2grpo.ladder measure SPEC.json")
-    measure(Path(sys.argv[2]))

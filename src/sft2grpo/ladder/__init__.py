@@ -1,0 +1,15 @@
+"""`sft2grpo ladder`: every rung and variant trained on one budget, and a report that answers the
+seed's claims. The trainer never imports this package; it runs the trainer as a command.
+
+- plan.py: the presets, the budgets and the plan of (preset, seed) runs (`make_plan`).
+- run.py: the command (`run_ladder`): trains each run in its own process, resumes, estimates the
+  time, and the measure process (`python -m sft2grpo.ladder measure`, KL to base, sampled accuracy).
+- stats.py: the paired 95% interval over seeds and problems, and the verdict it gives.
+- verdicts.py: the seed's claims, the A/A check and base -> grpo as paired comparisons; results.json.
+- report.py: REPORT.md, results.json and the plots from the files the runs left.
+"""
+
+from .plan import BUDGETS, DEFAULT_PRESETS, PRESETS, Plan, Run, make_plan
+from .run import run_ladder
+
+__all__ = ["BUDGETS", "DEFAULT_PRESETS", "PRESETS", "Plan", "Run", "make_plan", "run_ladder"]
