@@ -310,31 +310,70 @@ def test_sft_resume_is_bit_exact(tmp_path):
     assert_same_run(whole, pieces)
 
 
+def pipeline_args(out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--config",
+        "no_kl",
+        "model.name=tiny",
+        "task.size=40",
+        "task.eval_size=6",
+        "task.val_size=4",
+        "sft.steps=2",
+        "sft.batch_size=4",
+        "train.steps=2",
+        "train.prompts_per_step=2",
+        "rollout.group_size=2",
+        "rollout.max_new_tokens=8",
+        "eval.every=1",
+        "log.progress=false",
+        "log.plots=false",
+        f"log.output_dir={out}",
+        *extra,
+    ]
+
+
+def test_pipeline_interrupted_in_the_sft_stage_resumes_to_the_same_run(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the supervised stage: the step finishes, a checkpoint is written, the command
+    says how to continue; `--resume <run>` then finishes both stages with the weights and logs of an
+    uninterrupted pipeline."""
+    import os
+    import signal
+
+    from test_resume import assert_same_run
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(pipeline_args(whole)) == 0
+    original = SFTTrainer.train_step
+
+    def train_step(self):
+        if self.step == 1:  # during the last step: the stage's summary says interrupted, no "after"
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(SFTTrainer, "train_step", train_step)
+    capsys.readouterr()
+    assert main(pipeline_args(cut)) == 0
+    assert json.loads((cut / "sft" / "summary.json").read_text())["interrupted"]
+    assert f"interrupted in the sft stage; continue with --resume {cut}" in capsys.readouterr().out
+    assert not (cut / "rl").exists() and not (cut / "summary.json").exists()
+    monkeypatch.setattr(SFTTrainer, "train_step", original)
+    assert main(["train", "--resume", str(cut)]) == 0
+    assert_same_run(whole / "sft", cut / "sft")
+    assert_same_run(whole / "rl", cut / "rl")
+    for name in ("sft/eval_after.jsonl", "rl/eval_before.jsonl", "rl/eval_after.jsonl"):
+        assert (cut / name).read_text() == (whole / name).read_text(), name
+    assert (
+        json.loads((cut / "summary.json").read_text())["accuracy"]
+        == json.loads((whole / "summary.json").read_text())["accuracy"]
+    )
+
+
 def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     """sft.steps > 0: base -> SFT (<run>/sft) -> RL (<run>/rl) from the SFT model, with held-out
     accuracy at each stage; the RL stage's "before" is the SFT stage's "after", scored once."""
     out = tmp_path / "pipe"
-    code = main(
-        [
-            "train",
-            "--config",
-            "no_kl",
-            "model.name=tiny",
-            "task.size=40",
-            "task.eval_size=6",
-            "task.val_size=4",
-            "sft.steps=2",
-            "sft.batch_size=4",
-            "train.steps=2",
-            "train.prompts_per_step=2",
-            "rollout.group_size=2",
-            "rollout.max_new_tokens=8",
-            "eval.every=1",
-            "log.progress=false",
-            "log.plots=false",
-            f"log.output_dir={out}",
-        ]
-    )
+    code = main(pipeline_args(out))
     printed = capsys.readouterr().out
     assert code == 0
     rl_cfg = load_config(str(out / "rl" / "config.yaml"))

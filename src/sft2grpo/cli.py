@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--estimator",
         default="group_norm",
-        help="advantage estimator: raw, relu, group_norm, group_mean, rloo",
+        help="advantage estimator: raw, relu, group_norm, group_norm_relu, group_mean, rloo",
     )
     lad = sub.add_parser(
         "ladder",
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     lad.add_argument(
         "--presets",
         default=None,
-        help="comma-separated presets, or 'all' for all 12 (default: the 5 rungs, sft_o1, no_is, no_kl)",
+        help="comma-separated presets, or 'all' for all 14 (default: the 5 rungs, sft_o1, no_is, no_kl)",
     )
     lad.add_argument(
         "--eval-samples",
@@ -202,7 +202,9 @@ def cmd_train(args, supervised: bool = False) -> int:
         run_dir = distributed.broadcast(make_run_dir(cfg), ctx)  # rank 0's {time} for every rank
     if not supervised and cfg.sft.steps > 0:  # base -> SFT (run_dir/sft) -> RL (run_dir/rl)
         summary = run_pipeline(cfg, run_dir)
-        if ctx.main and not summary.get("interrupted"):
+        if ctx.main and summary.get("interrupted"):
+            print(f"interrupted in the {summary['stage']} stage; continue with --resume {run_dir}")
+        elif ctx.main:
             print(format_pipeline(summary))
         distributed.shutdown()
         return 0

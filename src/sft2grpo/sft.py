@@ -186,22 +186,22 @@ def stage_configs(cfg: Config, run_dir: Path) -> tuple[Config, Config]:
 def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) both stages in run_dir/sft and run_dir/rl, then write run_dir/summary.json
     with held-out accuracy at each stage and each change with its interval. A stage that finished
-    (summary.json) is not run again; one with a checkpoint continues from it."""
+    (summary.json, not interrupted) is not run again; one with a checkpoint continues from it."""
     sft_cfg, rl_cfg = stage_configs(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     from .config import dump_yaml
 
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     sft_dir, rl_dir = run_dir / "sft", run_dir / "rl"
-    if not (sft_dir / "summary.json").is_file():
+    if not finished(sft_dir):
         print(f"# stage 1/2: supervised fine-tuning, {cfg.sft.steps} steps -> {sft_dir}", file=sys.stderr)
-        sft = SFTTrainer(sft_cfg, sft_dir, resume_from=checkpoint.latest(sft_dir))
+        sft = SFTTrainer(sft_cfg, sft_dir, resume_from=fresh_or_checkpoint(sft_dir))
         if sft.fit().get("interrupted"):
             return {"run_dir": str(run_dir), "interrupted": True, "stage": "sft"}
     sft_summary = json.loads((sft_dir / "summary.json").read_text())
-    if not (rl_dir / "summary.json").is_file():
+    if not finished(rl_dir):
         print(f"# stage 2/2: {cfg.preset}, {cfg.train.steps} steps -> {rl_dir}", file=sys.stderr)
-        ckpt = checkpoint.latest(rl_dir)
+        ckpt = fresh_or_checkpoint(rl_dir)
         rl = Trainer(rl_cfg, rl_dir, resume_from=ckpt)
         if ckpt is None and sft_summary.get("after") is not None:
             rl.before = sft_summary["after"]  # the same model: its held-out score carries over
@@ -216,6 +216,21 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
             summary["plot"] = str(plot)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def finished(stage_dir: Path) -> bool:
+    """Whether a stage ran to its end (an interrupted run writes summary.json too, marked so)."""
+    path = stage_dir / "summary.json"
+    return path.is_file() and not json.loads(path.read_text()).get("interrupted")
+
+
+def fresh_or_checkpoint(stage_dir: Path) -> Path | None:
+    """A stage's newest complete checkpoint to resume from; without one, the logs of a start that
+    died before its first checkpoint are removed, so the stage starts clean (nothing can resume them)."""
+    ckpt = checkpoint.latest(stage_dir)
+    if ckpt is None and stage_dir.is_dir():
+        shutil.rmtree(stage_dir)
+    return ckpt
 
 
 def pipeline_summary(run_dir: Path) -> dict[str, Any]:
