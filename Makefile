@@ -22,11 +22,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job: train SmolLM2-135M-Instruct with GRPO, evaluate before and after, write plots.
-# The recipe is configs/run.yaml (its measurements: docs/learning.md); ARGS adds
+# The main job: train SmolLM2-135M-Instruct from SFT to GRPO (supervised fine-tuning on worked
+# solutions, then GRPO), evaluate the base, SFT and final models, write plots. The recipe is
+# configs/pipeline.yaml (its measurements: docs/sft_to_grpo.md; GRPO alone: RUN_CONFIG=configs/run.yaml,
+# docs/learning.md); ARGS adds
 # overrides, e.g. make run ARGS='train.seed=1'.
 # OMP_WAIT_POLICY=PASSIVE as for make bench below: idle OpenMP threads sleep instead of spinning.
-RUN_CONFIG ?= configs/run.yaml
+RUN_CONFIG ?= configs/pipeline.yaml
+LEARN_CONFIG ?= configs/run.yaml
 run: setup
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/sft2grpo train --config $(RUN_CONFIG) $(ARGS)
 
@@ -70,7 +73,7 @@ bench: $(BENCH_STAMP)
 # Who learns more in the same minutes: make run's recipe (fp32 updates) vs TRL's GRPOTrainer, both scored
 # by `sft2grpo eval` on the same held-out problems; prints gains with intervals, writes bench_learn.json.
 bench-learn: $(BENCH_STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_learn.py --config $(RUN_CONFIG) --recipe "" $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(BENCH_PY) benchmarks/bench_learn.py --config $(LEARN_CONFIG) --recipe "" $(ARGS)
 
 # Every rung and variant on one budget, then ladder/REPORT.md (README, "Which trick matters").
 ladder: setup

@@ -22,6 +22,7 @@ never a target. Each completion ends with the tokenizer's eos token, so the mode
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import shutil
 import sys
@@ -98,9 +99,7 @@ class SFTTrainer(Trainer):
         super().__init__(supervised_config(cfg), run_dir, resume_from)
         # a file of prompts and completions without answers: nothing to score accuracy against,
         # so the held-out and validation numbers are the completions' loss instead
-        held = self.task.eval + self.task.val
-        self.scores_answers = all(e.answer for e in held)
-        if not self.scores_answers:
+        if not all(e.answer for e in self.task.eval + self.task.val):
             e = self.cfg.eval
             if e.before or e.after or e.every:
                 warnings.warn(
@@ -195,19 +194,12 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     sft_dir, rl_dir = run_dir / "sft", run_dir / "rl"
     if not finished(sft_dir):
         print(f"# stage 1/2: supervised fine-tuning, {cfg.sft.steps} steps -> {sft_dir}", file=sys.stderr)
-        sft = SFTTrainer(sft_cfg, sft_dir, resume_from=fresh_or_checkpoint(sft_dir))
-        if sft.fit().get("interrupted"):
+        if run_stage(SFTTrainer, sft_cfg, sft_dir).get("interrupted"):
             return {"run_dir": str(run_dir), "interrupted": True, "stage": "sft"}
-    sft_summary = json.loads((sft_dir / "summary.json").read_text())
+        gc.collect()  # the first stage's trainer (hooks make reference cycles) before the second's
     if not finished(rl_dir):
         print(f"# stage 2/2: {cfg.preset}, {cfg.train.steps} steps -> {rl_dir}", file=sys.stderr)
-        ckpt = fresh_or_checkpoint(rl_dir)
-        rl = Trainer(rl_cfg, rl_dir, resume_from=ckpt)
-        if ckpt is None and sft_summary.get("after") is not None:
-            rl.before = sft_summary["after"]  # the same model: its held-out score carries over
-            rl_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(sft_dir / "eval_after.jsonl", rl_dir / "eval_before.jsonl")
-        if rl.fit().get("interrupted"):
+        if run_stage(Trainer, rl_cfg, rl_dir, carry_from=sft_dir).get("interrupted"):
             return {"run_dir": str(run_dir), "interrupted": True, "stage": "rl"}
     summary = pipeline_summary(run_dir)
     if cfg.log.plots:
@@ -216,6 +208,20 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
             summary["plot"] = str(plot)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def run_stage(cls, cfg: Config, stage_dir: Path, carry_from: Path | None = None) -> dict[str, Any]:
+    """Build, run and drop one stage's trainer (so the first stage's model and optimizer are freed
+    before the second's are built). `carry_from`: the previous stage's folder, whose held-out
+    evaluation "after" is this stage's "before" (the same model), unless this stage resumes."""
+    ckpt = fresh_or_checkpoint(stage_dir)
+    tr = cls(cfg, stage_dir, resume_from=ckpt)
+    earlier = json.loads((carry_from / "summary.json").read_text()) if carry_from else {}
+    if ckpt is None and earlier.get("after") is not None:
+        tr.before = earlier["after"]
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(carry_from / "eval_after.jsonl", stage_dir / "eval_before.jsonl")
+    return tr.fit()
 
 
 def finished(stage_dir: Path) -> bool:
@@ -260,7 +266,7 @@ def pipeline_summary(run_dir: Path) -> dict[str, Any]:
 def format_pipeline(s: dict[str, Any]) -> str:
     """The stage-by-stage table `sft2grpo train` prints at the end of a pipeline run."""
     names = {"base": "base model", "sft": "after SFT", "rl": "after RL"}
-    lines = [f"run: {s['run_dir']}", f"{'held-out accuracy':22s} {'':>8s}"]
+    lines = [f"run: {s['run_dir']}", "held-out accuracy (greedy):"]
     for k, v in s["accuracy"].items():
         lines.append(f"  {names[k]:20s} {100 * v:7.1f}%")
     for key, c in s["changes"].items():
