@@ -433,3 +433,10 @@ def test_sample_keeps_right_answers_and_writes_the_heldout_beside(tmp_path, monk
     assert [e.completion for e in loaded.train] == [r["completion"] for r in rows]
     assert [e.answer for e in loaded.eval] == [h["answer"] for h in held]
     assert all(e.completion is None for e in loaded.eval)
+
+
+def test_a_pipeline_with_bad_data_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "pipe"
+    assert main(pipeline_args(out, "task.name=/no/such.jsonl")) == 2
+    assert "/no/such.jsonl" in capsys.readouterr().err
+    assert not out.exists()

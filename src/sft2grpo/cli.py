@@ -131,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     lad.add_argument("--task", default=None, help="reasoning-gym task or .jsonl file (default: chain_sum)")
     lad.add_argument("--model", default=None, help="model.name for every run (default: smollm2-135m)")
     lad.add_argument(
-        "--budget", default="default", help="small (a smoke check) or default (the make run recipe, 12 steps)"
+        "--budget",
+        default="default",
+        help="small (a smoke check) or default (configs/run.yaml's GRPO recipe, 12 steps)",
     )
     lad.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the budget)")
     lad.add_argument("--seeds", type=int, default=None, help="seeds per preset (overrides the budget)")

@@ -186,15 +186,18 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) both stages in run_dir/sft and run_dir/rl, then write run_dir/summary.json
     with held-out accuracy at each stage and each change with its interval. A stage that finished
     (summary.json, not interrupted) is not run again; one with a checkpoint continues from it."""
-    sft_cfg, rl_cfg = stage_configs(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     from .config import dump_yaml
 
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    sft_cfg, rl_cfg = stage_configs(cfg, run_dir)
     sft_dir, rl_dir = run_dir / "sft", run_dir / "rl"
+
+    def started() -> None:  # the pipeline's own config, once the first stage has loaded its input
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
     if not finished(sft_dir):
         print(f"# stage 1/2: supervised fine-tuning, {cfg.sft.steps} steps -> {sft_dir}", file=sys.stderr)
-        if run_stage(SFTTrainer, sft_cfg, sft_dir).get("interrupted"):
+        if run_stage(SFTTrainer, sft_cfg, sft_dir, started=started).get("interrupted"):
             return {"run_dir": str(run_dir), "interrupted": True, "stage": "sft"}
         gc.collect()  # the first stage's trainer (hooks make reference cycles) before the second's
     if not finished(rl_dir):
@@ -210,12 +213,17 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def run_stage(cls, cfg: Config, stage_dir: Path, carry_from: Path | None = None) -> dict[str, Any]:
+def run_stage(
+    cls, cfg: Config, stage_dir: Path, carry_from: Path | None = None, started=None
+) -> dict[str, Any]:
     """Build, run and drop one stage's trainer (so the first stage's model and optimizer are freed
     before the second's are built). `carry_from`: the previous stage's folder, whose held-out
-    evaluation "after" is this stage's "before" (the same model), unless this stage resumes."""
+    evaluation "after" is this stage's "before" (the same model), unless this stage resumes.
+    `started()` is called once the trainer is built: bad input has stopped the run before it."""
     ckpt = fresh_or_checkpoint(stage_dir)
     tr = cls(cfg, stage_dir, resume_from=ckpt)
+    if started is not None:
+        started()
     earlier = json.loads((carry_from / "summary.json").read_text()) if carry_from else {}
     if ckpt is None and earlier.get("after") is not None:
         tr.before = earlier["after"]

@@ -72,8 +72,8 @@ class Budget:
 DEFAULT_JOBS = 2
 DEFAULT_PRESETS = PRESETS[:8]
 
-# "default" trains with the `make run` recipe (configs/run.yaml): the same work per step (4 prompts x
-# 8 completions x at most 64 tokens, sampled with the int8 copy of the weights), lr 2e-5 with a cosine
+# "default" trains with the GRPO-only recipe of configs/run.yaml (make run's before SFT came first):
+# the same work per step (4 prompts x 8 completions x at most 64 tokens, sampled with the int8 copy of the weights), lr 2e-5 with a cosine
 # schedule and 3 warm-up steps, beta2 0.999, temperature 0.7, fp32 where bf16 is not native; each
 # preset keeps its own objective and mu. 12 steps and 4 samples per held-out problem, cut down from 20
 # and 8 to come near 2 hours on 2 idle cores with 2 runs at a time; measured, it is about 135 min of

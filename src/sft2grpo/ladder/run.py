@@ -1,7 +1,7 @@
 """`sft2grpo ladder`: every rung and variant on one budget, and a report that answers the seed's claims.
 
     sft2grpo ladder --budget small                       # 8 presets x 1 seed, a smoke check
-    sft2grpo ladder                                      # make run's recipe, 12 steps, 3 seeds, 8 presets
+    sft2grpo ladder                                      # configs/run.yaml's recipe, 12 steps, 3 seeds, 8 presets
     sft2grpo ladder --presets all --steps 30 --seeds 4 train.lr=3e-5
 
 Every (preset, seed) run gets the same task, model, prompts (train.seed = seed), rollout budget and
