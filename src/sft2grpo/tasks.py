@@ -420,10 +420,6 @@ def _split_conversation(value: Any, where: str, name: str) -> tuple[list[dict[st
     return list(value[:-1]), _read_completion([last], where, name)
 
 
-def _which(f: str, cfg: TaskConfig) -> str:
-    return "prompt_field" if f == cfg.prompt_field else "answer_field"
-
-
 def _read_jsonl(path: Path, cfg: TaskConfig, supervised: bool | str = False) -> list[Example]:
     if not path.is_file():
         raise TaskError(f"{path}: file not found")
