@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from . import checkpoint, run
-from .config import Config, ObjectiveConfig
+from .config import Config, ObjectiveConfig, dump_yaml
 from .evaluate import heldout_change, problem_scores
 from .models import chat_prompt_ids
 from .rollout.batch import Batch
@@ -186,8 +186,6 @@ def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Run (or resume) both stages in run_dir/sft and run_dir/rl, then write run_dir/summary.json
     with held-out accuracy at each stage and each change with its interval. A stage that finished
     (summary.json, not interrupted) is not run again; one with a checkpoint continues from it."""
-    from .config import dump_yaml
-
     sft_cfg, rl_cfg = stage_configs(cfg, run_dir)
     sft_dir, rl_dir = run_dir / "sft", run_dir / "rl"
 
