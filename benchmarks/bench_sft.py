@@ -62,7 +62,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,7 +74,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_trl import model_folder, peak_rss_mb, versions  # noqa: E402  (stdlib-only at import)
+from bench_trl import model_folder, peak_rss_mb, ratio, run_worker, versions  # noqa: E402  (stdlib-only at import)
 
 TRL_MISSING = (
     "bench_sft: TRL is not installed in this Python ({exe}). Run `make bench`, which builds .venv-bench "
@@ -480,10 +479,6 @@ ROWS = [
 ]
 
 
-def ratio(a: float, b: float) -> float | None:
-    return a / b if b else None
-
-
 def table(ours: dict, trl: dict) -> tuple[list[str], dict]:
     """The side-by-side table's lines and the ratios ours / TRL by key."""
     lines = [f"{'metric':<28} {'ours':>10} {'TRL':>10} {'ours/TRL':>9}"]
@@ -533,24 +528,6 @@ def merge_json(path: Path, figures: dict) -> dict:
     return data
 
 
-def run_worker(kind: str, argv: list[str], folder: str) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, *argv, "--worker", kind, "--folder", folder, "--out", str(out)]
-        t0, load0 = time.perf_counter(), os.getloadavg()
-        proc = subprocess.run(cmd)
-        if proc.returncode != 0 or not out.is_file():
-            raise SystemExit(f"bench_sft: the {kind} worker failed (exit {proc.returncode}); see above")
-        res = json.loads(out.read_text())
-        res["wall_s"] = time.perf_counter() - t0
-        res["loadavg_1min"] = [load0[0], os.getloadavg()[0]]
-        print(
-            f"  ({kind}: {res['wall_s']:.0f} s wall, load {res['load_s']:.1f} s, "
-            f"load average {load0[0]:.2f} -> {res['loadavg_1min'][1]:.2f})"
-        )
-        return res
-
-
 def parent(args, argv: list[str]) -> None:
     if "trl" in args.which and importlib.util.find_spec("trl") is None:
         raise SystemExit(TRL_MISSING.format(exe=sys.executable))
@@ -590,7 +567,9 @@ def parent(args, argv: list[str]) -> None:
     for r in range(args.rounds):
         for kind in args.which if r % 2 == 0 else args.which[::-1]:
             print(f"\n[round {r + 1}/{args.rounds}] {kind}", flush=True)
-            runs[kind].append(run_worker(kind, argv, folder))
+            res = run_worker(kind, argv, folder, script=__file__)  # bench_trl's, with this script
+            print(f"  ({kind}: model and rows loaded in {res['load_s']:.1f} s)")
+            runs[kind].append(res)
     summary = {w: summarise(runs[w], args.warmup) for w in args.which}
     result: dict = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "folder", "out")},

@@ -464,14 +464,18 @@ def model_folder(name: str, keep: list) -> str:
     return name
 
 
-def run_worker(kind: str, argv: list[str], folder: str) -> dict:
+def run_worker(kind: str, argv: list[str], folder: str, script: str = __file__) -> dict:
+    """Run `script --worker kind` in a process of its own (so its peak RSS is its own) and return
+    the result it wrote, with its wall time and the load averages around it. bench_sft.py calls it
+    with its own script."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, *argv, "--worker", kind, "--folder", folder, "--out", str(out)]
+        cmd = [sys.executable, script, *argv, "--worker", kind, "--folder", folder, "--out", str(out)]
         t0, load0 = time.perf_counter(), os.getloadavg()
         proc = subprocess.run(cmd)
         if proc.returncode != 0 or not out.is_file():
-            raise SystemExit(f"bench_trl: the {kind} worker failed (exit {proc.returncode}); see above")
+            name = Path(script).stem
+            raise SystemExit(f"{name}: the {kind} worker failed (exit {proc.returncode}); see above")
         res = json.loads(out.read_text())
         res["wall_s"] = time.perf_counter() - t0
         # 1-minute load averages at start and end: > number of cores means other work shared the CPU
