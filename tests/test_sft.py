@@ -10,7 +10,7 @@ import torch
 
 from sft2grpo import objective
 from sft2grpo.cli import main
-from sft2grpo.config import TaskConfig, load_config
+from sft2grpo.config import TaskConfig, load_config, loss_switches
 from sft2grpo.models import chat_prompt_ids
 from sft2grpo.sft import SFTTrainer, reference_batch, supervised_config
 from sft2grpo.tasks import TaskError, load_task, worked_solution
@@ -55,21 +55,9 @@ def test_rung0_loss_by_hand():
     and 1 tokens: N = 3, each gradient -1/3."""
     logp = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    switches = {k: getattr(supervised_config(load_config("sft0")).objective, k) for k in ("ratio", "clip")}
-    loss, _ = objective.policy_loss(
-        logp,
-        mask,
-        torch.ones(2),
-        **switches,
-        eps_low=0.2,
-        eps_high=0.2,
-        dual_clip=None,
-        beta=0.0,
-        kl_estimator="k3",
-        kl_in="loss",
-        aggregation="token_mean",
-        max_len=None,
-    )
+    # the switches `sft2grpo sft` trains with, as the trainer hands them to the loss
+    switches = loss_switches(supervised_config(load_config("sft0")).objective, default_max_len=64)
+    loss, _ = objective.policy_loss(logp, mask, torch.ones(2), **switches)
     loss.backward()
     assert loss.item() == pytest.approx(-1.0)
     assert torch.allclose(logp.grad, torch.tensor([[-1 / 3, -1 / 3], [-1 / 3, 0.0]]))
