@@ -368,6 +368,12 @@ def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     assert rl_cfg.model.name == str(out / "sft" / "model") and rl_cfg.sft.steps == 0
     assert load_config(str(out / "sft" / "config.yaml")).objective.aggregation == "token_mean"
     assert (out / "rl" / "eval_before.jsonl").read_text() == (out / "sft" / "eval_after.jsonl").read_text()
+    # the RL stage's validation curve starts with the SFT stage's last score, not a second scoring
+    sft_val = [json.loads(x) for x in (out / "sft" / "evals.jsonl").read_text().splitlines()]
+    rl_val = [json.loads(x) for x in (out / "rl" / "evals.jsonl").read_text().splitlines()]
+    last = [r for r in sft_val if r["tag"] == "val"][-1]
+    assert rl_val[0] == {**last, "step": 0}
+    assert [r["step"] for r in rl_val if r["tag"] == "val"] == [0, 1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"base", "sft", "rl"}
     assert set(summary["changes"]) == {"base->sft", "sft->rl", "base->rl"}

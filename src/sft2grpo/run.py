@@ -202,7 +202,7 @@ def fit(tr) -> dict[str, Any]:
         tr.before = run_eval(tr, "before")
     if tr.before is not None:
         summary["before"] = tr.before
-    if cfg.eval.every and tr.step == 0:  # the validation curve starts at the base model
+    if cfg.eval.every and tr.step == 0 and not tr.val_start_known:  # the curve starts at the base model
         run_eval(tr, "val", samples=False, split="val")
 
     signalled = [False]

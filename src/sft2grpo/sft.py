@@ -222,12 +222,26 @@ def run_stage(
     tr = cls(cfg, stage_dir, resume_from=ckpt)
     if started is not None:
         started()
-    earlier = json.loads((carry_from / "summary.json").read_text()) if carry_from else {}
-    if ckpt is None and earlier.get("after") is not None:
-        tr.before = earlier["after"]
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(carry_from / "eval_after.jsonl", stage_dir / "eval_before.jsonl")
+    if ckpt is None and carry_from is not None:
+        carry_scores(carry_from, stage_dir, tr)
     return tr.fit()
+
+
+def carry_scores(earlier: Path, stage_dir: Path, tr: Trainer) -> None:
+    """The earlier stage's final model is this stage's start, so its scores carry over instead of
+    being computed again: its held-out "after" becomes this stage's "before" (eval_before.jsonl),
+    and its last validation row this stage's step-0 row of evals.jsonl."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    after = json.loads((earlier / "summary.json").read_text()).get("after")
+    if after is not None:
+        tr.before = after
+        shutil.copyfile(earlier / "eval_after.jsonl", stage_dir / "eval_before.jsonl")
+    val = [r for r in read_metrics(earlier / "evals.jsonl") if r.get("tag") == "val"]
+    if val and tr.cfg.eval.every:
+        last = max(val, key=lambda r: r["step"])
+        with open(stage_dir / "evals.jsonl", "w", encoding="utf-8") as f:
+            f.write(json.dumps({**last, "step": 0}) + "\n")
+        tr.val_start_known = True
 
 
 def finished(stage_dir: Path) -> bool:

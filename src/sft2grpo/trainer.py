@@ -137,6 +137,9 @@ class Trainer:
         self.bucket_counts = np.zeros((2, len(self.task.buckets)))  # this step's [right, answers] per bucket
         self.bad_steps = self.skipped_steps = 0
         self.before: dict[str, float] | None = None  # the held-out evaluation before training
+        # the validation score at step 0 is already in evals.jsonl (a pipeline's RL stage: the same
+        # model as the SFT stage's last validation row), so it is not scored again
+        self.val_start_known = False
         self.train_time = 0.0  # seconds spent in steps, over every resumed piece of the run
         # the pieces of the run before this process (a resume): wall seconds, peak memory MiB
         self.earlier = {"wall_time_s": 0.0, "peak_mem_mb": 0.0}
