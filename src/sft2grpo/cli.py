@@ -40,21 +40,6 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG_TRAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument(
-        "--config",
-        default=None,
-        help=f"a YAML file or a preset name ({', '.join(list_presets())}); default: grpo",
-    )
-    t.add_argument(
-        "--resume",
-        metavar="RUN_DIR|auto",
-        help="continue a run from its newest complete checkpoint (its config.yaml, then overrides); "
-        "auto: the newest run matching log.output_dir that has one, else a new run",
-    )
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--help-config", action="store_true", help="list every config key and exit")
-
     s = sub.add_parser(
         "sft",
         help="supervised fine-tuning on reference completions (rung 0)",
@@ -65,11 +50,22 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG_TRAIN.replace("sft2grpo train", "sft2grpo sft"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("--config", default=None, help="a YAML file or a preset name; default: sft0")
-    s.add_argument("--resume", metavar="RUN_DIR|auto", help="continue a run from its newest checkpoint")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    s.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    # train and sft take the same run arguments (cmd_train serves both)
+    for parser, default in ((t, "grpo"), (s, "sft0")):
+        parser.add_argument(
+            "--config",
+            default=None,
+            help=f"a YAML file or a preset name ({', '.join(list_presets())}); default: {default}",
+        )
+        parser.add_argument(
+            "--resume",
+            metavar="RUN_DIR|auto",
+            help="continue a run from its newest complete checkpoint (its config.yaml, then overrides); "
+            "auto: the newest run matching log.output_dir that has one, else a new run",
+        )
+        parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+        parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
 
     sm = sub.add_parser(
         "sample",
