@@ -149,18 +149,12 @@ class SFTTrainer(Trainer):
         return summary
 
 
-@torch.no_grad()
 def heldout_loss(tr: SFTTrainer, examples: list) -> float:
     """Mean -log pi per completion token of `examples`' reference completions under the policy."""
     tr.model.eval()
-    nll = tokens = 0.0
-    mb = tr.cfg.train.micro_batch_size
-    for i in range(0, len(examples), mb):
-        batch = reference_batch(tr.tokenizer, examples[i : i + mb], tr.cfg.model.system_prompt)
-        lp = tr.logprobs(tr.model, batch, list(range(len(batch.texts))))  # [b, t]
-        nll -= (lp.float() * batch.mask[:, : lp.shape[1]]).sum().item()
-        tokens += batch.mask.sum().item()
-    return nll / max(tokens, 1.0)
+    batch = reference_batch(tr.tokenizer, examples, tr.cfg.model.system_prompt)
+    lp = tr.no_grad_logprobs(tr.model, batch, tr.micro_batches(batch))  # [B, T], zero-padded
+    return -(lp * batch.mask).sum().item() / max(batch.mask.sum().item(), 1.0)
 
 
 # -- the pipeline: base -> SFT -> RL --------------------------------------------------------------
