@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +124,18 @@ def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_p
         config = (r / "config.yaml").read_text()
         assert "before: false" in config and f"seed: {r.name[-1]}" in config
     evals = [json.loads(x) for x in (runs[0] / "evals.jsonl").read_text().splitlines()]
-    # eval.every=1 from the small budget, on the validation split from the base model (step 0) on
-    assert [(e["step"], e["tag"]) for e in evals] == [(0, "val"), (1, "val"), (2, "val"), (2, "after")]
+    # eval.every=1 from the small budget, on the validation split from the base model (step 0) on;
+    # the held-out split at the small budget's early horizon (step 1), greedy and sampled
+    assert [(e["step"], e["tag"]) for e in evals] == [
+        (0, "val"),
+        (1, "val"),
+        (1, "heldout"),
+        (1, "heldout_sampled"),
+        (2, "val"),
+        (2, "after"),
+    ]
+    horizon = json.loads((runs[0] / "heldout" / "step-1" / "sampled.json").read_text())
+    assert horizon["problems"] == 4 and horizon["samples_per_problem"] == 4 and horizon["step"] == 1
     assert json.loads((out / "base" / "eval.json").read_text())["problems"] == 4
     assert json.loads((out / "base" / "sampled.json").read_text())["samples_per_problem"] == 4
 
@@ -285,7 +296,8 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         plan.command
         == f"sft2grpo ladder --budget small --seeds 2 --presets sft,importance,dapo --output {tmp_path}"
     )
-    # the default ladder: the seed's 5 rungs and 3 variants, 3 seeds, make run's work per step
+    # the default ladder: the seed's 5 rungs and GRPO without each of its 4 tricks, 3 seeds, make run's
+    # work per step, the held-out split scored at steps 10, 20 and 40
     default = ladder.make_plan(output=tmp_path)
     assert default.presets == [
         "sft",
@@ -293,15 +305,20 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         "reward_norm",
         "importance",
         "grpo",
-        "sft_o1",
         "no_is",
         "no_kl",
+        "grpo_no_neg",
+        "grpo_no_norm",
     ]
-    assert len(default.runs) == 8 * 3 and default.steps == 12 and default.budget.eval_samples == 4
+    assert len(default.runs) == 9 * 3 and default.steps == 40 and default.budget.eval_samples == 4
     assert default.jobs == 2 and "--jobs" not in default.command
+    assert default.horizons == [10, 20, 40]
     c = default.runs[0].cfg
     assert (c.train.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens) == (4, 8, 64)
-    assert c.eval.size == 100
+    assert c.eval.size == 100 and c.eval.heldout_at == [10, 20] and c.eval.sampled == 4
+    # a horizon at or past the last step is dropped: that one is the end
+    assert ladder.make_plan(output=tmp_path, steps=15).horizons == [10, 15]
+    assert ladder.make_plan(output=tmp_path, steps=8).runs[0].cfg.eval.heldout_at == []
     # make run's recipe (configs/run.yaml), all but the objective, mu and the number of steps
     from sft2grpo.config import load_config
 
@@ -525,6 +542,14 @@ def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
     # the same rollouts; KL sends every row through 2 passes and a reference forward
     assert est["sft"] < est["reward_norm"] < est["reinforce"] < est["grpo"] == est["no_is"]
     assert est["importance"] == est["no_kl"]  # one configuration under two names
-    u = ladder.COST["update"] * 32 * 64 * 12  # rows x tokens x steps
+    u = ladder.COST["update"] * 32 * 64 * 40  # rows x tokens x steps
     assert est["grpo"] - est["importance"] == pytest.approx(u * (1.0 * (2 + 2 / 3) - 0.4 * (2 + 1 / 3)))
+    # the held-out split scored at steps 10 and 20 too: greedy, and 4 samples a problem (400 rows in
+    # 7 generate calls of at most 64 rows), 64 tokens each
+    c = cfg["sft"]
+    early = ladder.COST["eval"] * 100 * 64 + 64 * (
+        7 * ladder.COST["decode"] + 400 * ladder.COST["decode_row"]
+    )
+    late = replace(c, eval=replace(c.eval, heldout_at=[]))
+    assert est["sft"] - ladder.estimate_run_s(late) == pytest.approx(2 * early)
     assert ladder.estimate_wall_s(600, 2) == 300 and ladder.estimate_wall_s(600, 1) == 400

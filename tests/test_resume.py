@@ -118,6 +118,7 @@ def interrupt_during_step(monkeypatch, step: int) -> None:
         ("no_kl", []),
         ("grpo", ["model.lora.enabled=true", "model.lora.r=4"]),
         ("no_kl", ["rollout.dtype=int8"]),  # the resumed sampler's int8 copy is made from the loaded weights
+        ("no_kl", ["eval.heldout_at=[1,4]", "eval.sampled=2"]),  # held-out horizons on both sides of the stop
     ],
 )
 def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path, monkeypatch, preset, extra):
@@ -152,7 +153,25 @@ def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path, monkeypatch, preset, e
     assert_same_run(whole, stopped)
     evals = [evaluations(run) for run in (whole, stopped)]
     # the validation curve: the base model, every 2 steps and the last step; then the held-out "after"
-    assert [(e["step"], e["tag"]) for e in evals[1]] == [(0, "val"), (2, "val"), (4, "val"), (4, "after")]
+    tags = [(0, "val"), (2, "val"), (4, "val"), (4, "after")]
+    if "eval.sampled=2" in extra:  # held-out at steps 1 and 4 too, greedy and 2 samples a problem
+        tags[1:1] = [(1, "heldout"), (1, "heldout_sampled")]
+        tags[5:5] = [(4, "heldout"), (4, "heldout_sampled")]
+        for step in (1, 4):  # the step-1 files come from the first piece, the step-4 ones after resuming
+            a, b = whole / "heldout" / f"step-{step}", stopped / "heldout" / f"step-{step}"
+            for name in ("eval_samples.jsonl", "eval_sampled.jsonl"):
+                assert (a / name).read_text() == (b / name).read_text()
+            for name in ("eval.json", "sampled.json"):
+                untimed = [
+                    {k: v for k, v in json.loads((d / name).read_text()).items() if k != "time_s"}
+                    for d in (a, b)
+                ]
+                assert untimed[0] == untimed[1] and untimed[0]["step"] == step
+        horizon = {e["tag"]: e for e in evals[1] if e["step"] == 4}
+        # the last step's greedy horizon is the "after" evaluation of the same model
+        assert horizon["heldout"]["accuracy"] == horizon["after"]["accuracy"]
+        assert horizon["heldout_sampled"]["samples_per_problem"] == 2
+    assert [(e["step"], e["tag"]) for e in evals[1]] == tags
     assert evals[0] == evals[1]
 
 

@@ -195,8 +195,15 @@ class EvalConfig:
     samples: int | None = None  # draws per problem when k > 1 (>= k); None -> k
     temperature: float = 1.0  # sampling temperature when k > 1
     # steps between evaluations on the validation split during training (evals.jsonl, the plot);
-    # the held-out split is scored before and after training only. 0 = off
+    # the held-out split is scored before and after training, and at heldout_at. 0 = off
     every: int = 0
+    # steps at which the held-out split is scored during training as well, as after it, into
+    # heldout/step-N/: how a run got where it ended (the ladder's horizons). Measurements only:
+    # choosing a step or a setting by them would leak the held-out split into the result
+    heldout_at: list[int] = field(default_factory=list)
+    # at heldout_at steps, also this many samples per held-out problem at the rollout temperature
+    # (sampled accuracy: the mean share right, less noisy than one greedy answer). 0 = greedy only
+    sampled: int = 0
 
 
 @dataclass
@@ -509,6 +516,16 @@ def validate(cfg: Config) -> None:
         f"must be >= eval.k ({cfg.eval.k})",
     )
     need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "must be >= 0 (0 = off)")
+    for h in cfg.eval.heldout_at:
+        need(
+            isinstance(h, int) and 1 <= h <= t.steps,
+            "eval.heldout_at",
+            cfg.eval.heldout_at,
+            f"each step must be in 1..train.steps ({t.steps})",
+        )
+    need(
+        cfg.eval.sampled == 0 or cfg.eval.sampled >= 2, "eval.sampled", cfg.eval.sampled, "must be 0 or >= 2"
+    )
     need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")

@@ -147,6 +147,41 @@ def evaluate_heldout(
     )
 
 
+def evaluate_sampled(
+    engine,
+    tokenizer,
+    task,
+    reward_fn,
+    cfg,
+    k: int,
+    seed: int,
+    shard: tuple[int, int] = (0, 1),
+    step: int = 0,
+) -> EvalResult:
+    """Sampled accuracy on the held-out split: k answers per problem at the rollout temperature (the
+    one training samples at), drawn from a generator seeded with 10_000 + seed (+ i for shard i of
+    n, as in `evaluate_heldout`); per problem the share right (EvalResult.samples), and its mean in
+    metrics["accuracy"]. A mean over k answers varies less than one greedy answer, so it separates
+    two runs with fewer problems."""
+    if k < 2:
+        raise ValueError(f"sampled accuracy needs k >= 2 samples per problem, got {k}")
+    i, n = shard
+    return evaluate(
+        engine,
+        tokenizer,
+        task.eval[: cfg.eval.size or cfg.task.eval_size][i::n],
+        reward_fn,
+        system_prompt=cfg.model.system_prompt,
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        k=k,
+        samples=k,
+        temperature=cfg.rollout.temperature,
+        generator=torch.Generator().manual_seed(10_000 + seed + i),
+        step=step,
+    )
+
+
 def paired_bootstrap(
     before: list[float], after: list[float], iters: int = 10_000, seed: int = 0
 ) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 
 from . import checkpoint, distributed
 from .config import Config, dump_yaml, to_dict
-from .evaluate import evaluate_heldout, heldout_change, merge_evals, write_jsonl
+from .evaluate import EvalResult, evaluate_heldout, evaluate_sampled, heldout_change, merge_evals, write_jsonl
 from .tracking import Progress, Tracker, make_tracker, plot_metrics, read_metrics, truncate_jsonl
 
 LOGS = ("metrics.jsonl", "samples.jsonl", "evals.jsonl")  # one row per step (or evaluation) each
@@ -233,6 +233,8 @@ def fit(tr) -> dict[str, Any]:
             bar.update(**{k: row[key] for k, key in PROGRESS.items() if key in row})
             if cfg.eval.every and (tr.step % cfg.eval.every == 0 or tr.step == cfg.train.steps):
                 run_eval(tr, "val", samples=False, split="val")
+            if tr.step in cfg.eval.heldout_at:
+                score_heldout_at(tr)
             if every and (tr.step % every == 0 or tr.step == cfg.train.steps):
                 save_checkpoint(tr)
             # every process stops after the same step, whichever of them got the signal
@@ -276,30 +278,54 @@ def fit(tr) -> dict[str, Any]:
 def run_eval(tr, tag: str, samples: bool = True, split: str = "heldout") -> dict[str, float]:
     """Evaluation at the current step on the held-out split (before and after training) or the
     validation split (tag "val", every eval.every steps): a row in evals.jsonl and, with
-    `samples`, every completion in eval_<tag>.jsonl. With several processes each evaluates
-    every world-th problem and the counts are combined."""
-    t0 = time.perf_counter()
-    ctx = tr.ctx
-    with distributed.unsharded(tr.model):
-        res = evaluate_heldout(
-            tr.eval_engine,
-            tr.tokenizer,
-            tr.task,
-            tr.reward_fn,
-            tr.cfg,
-            shard=(ctx.rank, ctx.world),
-            progress=tr.cfg.log.progress and ctx.main,
-            split=split,
-            step=tr.step,
-        )
-    res = merge_evals(distributed.gather(res, ctx))
-    res.metrics["time_s"] = time.perf_counter() - t0
-    if ctx.main:
+    `samples`, every completion in eval_<tag>.jsonl."""
+    res = scored(tr, split)
+    if tr.ctx.main:
         if samples:
             write_jsonl(tr.run_dir / f"eval_{tag}.jsonl", res.samples)
-        with open(tr.run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": tr.step, "tag": tag, **res.metrics}) + "\n")
+        log_eval(tr, tag, res.metrics)
     return res.metrics
+
+
+def score_heldout_at(tr) -> None:
+    """The held-out split scored at this step of training (a step of eval.heldout_at), as after it:
+    greedy into heldout/step-N/eval.json and eval_samples.jsonl and, with eval.sampled = k, k
+    samples a problem into sampled.json and eval_sampled.jsonl (the file names the ladder's base/
+    folder uses); a row of each in evals.jsonl, tagged "heldout" and "heldout_sampled"."""
+    folder = tr.run_dir / "heldout" / f"step-{tr.step}"
+    for tag, name, k in (("heldout", "eval", 0), ("heldout_sampled", "sampled", tr.cfg.eval.sampled)):
+        if tag == "heldout_sampled" and not k:
+            continue
+        res = scored(tr, "heldout", sampled=k)
+        if tr.ctx.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_jsonl(folder / ("eval_sampled.jsonl" if k else "eval_samples.jsonl"), res.samples)
+            (folder / f"{name}.json").write_text(json.dumps({**res.metrics, "step": tr.step}, indent=2))
+            log_eval(tr, tag, res.metrics)
+
+
+def scored(tr, split: str, sampled: int = 0) -> EvalResult:
+    """`evaluate_heldout` of `split` at the current step (or, with sampled = k, `evaluate_sampled`
+    of the held-out split), every process scoring every world-th problem, the counts combined;
+    metrics["time_s"] is the wall time it took."""
+    t0 = time.perf_counter()
+    ctx, cfg = tr.ctx, tr.cfg
+    parts = (tr.eval_engine, tr.tokenizer, tr.task, tr.reward_fn, cfg)
+    shard = (ctx.rank, ctx.world)
+    with distributed.unsharded(tr.model):
+        if sampled:
+            res = evaluate_sampled(*parts, sampled, cfg.train.seed, shard=shard, step=tr.step)
+        else:
+            progress = cfg.log.progress and ctx.main
+            res = evaluate_heldout(*parts, shard=shard, progress=progress, split=split, step=tr.step)
+    res = merge_evals(distributed.gather(res, ctx))
+    res.metrics["time_s"] = time.perf_counter() - t0
+    return res
+
+
+def log_eval(tr, tag: str, metrics: dict[str, float]) -> None:
+    with open(tr.run_dir / "evals.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": tr.step, "tag": tag, **metrics}) + "\n")
 
 
 def write_samples(f, step: int, batch, g: int, k: int) -> None:

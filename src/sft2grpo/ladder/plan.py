@@ -19,11 +19,11 @@ PRESETS = (
     "reward_norm",
     "importance",
     "grpo",
-    "sft_o1",
     "no_is",
     "no_kl",
     "grpo_no_neg",
     "grpo_no_norm",
+    "sft_o1",
     "dr_grpo",
     "dapo",
     "gspo",
@@ -64,22 +64,27 @@ class Budget:
     # temperature, for every run and the base model; its mean over the k has less variance than one
     # greedy answer, and it decides the verdicts. 0: greedy accuracy only (then greedy decides)
     eval_samples: int = 8
+    # steps before the last at which every run scores the held-out split too (greedy and sampled,
+    # in the run's own process: eval.heldout_at), so that each verdict is given at every horizon
+    horizons: tuple[int, ...] = ()
 
 
-# The default ladder: the seed's 5 rungs and 3 variants; `--presets all` adds the other 6.
+# The default ladder: the seed's 5 rungs, then GRPO without each of its four tricks in turn (no_is,
+# no_kl, grpo_no_neg, grpo_no_norm: the leave-one-out ablations); `--presets all` adds the other 5.
 # Runs trained at once by default: on 2 CPU cores two runs of one thread each did 1.5x the steps per
 # minute of one run with both threads (docs/ladder/README.md); each has its own process and memory.
 DEFAULT_JOBS = 2
-DEFAULT_PRESETS = PRESETS[:8]
+DEFAULT_PRESETS = PRESETS[:9]
 
-# "default" trains with the GRPO-only recipe of configs/run.yaml (make run's before SFT came first):
-# the same work per step (4 prompts x 8 completions x at most 64 tokens, sampled with the int8 copy of the weights), lr 2e-5 with a cosine
-# schedule and 3 warm-up steps, beta2 0.999, temperature 0.7, fp32 where bf16 is not native; each
-# preset keeps its own objective and mu. 12 steps and 4 samples per held-out problem, cut down from 20
-# and 8 to come near 2 hours on 2 idle cores with 2 runs at a time; measured, it is about 135 min of
-# training and 40 of measuring (docs/ladder/README.md has the measured times and the trade).
-# "small" is a smoke check. No periodic checkpoint: a 135M checkpoint is 1.6 GB; Ctrl-C still
-# checkpoints the runs it stops.
+# "default" trains with the GRPO-only recipe of configs/run.yaml (make run's RL stage starts from
+# SFT instead): the same work per step (4 prompts x 8 completions x at most 64 tokens, sampled with
+# the int8 copy of the weights), lr 2e-5 with a cosine schedule to 0 and 3 warm-up steps, beta2 0.999,
+# temperature 0.7, bf16 where it is native; each preset keeps its own objective and mu. 40 steps: where
+# that recipe's validation curve has flattened (docs/learning.md); the held-out split is scored at
+# steps 10, 20 and 40, greedy and with 4 samples a problem, so that each verdict is read at three
+# horizons. A checkpoint every 10 steps (the last one kept, 1.6 GB) loses at most 10 steps of a run
+# that is killed; Ctrl-C checkpoints at once. docs/ladder/README.md has the measured cost.
+# "small" is a smoke check (one early horizon, at step 1).
 BUDGETS = {
     "small": Budget(
         steps=2,
@@ -100,9 +105,10 @@ BUDGETS = {
         kl_prompts=4,
         kl_samples=2,
         eval_samples=4,
+        horizons=(1,),
     ),
     "default": Budget(
-        steps=12,
+        steps=40,
         seeds=3,
         settings=(
             "train.prompts_per_step=4",
@@ -117,12 +123,14 @@ BUDGETS = {
             "train.autocast=auto",
             "eval.size=100",
             "task.val_size=50",
-            "eval.every=6",
-            "checkpoint.every=0",
+            "eval.every=10",
+            "checkpoint.every=10",
+            "checkpoint.keep=1",
         ),
         kl_prompts=8,
         kl_samples=2,
         eval_samples=4,
+        horizons=(10, 20),
     ),
 }
 
@@ -147,6 +155,7 @@ class Plan:
     shared: list[str]  # overrides every run and the base evaluation share
     runs: list[Run]
     command: str
+    horizons: list[int]  # the steps each run is scored at on the held-out split, the last = steps
     keep_models: bool = False
     jobs: int = DEFAULT_JOBS  # runs trained at once (`--jobs`)
 
@@ -212,6 +221,11 @@ def make_plan(
     shared += [f"task.name={task}"] if task else []
     shared += list(overrides or [])
     shared.append(f"train.steps={steps}")
+    # the earlier horizons, scored in the run's process (held-out: measurements, never a choice)
+    early = [h for h in b.horizons if h < steps]
+    scored_at = (
+        [f"eval.heldout_at=[{','.join(map(str, early))}]", f"eval.sampled={b.eval_samples}"] if early else []
+    )
     runs = []
     # seed-major: every preset gets seed 0 before any gets seed 1, so a ladder stopped half-way
     # still compares every preset
@@ -227,6 +241,7 @@ def make_plan(
                 f"log.output_dir={d}",
             ]
             ov += [AA_STREAM] if p == AA[1] else []  # the A/A twin: its own sampling stream
+            ov += scored_at
             runs.append(Run(p, s, d, ov, load_config(p, ov)))
     argv = ["sft2grpo", "ladder"]
     argv += ["--task", task] if task else []
@@ -249,6 +264,7 @@ def make_plan(
         budget=b,
         shared=shared,
         runs=runs,
+        horizons=[*early, steps],
         command=" ".join(shlex.quote(a) for a in argv),
         keep_models=keep_models,
         jobs=jobs,

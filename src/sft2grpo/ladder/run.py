@@ -83,8 +83,22 @@ def estimate_run_s(cfg) -> float:
     step = rollout + COST["update"] * rows * update_share(cfg) * r.max_new_tokens * passes
     evals = (1 + (t.steps - 1) // cfg.eval.every) if cfg.eval.every else 1
     size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
-    eval_s = evals * COST["eval"] * size * (cfg.eval.max_new_tokens or r.max_new_tokens)
-    return COST["start"] + t.steps * step + eval_s
+    tokens = cfg.eval.max_new_tokens or r.max_new_tokens
+    eval_s = evals * COST["eval"] * size * tokens
+    # the held-out split at the earlier horizons (eval.heldout_at): greedy, and sampled with eval.sampled
+    horizon_s = COST["eval"] * size * tokens + sampled_eval_s(cfg, cfg.eval.sampled)
+    return COST["start"] + t.steps * step + eval_s + len(cfg.eval.heldout_at) * horizon_s
+
+
+def sampled_eval_s(cfg, k: int) -> float:
+    """Seconds of `evaluate_sampled` with k answers per held-out problem (0 for k = 0): generate calls
+    of about eval.batch_size rows, each as long as its longest row (COST)."""
+    size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
+    rows = size * k
+    calls = -(-rows // max(cfg.eval.batch_size, k)) if rows else 0
+    return (cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens) * (
+        calls * COST["decode"] + rows * COST["decode_row"]
+    )
 
 
 def estimate_wall_s(run_s: float, jobs: int) -> float:
@@ -103,9 +117,7 @@ def estimate_measure_s(plan: Plan) -> float:
     rows = plan.budget.kl_prompts * plan.budget.kl_samples
     decode = tokens * (COST["decode"] + COST["decode_row"] * rows)
     per_run = 3 + decode + 2 * COST["update"] / 3 * kl_row_tokens  # load, sample, two forwards
-    sampled = size * plan.budget.eval_samples  # rows, in generate calls of about eval.batch_size rows
-    calls = -(-sampled // max(cfg.eval.batch_size, plan.budget.eval_samples)) if sampled else 0
-    sampled_s = tokens * (calls * COST["decode"] + sampled * COST["decode_row"])
+    sampled_s = sampled_eval_s(cfg, plan.budget.eval_samples)
     base = COST["eval"] * size * tokens + sampled_s
     return COST["start"] + base + len(plan.runs) * (per_run + sampled_s)
 
@@ -452,36 +464,12 @@ def measured(folder: Path, eval_samples: int) -> bool:
     return done.get("samples_per_problem") == eval_samples and (folder / "eval_sampled.jsonl").exists()
 
 
-def sampled_accuracy(comp, cfg, k: int, seed: int):
-    """`evaluate` of the held-out problems with k samples each at the rollout temperature (the one
-    training samples at): per problem the share of correct samples, in EvalResult.samples."""
-    import torch
-
-    from ..evaluate import evaluate
-
-    if k < 2:
-        raise ValueError(f"sampled accuracy needs k >= 2 samples per problem, got {k}")
-    return evaluate(
-        comp.eval_engine,
-        comp.tokenizer,
-        comp.task.eval[: cfg.eval.size or cfg.task.eval_size],
-        comp.reward_fn,
-        system_prompt=cfg.model.system_prompt,
-        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-        batch_size=cfg.eval.batch_size,
-        k=k,
-        samples=k,
-        temperature=cfg.rollout.temperature,
-        generator=torch.Generator().manual_seed(10_000 + seed),
-    )
-
-
 def write_sampled(folder: Path, comp, cfg, k: int, seed: int) -> float:
     """sampled.json (metrics) and eval_sampled.jsonl (per problem) in `folder`; returns the accuracy."""
-    from ..evaluate import write_jsonl
+    from ..evaluate import evaluate_sampled, write_jsonl
 
     t0 = time.perf_counter()
-    res = sampled_accuracy(comp, cfg, k, seed)
+    res = evaluate_sampled(comp.eval_engine, comp.tokenizer, comp.task, comp.reward_fn, cfg, k, seed)
     write_jsonl(folder / "eval_sampled.jsonl", res.samples)
     write_json(folder / "sampled.json", {**res.metrics, "seed": seed, "time_s": time.perf_counter() - t0})
     return res.metrics["accuracy"]
