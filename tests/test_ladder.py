@@ -181,14 +181,18 @@ def check_results_schema(results: dict, presets: list[str], seeds: list[int]) ->
     assert set(results["presets"]["base"]) == {"sampled_accuracy", "greedy_accuracy"}
     roles = [c["role"] for c in results["comparisons"]]
     assert {"claim 1", "claim 2", "claim 3", "claim 4", "A/A", "base -> grpo"} <= set(roles)
+    assert results["horizons"][-1] == results["steps"]
     for c in results["comparisons"]:
-        assert {"a", "b", "metric", "diff", "ci95", "verdict"} <= set(c)
+        assert {"a", "b", "metric", "diff", "ci95", "verdict", "horizon"} <= set(c)
+        assert c["horizon"] in results["horizons"]
         assert c["verdict"] in ("supported", "contradicted", "undecided", "not measured")
         if c["verdict"] == "not measured":
             assert c["diff"] is None and c["ci95"] is None
         else:
             lo, hi = c["ci95"]
             assert lo <= c["diff"] <= hi
+    claims = {(r["claim"], r["horizon"]) for r in results["claims"]}
+    assert claims == {(i, h) for i in (1, 2, 3, 4) for h in results["horizons"]}
 
 
 def test_first_difference_reads_a_key_older_runs_lack_at_its_default():
@@ -363,20 +367,23 @@ def test_bad_ladder_arguments_are_one_line_and_exit_2(tmp_path, capsys, argv, ex
     assert expected in err and len(err.strip().splitlines()) == 1
 
 
-def write_run(folder: Path, steps: int, greedy: list[float], sampled: list[list[bool]], **extra) -> None:
-    """The files a finished, measured ladder run (or base/, with steps=None) leaves, written by hand."""
+def write_run(
+    folder: Path,
+    steps: int,
+    greedy: list[float],
+    sampled: list[list[bool]],
+    early: dict | None = None,
+    **extra,
+) -> None:
+    """The files a finished, measured ladder run (or base/, with steps=None) leaves, written by hand;
+    `early`: {step: (greedy, sampled)} scored at an earlier horizon (heldout/step-N/)."""
     folder.mkdir(parents=True)
     acc = sum(greedy) / len(greedy)
-    sampled_acc = sum(map(sum, sampled)) / sum(map(len, sampled))
-    rows = [{"prompt": f"q{i}", "correct": [bool(g)]} for i, g in enumerate(greedy)]
-    srows = [{"prompt": f"q{i}", "correct": c} for i, c in enumerate(sampled)]
     after = {"accuracy": acc, "format_error_rate": 0.0, "completion_len": 12.0, "problems": len(greedy)}
-    eval_file = "eval_after.jsonl" if steps else "eval_samples.jsonl"
-    (folder / eval_file).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "eval_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in srows))
-    (folder / "sampled.json").write_text(
-        json.dumps({"accuracy": sampled_acc, "samples_per_problem": len(sampled[0])})
-    )
+    write_scores(folder, "eval_after.jsonl" if steps else "eval_samples.jsonl", greedy, sampled)
+    for step, (g, smp) in (early or {}).items():
+        (folder / "heldout" / f"step-{step}").mkdir(parents=True)
+        write_scores(folder / "heldout" / f"step-{step}", "eval_samples.jsonl", g, smp)
     if not steps:
         (folder / "eval.json").write_text(json.dumps(after))
         return
@@ -387,13 +394,27 @@ def write_run(folder: Path, steps: int, greedy: list[float], sampled: list[list[
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in times))
 
 
-def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
-    """reinforce beats sft by 40 points on every problem and seed, grpo beats the base model, and
-    no_kl is 25 points above importance (which it should equal): claim 1 supported, base -> grpo
-    supported, and the failed A/A check heads the report."""
-    plan = ladder.make_plan(
-        model="tiny", budget="small", presets="sft,reinforce,importance,grpo,no_kl", seeds=3, output=tmp_path
+def write_scores(folder: Path, greedy_file: str, greedy: list[float], sampled: list[list[bool]]) -> None:
+    rows = [{"prompt": f"q{i}", "correct": [bool(g)]} for i, g in enumerate(greedy)]
+    srows = [{"prompt": f"q{i}", "correct": c} for i, c in enumerate(sampled)]
+    (folder / greedy_file).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "eval_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in srows))
+    sampled_acc = sum(map(sum, sampled)) / sum(map(len, sampled))
+    (folder / "sampled.json").write_text(
+        json.dumps({"accuracy": sampled_acc, "samples_per_problem": len(sampled[0])})
     )
+
+
+LADDER = "sft,reinforce,importance,grpo,no_is,no_kl,grpo_no_neg,grpo_no_norm"
+
+
+def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
+    """At the end GRPO without the negative gradient or without normalisation is 30 points below GRPO
+    without IS or without KL (claims 1 and 2 supported), grpo beats the base model, and the A/A pair
+    (importance, no_kl) is one configuration. At the early horizon (step 1) the order is reversed:
+    claim 1 flips with the horizon. Costs come from costs/costs.json, runs alone."""
+    plan = ladder.make_plan(model="tiny", budget="small", presets=LADDER, seeds=3, output=tmp_path)
+    assert plan.horizons == [1, 2]
     rng = np.random.default_rng(0)
     p = rng.uniform(0.05, 0.5, size=40)  # (P,) each problem's chance under the base model
     k = plan.budget.eval_samples
@@ -403,42 +424,87 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         return (rng.random(40) < q).tolist(), (rng.random((40, k)) < q[:, None]).tolist()
 
     write_run(tmp_path / "base", None, *scores(0.0))
-    shift = {"sft": 0.0, "reinforce": 0.4, "importance": 0.1, "grpo": 0.3, "no_kl": 0.35}
+    shift = {"sft": 0.1, "reinforce": 0.0, "importance": 0.3, "grpo": 0.3, "no_is": 0.3, "no_kl": 0.3}
+    shift |= {"grpo_no_neg": 0.0, "grpo_no_norm": 0.0}
+    early = {"grpo_no_neg": 0.6, "grpo_no_norm": 0.0}  # at step 1 the negative gradient's removal helps
     for r in plan.runs:
-        mem = {"grpo": 4700}.get(r.preset, 4100) + 10 * r.seed  # no reference model: 600 MB less
-        write_run(r.dir, plan.steps, *scores(shift[r.preset]), peak_mem_mb=mem)
+        mem = {"grpo": 4700}.get(r.preset, 4100) + 10 * r.seed
+        at1 = {1: scores(early.get(r.preset, shift[r.preset]))}
+        write_run(r.dir, plan.steps, *scores(shift[r.preset]), early=at1, peak_mem_mb=mem)
     # sft seed 2 resumed from a checkpoint older than the summary's whole-run peak: its summary holds
     # the last piece's, its steps' log the first piece's higher one
     log = tmp_path / "runs" / "sft-s2" / "metrics.jsonl"
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     rows[0]["peak_mem_mb"] = 5000.0
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "costs").mkdir()
+    costs = {"steps": 3, "repeats": 2, "seed": 0}
+    costs["grpo"] = {
+        "peak_mem_mb": [4096, 4106],
+        "step_time_s": [30.0, 32.0],
+        "step_times_s": [[30.0], [32.0]],
+    }
+    costs["no_kl"] = {
+        "peak_mem_mb": [3072, 3072],
+        "step_time_s": [10.0, 12.0],
+        "step_times_s": [[10.0], [12.0]],
+    }
+    (tmp_path / "costs" / "costs.json").write_text(json.dumps(costs))
+
     report = ladder_report.write_report(plan).read_text()
-    assert report.splitlines()[2].startswith(
-        "**Do not trust the statistics of this report: the A/A check failed.** importance and no_kl"
-    )
+    assert report.splitlines()[2].startswith("A/A check passed: importance vs no_kl")
+    assert "### At the end (step 2)" in report
     assert "**1. The negative gradient matters most: supported**" in report
+    assert "**2. Reward normalisation and clipping matter most: supported**" in report
     assert (
-        "- deciding, add the negative gradient (rung 1 -> 2), sampled accuracy: sft -> reinforce: +4"
+        "- deciding, removing the negative gradient costs more than removing IS, sampled accuracy: "
+        "grpo_no_neg -> no_is: +2" in report
+    )
+    assert "  - on greedy accuracy (not deciding): grpo_no_neg -> no_is: +" in report
+    assert "- evidence, rung 1 -> 2: the negative gradient as REINFORCE, raw rewards, no baseline" in report
+    # over the horizons: claim 1 contradicted at step 1, supported at the end
+    assert (
+        "| 1. The negative gradient matters most | contradicted | supported | flips: not a finding |"
         in report
     )
-    assert "- the same on greedy accuracy (not deciding): sft -> reinforce: +4" in report
-    assert "peak memory: grpo -> no_kl: -0.59 GiB [-0.59, -0.59] (3 seeds): **supported**" in report
+    assert (
+        "| 2. Reward normalisation and clipping matter most | supported | supported | stands at every horizon |"
+        in report
+    )
+    assert "| base -> grpo: base -> grpo | supported, +" in report
+    assert "Deciding intervals at step 2: half-widths" in report
+    assert (
+        "- peak memory: 4.00 GiB with KL, 3.00 GiB without: -1.00 GiB (0.75x; per repetition -1.00, -1.01)"
+        in report
+    )
+    assert (
+        "- median step time: 31.0 s with KL, 11.0 s without: -20.0 s (0.35x; per repetition -20.0, -20.0)"
+        in report
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     check_results_schema(results, plan.presets, seeds=[0, 1, 2])
-    by_role = {c["role"]: c for c in results["comparisons"]}
-    assert results["aa_trusted"] is False and by_role["A/A"]["verdict"] == "supported"
-    assert by_role["A/A"]["ci95"][0] > 0.1 and by_role["A/A"]["problems"] == 40
+    assert results["horizons"] == [1, 2] and results["costs"]["no_kl"]["peak_mem_mb"] == [3072, 3072]
+    end = {c["role"]: c for c in results["comparisons"] if c["horizon"] == 2}
+    assert results["aa_trusted"] is True and end["A/A"]["verdict"] == "undecided"
+    assert "pooled over the ladder" in end["A/A"]["method"]  # 8 presets x 3 seeds: 14 df
     assert (
-        by_role["base -> grpo"]["verdict"] == "supported"
-        and by_role["base -> grpo"]["metric"] == "sampled_accuracy"
+        end["base -> grpo"]["verdict"] == "supported" and end["base -> grpo"]["metric"] == "sampled_accuracy"
     )
-    assert by_role["claim 1"]["diff"] == pytest.approx(0.4, abs=0.06)
-    assert by_role["claim 2"]["verdict"] == "not measured"  # reward_norm is not in this ladder
-    greedy = [c for c in results["comparisons"] if c["role"] == "other metric"]
+    first = [c for c in results["comparisons"] if c["role"] == "claim 1"]
+    assert [(c["horizon"], c["b"], c["verdict"]) for c in first] == [
+        (1, "no_is", "contradicted"),
+        (1, "no_kl", "contradicted"),
+        (2, "no_is", "supported"),
+        (2, "no_kl", "supported"),
+    ]
+    assert first[-1]["diff"] == pytest.approx(0.3, abs=0.06)
+    assert {(r["claim"], r["horizon"]): r["verdict"] for r in results["claims"]}[1, 1] == "contradicted"
+    greedy = [c for c in results["comparisons"] if c["role"] == "other metric" and c["horizon"] == 2]
     assert {(c["a"], c["b"]) for c in greedy} == {
-        ("sft", "reinforce"),
-        ("reinforce", "reward_norm"),
+        ("grpo_no_neg", "no_is"),
+        ("grpo_no_neg", "no_kl"),
+        ("grpo_no_norm", "no_is"),
+        ("grpo_no_norm", "no_kl"),
         ("grpo", "no_is"),
         ("grpo", "no_kl"),
         ("base", "grpo"),
@@ -450,14 +516,10 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
     assert sft["sampled_accuracy"][0] == pytest.approx(
         statistics.fmean(ladder_report.read_scores(plan.runs[0].dir / "eval_sampled.jsonl").values())
     )
+    assert len(sft["sampled_accuracy_at"]["1"]) == 3
     # greedy decides when the budget samples nothing
     plan0 = ladder.make_plan(
-        model="tiny",
-        budget="small",
-        presets="sft,reinforce,importance,grpo,no_kl",
-        seeds=3,
-        output=tmp_path,
-        eval_samples=0,
+        model="tiny", budget="small", presets=LADDER, seeds=3, output=tmp_path, eval_samples=0
     )
     assert "decided by greedy accuracy" in ladder_report.write_report(plan0).read_text()
     assert json.loads((tmp_path / "results.json").read_text())["deciding_metric"] == "greedy_accuracy"
@@ -490,8 +552,15 @@ def test_comparisons_pair_seeds_and_problems_and_the_aa_rule():
     assert (aa.diff, aa.seeds, aa.problems, aa.verdict) == (0.0, 3, 4, "undecided")
     trusted, line = aa_status(comps)
     assert trusted and line.startswith("A/A check passed")
-    g = by_role["base -> grpo"]  # +0.5 on every problem and seed: no variance, supported
-    assert g.diff == pytest.approx(0.5) and g.ci95 == pytest.approx([0.5, 0.5]) and g.verdict == "supported"
+    g = by_role["base -> grpo"]  # +0.5 on every problem and seed: supported
+    assert g.diff == pytest.approx(0.5) and g.verdict == "supported"
+    # grpo's own seeds agree exactly, but the run-to-run variance is the ladder's, pooled over the
+    # presets that vary (importance, no_kl): one run around its preset's mean, 2 df per preset
+    means = np.array(
+        [[np.mean(list(r.sampled.values())) for r in by_preset[p]] for p in ("importance", "no_kl", "grpo")]
+    )
+    single = ((means - means.mean(1, keepdims=True)) ** 2).sum() / 6
+    assert g.se_run == pytest.approx((single / 3) ** 0.5) and "pooled over the ladder (6 df)" in g.method
     assert by_role["claim 4"].verdict == "contradicted"  # grpo -> no_kl: about -0.4 in every seed
     # a seed that only one side finished is left out of the pairing; a missing preset is "not measured"
     by_preset["no_kl"] = by_preset["no_kl"][:2]
@@ -553,3 +622,32 @@ def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
     late = replace(c, eval=replace(c.eval, heldout_at=[]))
     assert est["sft"] - ladder.estimate_run_s(late) == pytest.approx(2 * early)
     assert ladder.estimate_wall_s(600, 2) == 300 and ladder.estimate_wall_s(600, 1) == 400
+
+
+def test_cost_runs_alternate_grpo_and_no_kl_alone_and_are_not_redone(tmp_path, monkeypatch):
+    from sft2grpo.ladder import costs
+
+    plan = ladder.make_plan(model="tiny", budget="small", presets="grpo,no_kl", output=tmp_path)
+    order = []
+    real = subprocess.run
+
+    def spy(argv, **kw):
+        order.append(argv[argv.index("--config") + 1])
+        assert "train.steps=3" in argv and "eval.after=false" in argv and "checkpoint.every=0" in argv
+        return real(argv, **kw)
+
+    monkeypatch.setattr(costs.subprocess, "run", spy)
+    assert costs.measure_costs(plan) is None
+    assert order == ["grpo", "no_kl", "grpo", "no_kl"]  # one at a time, alternating
+    data = json.loads((tmp_path / "costs" / "costs.json").read_text())
+    for p in ("grpo", "no_kl"):
+        assert len(data[p]["peak_mem_mb"]) == 2 and all(m > 100 for m in data[p]["peak_mem_mb"])
+        assert all(len(t) == 3 for t in data[p]["step_times_s"])
+        assert data[p]["step_time_s"] == [statistics.median(t) for t in data[p]["step_times_s"]]
+    assert not (tmp_path / "costs" / "grpo-r0" / "model").exists()  # only the numbers are kept
+    assert costs.measure_costs(plan) is None and len(order) == 4  # done: not run again
+    lines = costs.cost_lines(plan)
+    assert lines[0].startswith("Measured alone (2 repetitions of grpo then no_kl, 3 steps each")
+    # a ladder without both presets has nothing to measure
+    other = ladder.make_plan(model="tiny", budget="small", presets="grpo", output=tmp_path / "x")
+    assert costs.measure_costs(other) is None and not (tmp_path / "x" / "costs").exists()

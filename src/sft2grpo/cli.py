@@ -129,14 +129,16 @@ def _parser() -> argparse.ArgumentParser:
     lad.add_argument(
         "--budget",
         default="default",
-        help="small (a smoke check) or default (configs/run.yaml's GRPO recipe, 12 steps)",
+        help="small (a smoke check) or default (configs/run.yaml's GRPO recipe, 40 steps, the held-out "
+        "split scored at steps 10, 20 and 40)",
     )
     lad.add_argument("--steps", type=int, default=None, help="training steps per run (overrides the budget)")
     lad.add_argument("--seeds", type=int, default=None, help="seeds per preset (overrides the budget)")
     lad.add_argument(
         "--presets",
         default=None,
-        help="comma-separated presets, or 'all' for all 14 (default: the 5 rungs, sft_o1, no_is, no_kl)",
+        help="comma-separated presets, or 'all' for all 14 (default: the 5 rungs, then GRPO without each of "
+        "its tricks: no_is, no_kl, grpo_no_neg, grpo_no_norm)",
     )
     lad.add_argument(
         "--eval-samples",

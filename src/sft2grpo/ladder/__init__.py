@@ -4,7 +4,9 @@ seed's claims. The trainer never imports this package; it runs the trainer as a 
 - plan.py: the presets, the budgets and the plan of (preset, seed) runs (`make_plan`).
 - run.py: the command (`run_ladder`): trains each run in its own process, resumes, estimates the
   time, and the measure process (`python -m sft2grpo.ladder measure`, KL to base, sampled accuracy).
-- stats.py: the paired 95% interval over seeds and problems, and the verdict it gives.
+- costs.py: grpo and no_kl trained alone, for what the reference model costs.
+- stats.py: the paired 95% interval over seeds and problems (the run-to-run variance pooled over
+  the ladder), and the verdict it gives.
 - verdicts.py: the seed's claims, the A/A check and base -> grpo as paired comparisons; results.json.
 - report.py: REPORT.md, results.json and the plots from the files the runs left.
 """

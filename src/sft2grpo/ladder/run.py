@@ -1,7 +1,7 @@
 """`sft2grpo ladder`: every rung and variant on one budget, and a report that answers the seed's claims.
 
-    sft2grpo ladder --budget small                       # 8 presets x 1 seed, a smoke check
-    sft2grpo ladder                                      # configs/run.yaml's recipe, 12 steps, 3 seeds, 8 presets
+    sft2grpo ladder --budget small                       # 9 presets x 1 seed, a smoke check
+    sft2grpo ladder                                      # configs/run.yaml's recipe, 40 steps, 3 seeds, 9 presets
     sft2grpo ladder --presets all --steps 30 --seeds 4 train.lr=3e-5
 
 Every (preset, seed) run gets the same task, model, prompts (train.seed = seed), rollout budget and
@@ -13,10 +13,13 @@ an interrupted ladder:
    process, so each run's peak memory is its own and no_kl's missing reference model shows. A run
    with a finished summary.json is skipped, one with a checkpoint resumed, one with neither restarted.
    `--jobs` runs train at once (default 2), each with its share of the cores (`train_runs`).
-2. `measure` processes (as many as jobs) evaluate the base model on the held-out set once (greedy
+   Each run scores the held-out split itself at the budget's earlier horizons (`eval.heldout_at`).
+2. the cost runs (`costs.py`): grpo and no_kl alone, one process at a time, for what the reference
+   model costs in memory and time.
+3. `measure` processes (as many as jobs) evaluate the base model on the held-out set once (greedy
    and sampled), and for every run estimate KL(trained || base) (`kl_to_base`) and score its sampled
-   accuracy: k answers per held-out problem at the rollout temperature (`sampled_accuracy`).
-3. REPORT.md, results.json, curves.png and final.png (`report.py`): a table per preset (means
+   accuracy: k answers per held-out problem at the rollout temperature (`evaluate_sampled`).
+4. REPORT.md, results.json, curves.png and final.png (`report.py`): a table per preset (means
    with 95% intervals over seeds), a verdict at 95% on each of the seed's claims from paired
    intervals over seeds and problems (`verdicts.py`, `stats.py`), and the A/A check.
 
@@ -268,7 +271,10 @@ def run_ladder(**kwargs) -> int:
         write_json(plan.out / "time.json", {"train_wall_s": prev.get("train_wall_s", 0.0) + time.time() - t0})
     if failed is None:
         return 130
-    problem = measure_runs(plan, jobs)
+    from .costs import measure_costs
+
+    problem = measure_costs(plan)  # alone on the machine: after training, before measuring
+    problem = measure_runs(plan, jobs) or problem
     from .report import write_report
 
     report = write_report(plan, failed)

@@ -15,44 +15,81 @@ from typing import Any
 import numpy as np
 
 from .plan import AA, DESCRIPTIONS
-from .stats import MARGIN, mean_interval, paired_interval, verdict
+from .stats import MARGIN, mean_interval, paired_interval, pooled_interval, run_variance, verdict
 
 # Per-problem metrics (a RunResult attribute holding {prompt: score}) and per-seed ones (a float).
 PER_PROBLEM = {"sampled_accuracy": "sampled", "greedy_accuracy": "greedy"}
 PER_SEED = {"peak_mem_mb": "peak_mem_mb", "step_time_s": "step_time", "kl_to_base": "kl"}
 
-# Each claim: its title, its kind (stats.verdict) and comparisons (A, B, what changes from A
-# to B). The first comparison decides the claim; the others are further evidence, with their own
-# interval and the same kind of verdict.
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the seed's claims. `deciding`: pairs (A, B, what) of the claim's kind (stats.verdict);
+    the claim is supported when every one is, contradicted when one is. `evidence`: further pairs
+    (A, B, kind, what) with their own interval and verdict, each labelled with what it tests."""
+
+    title: str
+    kind: str
+    deciding: tuple[tuple[str, str, str], ...]
+    evidence: tuple[tuple[str, str, str, str], ...] = ()
+
+
+# "Matters most" (claims 1 and 2) is read off the leave-one-out ablations from GRPO: removing the
+# negative gradient (or normalisation and clipping) costs more than removing importance sampling and
+# more than removing the KL penalty, i.e. GRPO without IS (or without KL) beats GRPO without it.
+# Claims 3 and 4 ask that removing IS (KL) costs less than the margin. The additive rungs stay as
+# evidence: what each rung adds to the one below, which is another question (rung 2 is REINFORCE
+# without a baseline).
 CLAIMS = [
-    (
+    Claim(
         "The negative gradient matters most",
         "better",
-        [
-            ("sft", "reinforce", "add the negative gradient (rung 1 -> 2)"),
-            ("sft_o1", "reinforce", "the negative gradient vs sft-o1's extra passes"),
-        ],
+        (
+            ("grpo_no_neg", "no_is", "removing the negative gradient costs more than removing IS"),
+            ("grpo_no_neg", "no_kl", "removing the negative gradient costs more than removing KL"),
+        ),
+        (
+            ("grpo_no_neg", "grpo", "better", "what the negative gradient adds to GRPO (leave-one-out)"),
+            (
+                "sft",
+                "reinforce",
+                "better",
+                "rung 1 -> 2: the negative gradient as REINFORCE, raw rewards, no baseline",
+            ),
+            ("sft_o1", "reinforce", "better", "the negative gradient vs sft-o1's extra passes"),
+        ),
     ),
-    (
+    Claim(
         "Reward normalisation and clipping matter most",
         "better",
-        [
-            ("reinforce", "reward_norm", "normalise and clip the advantage (rung 2 -> 3)"),
-            ("reinforce", "rloo", "a leave-one-out baseline instead (RLOO)"),
-        ],
+        (
+            ("grpo_no_norm", "no_is", "removing normalisation and clipping costs more than removing IS"),
+            ("grpo_no_norm", "no_kl", "removing normalisation and clipping costs more than removing KL"),
+        ),
+        (
+            ("grpo_no_norm", "grpo", "better", "what normalisation and clipping add to GRPO (leave-one-out)"),
+            ("reinforce", "reward_norm", "better", "rung 2 -> 3: normalise and clip REINFORCE's advantage"),
+            ("reinforce", "rloo", "better", "a leave-one-out baseline instead (RLOO)"),
+        ),
     ),
-    (
+    Claim(
         "Importance sampling can be varied or dropped",
         "droppable",
-        [
-            ("grpo", "no_is", "drop it from GRPO (no_is)"),
-            ("grpo", "gspo", "vary it: one clipped ratio per sequence (GSPO)"),
-        ],
+        (("grpo", "no_is", "drop it from GRPO (no_is)"),),
+        (
+            (
+                "importance",
+                "reward_norm",
+                "droppable",
+                "rung 4 -> 3: drop it (and the second pass) from rung 4",
+            ),
+            ("grpo", "gspo", "droppable", "vary it: one clipped ratio per sequence (GSPO)"),
+        ),
     ),
-    (
+    Claim(
         "The KL penalty can be varied or dropped",
         "droppable",
-        [("grpo", "no_kl", "drop it from GRPO (no_kl; the same objective as rung 4, importance)")],
+        (("grpo", "no_kl", "drop it from GRPO (no_kl; the same objective as rung 4, importance)"),),
     ),
 ]
 VARIANTS = ("dr_grpo", "dapo", "rloo")  # against grpo, kind "differ"
@@ -63,8 +100,8 @@ class Comparison:
     a: str
     b: str
     metric: str
-    # "claim 1".."claim 4", "evidence", "variant", "A/A", "base -> grpo", "cost", or "other metric"
-    # (a claim's deciding pair, base -> grpo or A/A on greedy accuracy when sampled accuracy decides)
+    # "claim 1".."claim 4" (a deciding pair), "evidence", "variant", "A/A", "base -> grpo", or "other
+    # metric" (a deciding pair, base -> grpo or A/A on greedy accuracy when sampled accuracy decides)
     role: str
     kind: str  # stats.verdict's kind
     what: str
@@ -74,13 +111,19 @@ class Comparison:
     seeds: int = 0
     problems: int = 0
     method: str = ""
+    horizon: int | None = None  # the training step the runs were scored at (None: the end)
+    se_run: float | None = None  # the two parts of the standard error (stats.paired_interval)
+    se_problem: float | None = None
+    identical: bool = False  # A and B scored the same on every problem of every seed
 
 
-def per_problem_arrays(a_runs: list, b_runs: list, attr: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(S, P) scores of A and B on the seeds both finished and the problems every one of those runs
-    scored, in the same order on both sides; None when nothing pairs."""
-    a = {r.seed: getattr(r, attr) for r in a_runs if getattr(r, attr)}
-    b = {r.seed: getattr(r, attr) for r in b_runs if getattr(r, attr)}
+def per_problem_arrays(
+    a_runs: list, b_runs: list, attr: str, horizon: int | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(S, P) scores of A and B at `horizon` (RunResult.scores) on the seeds both have and the
+    problems every one of those runs scored, in the same order on both sides; None when nothing pairs."""
+    a = {r.seed: r.scores(attr, horizon) for r in a_runs if r.scores(attr, horizon)}
+    b = {r.seed: r.scores(attr, horizon) for r in b_runs if r.scores(attr, horizon)}
     seeds = sorted(a.keys() & b.keys())
     if not seeds:
         return None
@@ -103,15 +146,74 @@ def per_seed_arrays(a_runs: list, b_runs: list, attr: str) -> tuple[np.ndarray, 
     return np.array([a[s] for s in seeds]), np.array([b[s] for s in seeds])
 
 
-def compare(by_preset: dict, a: str, b: str, metric: str, kind: str, role: str, what: str) -> Comparison:
-    """B - A on `metric` with its 95% interval and verdict; 'not measured' when nothing pairs."""
-    get = per_problem_arrays if metric in PER_PROBLEM else per_seed_arrays
-    attr = PER_PROBLEM.get(metric) or PER_SEED[metric]
-    pair = get(by_preset.get(a, []), by_preset.get(b, []), attr)
-    c = Comparison(a, b, metric, role, kind, what, "not measured")
+@dataclass(frozen=True)
+class Pool:
+    """The run-to-run variance of one metric at one horizon, pooled over the presets that finished
+    every seed (`stats.run_variance`): `pair` between two presets (2 var(e), seed effects cancelling)
+    and `single` against the base model (one run around its preset's mean)."""
+
+    pair: float
+    pair_df: int
+    single: float
+    single_df: int
+    presets: int
+    seeds: int
+
+
+def pool(by_preset: dict, metric: str, horizon: int | None = None) -> Pool | None:
+    """The Pool of `metric` at `horizon` from every trained preset with all its seeds scored on the
+    same problems; None with fewer than 2 such presets or 2 seeds (then each pair keeps its own)."""
+    attr = PER_PROBLEM[metric]
+    full = {
+        p: rs
+        for p, rs in by_preset.items()
+        if p != "base" and rs and all(r.scores(attr, horizon) for r in rs)
+    }
+    seeds = sorted(set.intersection(*(set(r.seed for r in rs) for rs in full.values()))) if full else []
+    if len(full) < 2 or len(seeds) < 2:
+        return None
+    common = set.intersection(*(set(r.scores(attr, horizon)) for rs in full.values() for r in rs))
+    if not common:
+        return None
+    means = np.array(
+        [
+            [
+                statistics.fmean(next(r for r in rs if r.seed == s).scores(attr, horizon)[q] for q in common)
+                for s in seeds
+            ]
+            for rs in full.values()
+        ]
+    )  # (A, S)
+    var_e, df_e = run_variance(means)
+    var_w, df_w = run_variance(means, seed_effects=False)
+    return Pool(2 * var_e, df_e, var_w, df_w, len(full), len(seeds))
+
+
+def compare(
+    by_preset: dict,
+    a: str,
+    b: str,
+    metric: str,
+    kind: str,
+    role: str,
+    what: str,
+    horizon: int | None = None,
+    pooled: Pool | None = None,
+) -> Comparison:
+    """B - A on `metric` at `horizon` with its 95% interval and verdict; 'not measured' when nothing
+    pairs. With `pooled` (accuracy metrics), the run-to-run term is the ladder's pooled one."""
+    c = Comparison(a, b, metric, role, kind, what, "not measured", horizon=horizon)
+    if metric in PER_PROBLEM:
+        pair = per_problem_arrays(by_preset.get(a, []), by_preset.get(b, []), PER_PROBLEM[metric], horizon)
+    else:
+        pair = per_seed_arrays(by_preset.get(a, []), by_preset.get(b, []), PER_SEED[metric])
     if pair is None:
         return c
-    r = paired_interval(*pair)
+    if pooled is not None and metric in PER_PROBLEM and pair[0].shape[0] > 1:
+        var, df = (pooled.single, pooled.single_df) if "base" in (a, b) else (pooled.pair, pooled.pair_df)
+        r = pooled_interval(*pair, var, df)
+    else:
+        r = paired_interval(*pair)
     c.diff, c.ci95, c.seeds, c.problems, c.method = (
         r["diff"],
         r["ci95"],
@@ -119,43 +221,65 @@ def compare(by_preset: dict, a: str, b: str, metric: str, kind: str, role: str, 
         r["problems"],
         r["method"],
     )
+    c.se_run, c.se_problem = r["se_run"], r["se_problem"]
+    c.identical = bool(np.array_equal(*pair))
     if metric not in PER_PROBLEM:
         c.problems = 0
     c.verdict = verdict(r["ci95"], kind)
     return c
 
 
-def comparisons(by_preset: dict, metric: str) -> list[Comparison]:
-    """Every comparison of the report, in its order: the claims (deciding one first, then evidence),
-    the variants against grpo, base -> grpo, the A/A check, and what dropping KL costs or saves."""
+def claim_verdict(deciding: list[Comparison]) -> str:
+    """A claim's verdict from its deciding comparisons: supported when all are, contradicted when one
+    is, 'not measured' when one is, else undecided."""
+    vs = [c.verdict for c in deciding]
+    if not vs or "not measured" in vs:
+        return "not measured"
+    if "contradicted" in vs:
+        return "contradicted"
+    return "supported" if all(v == "supported" for v in vs) else "undecided"
+
+
+def comparisons(by_preset: dict, metric: str, horizon: int | None = None) -> list[Comparison]:
+    """Every accuracy comparison of the report at `horizon`, in its order: the claims (deciding pairs
+    first, then the evidence from presets that ran), the variants against grpo, base -> grpo, the A/A
+    check, then the deciding pairs on greedy accuracy when sampled accuracy decides."""
+    pooled = {m: pool(by_preset, m, horizon) for m in PER_PROBLEM}
     out = []
-    for i, (_, kind, pairs) in enumerate(CLAIMS, 1):
-        for j, (a, b, what) in enumerate(pairs):
-            if j == 0 or (a in by_preset and b in by_preset):  # evidence only from presets that ran
-                out.append(
-                    compare(by_preset, a, b, metric, kind, f"claim {i}" if j == 0 else "evidence", what)
-                )
+
+    def add(a, b, m, kind, role, what):
+        out.append(compare(by_preset, a, b, m, kind, role, what, horizon, pooled[m]))
+
+    for i, claim in enumerate(CLAIMS, 1):
+        for a, b, what in claim.deciding:
+            add(a, b, metric, claim.kind, f"claim {i}", what)
+        for a, b, kind, what in claim.evidence:
+            if a in by_preset and b in by_preset:
+                add(a, b, metric, kind, "evidence", what)
     for v in (v for v in VARIANTS if v in by_preset):
-        out.append(compare(by_preset, "grpo", v, metric, "differ", "variant", DESCRIPTIONS[v]))
-    out.append(
-        compare(by_preset, "base", "grpo", metric, "better", "base -> grpo", "GRPO against the base model")
-    )
-    out.append(compare(by_preset, *AA, metric, "differ", "A/A", "one configuration, another sampling stream"))
+        add("grpo", v, metric, "differ", "variant", DESCRIPTIONS[v])
+    add("base", "grpo", metric, "better", "base -> grpo", "GRPO against the base model")
+    add(*AA, metric, "differ", "A/A", "one configuration, another sampling stream")
     if metric != "greedy_accuracy":  # the same pairs on the noisier metric, for reference
         for c in [c for c in out if c.role.startswith("claim ") or c.role in ("base -> grpo", "A/A")]:
-            out.append(compare(by_preset, c.a, c.b, "greedy_accuracy", c.kind, "other metric", c.what))
-    for m, what in (
-        ("peak_mem_mb", "peak memory, MB"),
-        ("step_time_s", "median step time, s"),
-        ("kl_to_base", "KL to the base model (k3 per token)"),
-    ):
-        out.append(compare(by_preset, "grpo", "no_kl", m, "differ", "cost", what))
+            add(c.a, c.b, "greedy_accuracy", c.kind, "other metric", c.what)
     return out
+
+
+def cost_comparisons(by_preset: dict) -> list[Comparison]:
+    """What dropping KL costs or saves in the ladder's runs (grpo -> no_kl): KL to the base model. The
+    reference model's memory and time come from `ladder.costs`, runs alone on one batch, not from
+    runs that shared the cores."""
+    return [
+        compare(
+            by_preset, "grpo", "no_kl", "kl_to_base", "differ", "cost", "KL to the base model (k3 per token)"
+        )
+    ]
 
 
 def aa_status(comps: list[Comparison]) -> tuple[bool | None, str]:
     """(trusted, line): the A/A comparison must be 'undecided'. None when it was not measured, or when
-    the two runs were the same run (a zero-width interval at 0), which tests nothing."""
+    the two runs were the same run (no difference on any problem), which tests nothing."""
     aa = next((c for c in comps if c.role == "A/A"), None)
     if aa is None or aa.verdict == "not measured":
         return None, (
@@ -163,7 +287,7 @@ def aa_status(comps: list[Comparison]) -> tuple[bool | None, str]:
             "the same seed; without it the false-verdict rate of these statistics is unchecked."
         )
     span = f"{100 * aa.diff:+.1f} points [{100 * aa.ci95[0]:+.1f}, {100 * aa.ci95[1]:+.1f}]"
-    if aa.ci95[0] == aa.ci95[1] == 0.0:
+    if aa.identical:
         return None, (
             f"A/A check vacuous: {AA[0]} and {AA[1]} scored the same on every problem and seed ({span} on "
             f"{aa.metric}), so the pair cannot test these intervals (the same run twice, or runs too short "
@@ -182,48 +306,99 @@ def aa_status(comps: list[Comparison]) -> tuple[bool | None, str]:
     )
 
 
-def per_seed_values(runs: list, seeds: list[int], attr: str, problem: bool) -> list[float | None]:
-    """One value per seed of `seeds` (None where the seed has none): a per-problem metric's mean."""
-    by_seed = {r.seed: getattr(r, attr) for r in runs}
+def per_seed_values(
+    runs: list, seeds: list[int], attr: str, problem: bool, horizon: int | None = None
+) -> list[float | None]:
+    """One value per seed of `seeds` (None where the seed has none): a per-problem metric's mean (at
+    `horizon`, None: after training)."""
+    by_seed = {r.seed: r for r in runs}
     out = []
     for s in seeds:
-        v = by_seed.get(s)
-        out.append((statistics.fmean(v.values()) if v else None) if problem else v)
+        r = by_seed.get(s)
+        if r is None:
+            out.append(None)
+        elif problem:
+            v = r.scores(attr, horizon)
+            out.append(statistics.fmean(v.values()) if v else None)
+        else:
+            out.append(getattr(r, attr))
     return out
 
 
-def results_json(plan, by_preset: dict, comps: list[Comparison], metric: str) -> dict[str, Any]:
-    """results.json: the seeds, per preset each metric's per-seed values (aligned with `seeds`), and
-    every comparison with a, b, metric, diff, ci95 [lo, hi] and verdict."""
-    trusted, _ = aa_status(comps)
+def horizon_label(verdicts: list[str], horizons: list[int]) -> str:
+    """How a verdict behaves over the horizons (`verdicts[i]` at step `horizons[i]`, the last is the
+    end): 'stands at every horizon', 'settles at step N' (the same from step N on, undecided before),
+    'flips' (supported at one horizon, contradicted at another) or 'fades' (decided earlier,
+    undecided at the end). Only the first two are findings."""
+    decided = {v for v in verdicts if v in ("supported", "contradicted")}
+    if len(decided) > 1:
+        return "flips: not a finding"
+    if len(set(verdicts)) == 1:
+        return "stands at every horizon"
+    if verdicts[-1] not in decided:
+        return "fades by the end: not a finding"
+    i = len(verdicts) - 1
+    while i > 0 and verdicts[i - 1] == verdicts[-1]:
+        i -= 1
+    return f"settles at step {horizons[i]}"
+
+
+def claim_rows(comps: list[Comparison]) -> list[dict[str, Any]]:
+    """Each claim's verdict at each horizon of `comps` (`claim_verdict` of its deciding pairs)."""
+    horizons = sorted({c.horizon for c in comps if c.horizon is not None})
+    rows = []
+    for i, claim in enumerate(CLAIMS, 1):
+        for h in horizons:
+            deciding = [c for c in comps if c.role == f"claim {i}" and c.horizon == h]
+            rows.append({"claim": i, "title": claim.title, "horizon": h, "verdict": claim_verdict(deciding)})
+    return rows
+
+
+def results_json(
+    plan, by_preset: dict, comps: list[Comparison], metric: str, costs: dict | None = None
+) -> dict[str, Any]:
+    """results.json: the seeds and horizons, per preset each metric's per-seed values (aligned with
+    `seeds`; accuracies also at the earlier horizons), every comparison with a, b, metric, horizon,
+    diff, ci95 [lo, hi] and verdict, each claim's verdict per horizon, and the cost runs."""
+    end = [c for c in comps if c.horizon == plan.steps]
+    trusted, _ = aa_status(end)
     presets = {}
     for p in ["base", *plan.presets]:
         runs = by_preset.get(p, [])
         entry = {m: per_seed_values(runs, plan.seeds, attr, True) for m, attr in PER_PROBLEM.items()} | {
             m: per_seed_values(runs, plan.seeds, attr, False) for m, attr in PER_SEED.items()
         }
-        if p == "base":
-            entry = {m: v[:1] for m, v in entry.items() if m in PER_PROBLEM}  # evaluated once
+        for m, attr in PER_PROBLEM.items():
+            entry[f"{m}_at"] = {
+                str(h): per_seed_values(runs, plan.seeds, attr, True, h) for h in plan.horizons[:-1]
+            }
+        if p == "base":  # evaluated once, the same at every horizon
+            entry = {m: v[:1] for m, v in entry.items() if m in PER_PROBLEM}
         else:
             entry["status"] = [next((r.status for r in runs if r.seed == s), "not run") for s in plan.seeds]
         presets[p] = entry
     return {
-        "schema": 1,
+        "schema": 2,
         "command": plan.command,
         "seeds": plan.seeds,
         "steps": plan.steps,
+        "horizons": plan.horizons,
         "budget": plan.budget_name,
         "deciding_metric": metric,
         "level": 0.95,
-        "method": "paired t interval over seeds and problems: se^2 = var over seeds of the per-seed "
-        "mean difference / S + var over problems of the per-problem mean difference / P, t with S - 1 "
-        "df (ladder.stats.paired_interval)",
+        "method": "paired t interval over seeds and problems: se^2 = v / S + var over problems of the "
+        "per-problem mean difference / P, each term with its own t; v is the run-to-run variance pooled "
+        "over every preset (two-way fit with preset and seed effects, (A - 1)(S - 1) df; one-way against "
+        "the base model) or the pair's own variance over seeds where that is larger "
+        "(ladder.stats.pooled_interval, ladder.verdicts.pool)",
         "margin": MARGIN,
         "aa_trusted": trusted,
         "presets": presets,
+        "claims": claim_rows(comps),
         "comparisons": [
             {k: v for k, v in asdict(c).items() if k != "kind"} | {"kind": c.kind} for c in comps
         ],
+        "costs": costs,
     }
 
 
