@@ -92,33 +92,39 @@ def paired_interval(a, b, level: float = LEVEL) -> dict[str, Any]:
         raise ValueError(f"paired_interval: a is {a.shape[0]} seeds x {a.shape[1]} problems, b is {b.shape}")
     d = b - a  # (S, P)
     s, p = d.shape
-    v_seed = d.mean(1).var(ddof=1) / s if s > 1 else 0.0  # run-to-run
-    v_prob = d.mean(0).var(ddof=1) / p if p > 1 else 0.0  # problem-to-problem
-    se = math.sqrt(v_seed + v_prob)
-    # each term widened by its own t quantile (S - 1 and P - 1 degrees of freedom), then added:
-    # t at S - 1 when the seeds dominate, at P - 1 when the problems do. (One Welch-Satterthwaite df
-    # for the sum called a difference in 9.5% of no-effect cases with 3 seeds; t at S - 1 for the
+    # each variance term widened by its own t quantile (S - 1 and P - 1 degrees of freedom), then
+    # added: t at S - 1 when the seeds dominate, at P - 1 when the problems do. (One Welch-Satterthwaite
+    # df for the sum called a difference in 9.5% of no-effect cases with 3 seeds; t at S - 1 for the
     # whole sum lost most of its power when the problems dominate.)
-    q = 0.5 + level / 2
-    half = math.sqrt(
-        (t_quantile(q, s - 1) ** 2 * v_seed if s > 1 else 0.0)
-        + (t_quantile(q, p - 1) ** 2 * v_prob if p > 1 else 0.0)
-    )
-    t = half / se if se > 0 else math.inf  # the t quantile the interval amounts to
-    diff = float(d.mean())
+    v_seed = d.mean(1).var(ddof=1) / s if s > 1 else 0.0  # run-to-run
     if s > 1 and p > 1:
         method = f"paired t interval over {s} seeds and {p} problems (each variance term with its own t)"
     elif s > 1:
         method = f"paired t interval over {s} seeds"
     else:
         method = f"paired t interval over {p} problems of 1 seed (run-to-run variation not included)"
+    return _interval(d, v_seed, s - 1, level, method)
+
+
+def _interval(d: np.ndarray, v_seed: float, seed_df: float, level: float, method: str) -> dict[str, Any]:
+    """The interval of d's mean (S, P) from the run-to-run term v_seed (with seed_df degrees of
+    freedom) and the problem term var_p(mean_s d) / P (P - 1 df), each widened by its own t."""
+    s, p = d.shape
+    v_prob = d.mean(0).var(ddof=1) / p if p > 1 else 0.0  # problem-to-problem
+    se = math.sqrt(v_seed + v_prob)
+    q = 0.5 + level / 2
+    half = math.sqrt(
+        (t_quantile(q, seed_df) ** 2 * v_seed if v_seed > 0 else 0.0)
+        + (t_quantile(q, p - 1) ** 2 * v_prob if p > 1 else 0.0)
+    )
+    diff = float(d.mean())
     return {
         "diff": diff,
         "ci95": [diff - half, diff + half],
         "se": se,
         "se_run": math.sqrt(v_seed),
         "se_problem": math.sqrt(v_prob),
-        "t": t,
+        "t": half / se if se > 0 else math.inf,  # the t quantile the interval amounts to
         "seeds": s,
         "problems": p,
         "method": method,
@@ -174,26 +180,11 @@ def pooled_interval(a, b, run_var: float, run_df: float, level: float = LEVEL) -
     d = b - a
     s, p = d.shape
     own = d.mean(1).var(ddof=1) if s > 1 else 0.0
-    v_seed = max(run_var, own) / s
-    v_prob = d.mean(0).var(ddof=1) / p if p > 1 else 0.0
-    q = 0.5 + level / 2
-    half = math.sqrt(
-        t_quantile(q, run_df) ** 2 * v_seed + (t_quantile(q, p - 1) ** 2 * v_prob if p > 1 else 0.0)
+    method = (
+        f"paired t interval over {s} seeds and {p} problems, run-to-run variance pooled over the "
+        f"ladder ({run_df:g} df)"
     )
-    se = math.sqrt(v_seed + v_prob)
-    diff = float(d.mean())
-    return {
-        "diff": diff,
-        "ci95": [diff - half, diff + half],
-        "se": se,
-        "se_run": math.sqrt(v_seed),
-        "se_problem": math.sqrt(v_prob),
-        "t": half / se if se > 0 else math.inf,
-        "seeds": s,
-        "problems": p,
-        "method": f"paired t interval over {s} seeds and {p} problems, run-to-run variance pooled "
-        f"over the ladder ({run_df:g} df)",
-    }
+    return _interval(d, max(run_var, own) / s, run_df, level, method)
 
 
 def mean_interval(x, level: float = LEVEL) -> dict[str, Any]:
