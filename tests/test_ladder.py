@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sft2grpo.cli import main
 from sft2grpo.ladder import report as ladder_report
 from sft2grpo.ladder import run as ladder  # the command's module: what monkeypatch must reach
 from sft2grpo.ladder.plan import AA
 from sft2grpo.ladder.verdicts import aa_status, comparisons
+from sft2grpo.models import has_fast_bf16
 
 TOY = Path(__file__).parent / "toy_reward.py"
 TINY = [
@@ -607,20 +609,29 @@ def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
         1,
         1,
     ]
-    est = {p: ladder.estimate_run_s(c) for p, c in cfg.items()}
+    cost = ladder.COSTS["fp32"]
+    est = {p: ladder.estimate_run_s(c, cost) for p, c in cfg.items()}
     # the same rollouts; KL sends every row through 2 passes and a reference forward
     assert est["sft"] < est["reward_norm"] < est["reinforce"] < est["grpo"] == est["no_is"]
     assert est["importance"] == est["no_kl"]  # one configuration under two names
-    u = ladder.COST["update"] * 32 * 64 * 40  # rows x tokens x steps
+    u = cost["update"] * 32 * 64 * 40  # rows x tokens x steps
     assert est["grpo"] - est["importance"] == pytest.approx(u * (1.0 * (2 + 2 / 3) - 0.4 * (2 + 1 / 3)))
     # the held-out split scored at steps 10 and 20 too: greedy, and 4 samples a problem (400 rows in
     # 7 generate calls of at most 64 rows), 64 tokens each
     c = cfg["sft"]
-    early = ladder.COST["eval"] * 100 * 64 + 64 * (
-        7 * ladder.COST["decode"] + 400 * ladder.COST["decode_row"]
-    )
+    early = cost["eval"] * 100 * 64 + 64 * (7 * cost["decode"] + 400 * cost["decode_row"])
     late = replace(c, eval=replace(c.eval, heldout_at=[]))
-    assert est["sft"] - ladder.estimate_run_s(late) == pytest.approx(2 * early)
+    assert est["sft"] - ladder.estimate_run_s(late, cost) == pytest.approx(2 * early)
+    # this machine's table: bf16 where it is native and the run's autocast allows it
+    fp32 = replace(c, train=replace(c.train, autocast="off"))
+    assert ladder.cost_table(fp32) is ladder.COSTS["fp32"]
+    assert ladder.cost_table(c) is ladder.COSTS["bf16" if has_fast_bf16(torch.device("cpu")) else "fp32"]
+    # the cost runs: 2 x (grpo, no_kl) of 3 steps, one at a time; none once costs.json is written
+    runs = ladder.estimate_cost_runs_s(plan)
+    assert 0 < runs < est["grpo"] / 4
+    (tmp_path / "costs").mkdir()
+    (tmp_path / "costs" / "costs.json").write_text(json.dumps({"steps": 3}))
+    assert ladder.estimate_cost_runs_s(plan) == 0.0
     assert ladder.estimate_wall_s(600, 2) == 300 and ladder.estimate_wall_s(600, 1) == 400
 
 

@@ -58,9 +58,7 @@ def measure_costs(plan: Plan) -> str | None:
     went wrong, or None. A finished costs.json is kept: rerunning the ladder does not redo it. Nothing
     to do when the plan lacks grpo or no_kl."""
     out = plan.out / "costs"
-    if not all(p in plan.presets for p in PAIR):
-        return None
-    if (read_json(out / "costs.json") or {}).get("steps") == COST_STEPS:
+    if not all(p in plan.presets for p in PAIR) or done(plan):
         return None
     out.mkdir(parents=True, exist_ok=True)
     order = [(p, i) for i in range(REPEATS) for p in PAIR]
@@ -90,6 +88,11 @@ def measure_costs(plan: Plan) -> str | None:
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(out / "costs.json")
     return None
+
+
+def done(plan: Plan) -> bool:
+    """Whether costs.json holds this version's cost runs."""
+    return (read_json(plan.out / "costs" / "costs.json") or {}).get("steps") == COST_STEPS
 
 
 def read_costs(folder: Path) -> dict[str, Any]:
