@@ -126,7 +126,7 @@ def sampled_eval_s(cfg, k: int, cost: dict[str, float]) -> float:
 
 
 def estimate_wall_s(run_s: float, jobs: int) -> float:
-    """Wall time of `run_s` seconds of runs as COST counts them (two sharing the cores), `jobs` at a
+    """Wall time of `run_s` seconds of runs as COSTS count them (two sharing the cores), `jobs` at a
     time: halved with two at once, divided by JOBS_SPEEDUP when one run has both cores."""
     return run_s / 2 if jobs >= 2 else run_s / JOBS_SPEEDUP
 
