@@ -305,9 +305,7 @@ def horizon_lines(comps: list[Comparison], horizons: list[int]) -> list[str]:
     deciding = [
         c
         for c in comps
-        if c.horizon == horizons[-1]
-        and c.ci95
-        and (c.role.startswith("claim ") or c.role in ("base -> grpo", "A/A"))
+        if c.horizon == horizons[-1] and c.ci95 and (c.role.startswith("claim ") or c.role == "base -> grpo")
     ]
     if deciding:
         halves = [(100 * (c.ci95[1] - c.ci95[0]) / 2, c) for c in deciding]
@@ -580,9 +578,14 @@ def write_report(plan: Plan, failed: dict | None = None) -> Path:
         "![reward and validation accuracy per step](curves.png)",
         "",
         f"Left: training reward per step (mean over seeds{smoothing}; band: min to max over seeds). "
-        "Right: greedy accuracy on the validation split, which runs are evaluated on while they train "
-        "(the held-out problems of the table are scored only after training); step 0 is the base "
-        "model. Rungs solid, variants dashed.",
+        f"{'Middle' if len(plan.horizons) > 1 else 'Right'}: greedy accuracy on the validation split, "
+        "which runs are evaluated on while they train; step 0 is the base model."
+        + (
+            " Right: held-out accuracy at each horizon, the numbers the verdicts are computed from."
+            if len(plan.horizons) > 1
+            else " The held-out problems of the table are scored after training only."
+        )
+        + " Rungs solid, variants dashed.",
         "",
         "![final held-out accuracy per preset](final.png)",
         "",
