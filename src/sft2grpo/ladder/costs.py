@@ -62,9 +62,7 @@ def measure_costs(plan: Plan) -> str | None:
         return None
     out.mkdir(parents=True, exist_ok=True)
     order = [(p, i) for i in range(REPEATS) for p in PAIR]
-    print(
-        f"measuring the reference model's cost: {' '.join(f'{p}' for p, _ in order)}, each alone", flush=True
-    )
+    print(f"measuring the reference model's cost: {' '.join(p for p, _ in order)}, each alone", flush=True)
     for preset, i in order:
         folder = out / f"{preset}-r{i}"
         if (read_json(folder / "summary.json") or {}).get("steps") == COST_STEPS:
