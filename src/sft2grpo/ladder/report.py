@@ -427,12 +427,12 @@ def plot_curves(plan: Plan, by_preset: dict[str, list[RunResult]], path: Path) -
             if len(curves) > 1:
                 ax.fill_between(steps, lo, hi, color=style["color"], alpha=0.12, lw=0)
     smoothing = f", running mean over {window} steps" if window > 1 else ""
-    ax_r.set_title(f"training reward (mean over seeds{smoothing}; band: min-max over seeds)")
-    ax_a.set_title("validation accuracy, greedy (step 0: the base model)")
+    ax_r.set_title(f"training reward\n(mean over seeds{smoothing}; band: min-max over seeds)")
+    ax_a.set_title("validation accuracy, greedy\n(step 0: the base model)")
     ax_r.set_ylabel("reward")
     ax_a.set_ylabel("accuracy (%)")
     if ax_h is not None:
-        ax_h.set_title(f"held-out accuracy, {key} (step 0: the base model)")
+        ax_h.set_title(f"held-out accuracy, {key}\n(step 0: the base model)")
         ax_h.set_ylabel("accuracy (%)")
     for ax in [ax for ax in (ax_r, ax_a, ax_h) if ax is not None]:
         ax.set_xlabel("step")
