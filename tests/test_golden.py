@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft2grpo.config import load_config, list_presets
+from sft2grpo.config import list_presets, load_config
 from sft2grpo.models import completion_logprobs
 from sft2grpo.rollout.batch import Batch
 
