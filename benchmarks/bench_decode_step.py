@@ -5,8 +5,8 @@
 
 Calls `FastEngine._decode` (all layers, attention over `--cache` cached tokens, the LM head) on
 random cache contents for `rows` live rows, with the weights each setting reads: the int8 copy
-(rollout.dtype=int8, for every row count), the fp32 copy prepacked for oneDNN (rollout.prepack) and
-the policy's fp32 weights as F.linear reads them (rollout.prepack=false). Best of `--repeats`, ms.
+(rollout.dtype=int8, for every row count), the fp32 copy prepacked for oneDNN (tuning.prepack) and
+the policy's fp32 weights as F.linear reads them (tuning.prepack=false). Best of `--repeats`, ms.
 This is the cost table behind LOW_PRECISION_MAX_ROWS and PREPACK_MIN_ROWS; a rollout's time is the
 sum of such steps over its shrinking batch. Timings, not assertions.
 """

@@ -6,7 +6,7 @@
 Times the 30 up-projections of a 135M model ([1536, 576] each, 106 MB in fp32, more than the
 CPU's cache, so each product streams its weight from memory as a decode step does) for a batch of
 `rows` hidden states: fp32 `F.linear` (the policy), fp32 as `W @ x^T`, fp32 prepacked for oneDNN
-(rollout.prepack), bf16 `F.linear` (rollout.dtype=bfloat16) and the int8 weight-only kernel with
+(tuning.prepack), bf16 `F.linear` (rollout.dtype=bfloat16) and the int8 weight-only kernel with
 bf16 activations (rollout.dtype=int8). Best of 5 timings of `--repeats` passes each. Timings, not
 assertions.
 """

@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from sft2grpo.config import Config  # noqa: E402
+from sft2grpo.run import start  # noqa: E402
 from sft2grpo.trainer import Trainer  # noqa: E402
 
 
@@ -47,8 +48,9 @@ def main() -> None:
     cfg.train.autocast = args.autocast
     cfg.eval.before = cfg.eval.after = False
     tr = Trainer(cfg, Path(tempfile.mkdtemp(prefix="bench-packing-")))
-    tr.order, tr.pos = list(range(len(tr.task.train))), 0
-    batches = [tr.collect()[0] for _ in range(args.batches)]
+    state = start(tr)
+    state.order, state.pos = list(range(len(tr.task.train))), 0
+    batches = [tr.collect(state)[0] for _ in range(args.batches)]
     tr.model.train()
 
     def run(batch, packing: bool) -> tuple[float, float, torch.Tensor]:

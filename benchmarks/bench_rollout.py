@@ -5,14 +5,14 @@
     python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:bfloat16   # rollout.dtype
     python benchmarks/bench_rollout.py --engines fast,fast+compile,fast:int8,fast:int8+compile
     python benchmarks/bench_rollout.py --engines fast,fast:int8,fast:int8@32   # LOW_PRECISION_MAX_ROWS
-    python benchmarks/bench_rollout.py --engines hf,fast,fast-plain   # rollout.prepack on / off
+    python benchmarks/bench_rollout.py --engines hf,fast,fast-plain   # tuning.prepack on / off
 
 Prompts are the default task's (reasoning-gym chain_sum plus the task instruction) in the model's
 chat template; rows stop naturally at EOS. Tokens counted are generated tokens (sum of the mask,
 EOS included). The engines alternate within each repeat, so background load hits both alike; the
 printed numbers are totals over the repeats. Timings, not assertions: this machine is noisy.
 `fast:int8` is the fast engine decoding with an int8 copy of the weights (`rollout.dtype=int8`);
-`fast` reads a copy prepacked for oneDNN in wide rollouts (`rollout.prepack`; `fast-plain` has
+`fast` reads a copy prepacked for oneDNN in wide rollouts (`tuning.prepack`; `fast-plain` has
 none), made in each rollout and timed with it, as in training. The int8 or bf16 copy is made once
 here (the weights do not change), and the time one refresh costs, which a
 training step pays after every optimizer step, is measured and printed apart. `+compile` wraps the
@@ -76,7 +76,7 @@ def compare_engines(
 
     A name is an engine, or `fast:<rollout.dtype>`, either with `+compile` after it; `fast:int8@32`
     uses the copy for products of at most 32 rows (default LOW_PRECISION_MAX_ROWS); `-plain`
-    (`fast-plain`, `fast:int8-plain`) turns rollout.prepack off. Returns
+    (`fast-plain`, `fast:int8-plain`) turns tuning.prepack off. Returns
     {name: {"tokens", "seconds", "tokens_per_s", "warmup_s"}} (with "refresh_s" for a copy) plus
     "fast/hf" when both ran.
     """

@@ -13,7 +13,7 @@ safetensors folder (the embedded SmolLM2-135M-Instruct, converted once from its 
 CPU and train on the same rows in the same order: the first `--batch x (--warmup + --steps)`
 reasoning-gym chain_sum training problems with their worked solutions (`load_task(...,
 supervised=True)`), the prompt through the model's chat template, the completion the worked
-solution followed by eos. Ours is `sft2grpo.sft.SFTTrainer` on configs/sft0.yaml with
+solution followed by eos. Ours is the `Trainer` with given rows (rung 0) on configs/sft0.yaml with
 `train.autocast=off` (fp32), `train.packing=true` (each micro-batch one padding-free row: every
 prompt and completion, a block-diagonal mask, the LM head only on the completion positions). TRL is
 SFTTrainer on prompt/completion text rows (the prompt already templated, so TRL adds eos and
@@ -33,7 +33,7 @@ count (`--threads`, 0 = torch's default, the same in both processes).
 
 Per step, both sides are measured alike from this script (the trainers' code is untouched): step
 time is the wall time between the ends of consecutive optimizer steps; tokens are counted on the
-batch the step trains on (ours: the rows `reference_batch` builds; TRL: the inputs of its
+batch the step trains on (ours: the given rows `Trainer.demonstrations` builds; TRL: the inputs of its
 `compute_loss`), completion tokens (those with a loss, eos included) and all tokens (prompts too).
 The first `--warmup` steps are dropped; the table shows the median step time over the remaining
 steps of every round, tokens/s as total tokens over total step time, and the peak RSS. The loss of
@@ -225,16 +225,17 @@ def first_rows(batch) -> list[list[int]]:
 def run_ours(args) -> dict:
     import torch
 
-    from sft2grpo import sft
+    from sft2grpo import run, sft
+    from sft2grpo.trainer import Trainer
 
     cfg = our_config(args, args.folder)
     clock = StepClock()
     first: dict = {}
-    build = sft.reference_batch
 
-    def counted(tokenizer, examples, system_prompt):
-        """sft.reference_batch, counting the tokens of the rows the step trains on."""
-        batch = build(tokenizer, examples, system_prompt)
+    def counted(state):
+        """Trainer.demonstrations, counting the tokens of the rows the step trains on."""
+        batch = build(state)
+        examples = batch.examples
         completion = int(batch.mask.sum().item())
         clock.acc["completion_tokens"] += completion
         clock.acc["tokens"] += completion + sum(len(batch.prompts[p]) for p in batch.row_prompt.tolist())
@@ -244,14 +245,15 @@ def run_ours(args) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-sft-ours-") as tmp:
         t0 = time.perf_counter()
-        tr = sft.SFTTrainer(cfg, Path(tmp))
+        tr = Trainer(sft.supervised_config(cfg), Path(tmp))
         load_s = time.perf_counter() - t0
-        tr.order, tr.pos = list(range(len(tr.task.train))), 0  # the rows in order, as TRL reads them
-        sft.reference_batch = counted  # SFTTrainer.train_step looks it up in its module
+        state = run.start(tr)
+        state.order, state.pos = list(range(len(tr.task.train))), 0  # the rows in order, as TRL reads them
+        build, tr.demonstrations = tr.demonstrations, counted
         clock.start()
         for _ in range(args.total_steps):
-            row, _ = tr.train_step()
-            tr.step += 1
+            row, _ = tr.train_step(state)
+            state.step += 1
             clock.end_step(loss=float(row["loss"]))
     return {
         "rows": clock.rows,

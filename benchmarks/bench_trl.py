@@ -101,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--no-prepack",
         action="store_true",
-        help="ours: rollout.prepack=false (no oneDNN-prepacked copy of the weights for wide rollouts)",
+        help="ours: tuning.prepack=false (no oneDNN-prepacked copy of the weights for wide rollouts)",
     )
     ap.add_argument(
         "--checkpointing",
@@ -250,6 +250,7 @@ def versions() -> dict:
 def run_ours(args) -> dict:
     import torch
 
+    from sft2grpo import run
     from sft2grpo.config import Config
     from sft2grpo.models import chat_prompt_ids
     from sft2grpo.trainer import Trainer
@@ -261,7 +262,7 @@ def run_ours(args) -> dict:
     cfg.task.size, cfg.task.eval_size, cfg.task.seed = (args.steps + 1) * args.prompts, 0, args.seed
     cfg.task.name = args.task
     cfg.rollout.engine = args.engine
-    cfg.rollout.dtype, cfg.rollout.prepack = args.rollout_dtype, not args.no_prepack
+    cfg.rollout.dtype, cfg.tuning.prepack = args.rollout_dtype, not args.no_prepack
     cfg.rollout.group_size = args.group
     cfg.rollout.max_new_tokens = args.tokens
     cfg.rollout.temperature = args.temperature
@@ -279,7 +280,8 @@ def run_ours(args) -> dict:
     t0 = time.perf_counter()
     tr = Trainer(cfg, Path(tempfile.mkdtemp(prefix="bench-ours-")))
     load_s = time.perf_counter() - t0
-    tr.order, tr.pos = list(range(len(tr.task.train))), 0  # the task in order, as TRL sees it
+    state = run.start(tr)
+    state.order, state.pos = list(range(len(tr.task.train))), 0  # the task in order, as TRL sees it
 
     clock = Clock()
     tr.engine.generate = clock.timed("rollout_s", tr.engine.generate, count=lambda ro, *a, **k: ro.num_tokens)
@@ -291,8 +293,8 @@ def run_ours(args) -> dict:
     clock.start()
     metrics = []
     for _ in range(args.steps):
-        row, _batch = tr.train_step()
-        tr.step += 1
+        row, _batch = tr.train_step(state)
+        state.step += 1
         clock.end_step()
         metrics.append({k: v for k, v in row.items() if isinstance(v, int | float)})
     return {

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from sft2grpo.config import Config  # noqa: E402
+from sft2grpo.run import start  # noqa: E402
 from sft2grpo.trainer import Trainer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +51,7 @@ def main() -> None:
     ap.add_argument("--ops", action="store_true", help="torch.profiler op table for the last step")
     ap.add_argument("--ops-update", action="store_true", help="... for the last step's update only")
     ap.add_argument("--rollout-dtype", default="model", help="rollout.dtype (model, int8, bfloat16)")
-    ap.add_argument("--no-prepack", action="store_true", help="rollout.prepack=false")
+    ap.add_argument("--no-prepack", action="store_true", help="tuning.prepack=false")
     args = ap.parse_args()
 
     cfg = Config()
@@ -61,10 +62,11 @@ def main() -> None:
     cfg.train.steps, cfg.train.prompts_per_step = args.steps, args.prompts
     cfg.train.micro_batch_size, cfg.train.mu, cfg.train.lr = args.micro_batch, args.mu, 1e-5
     cfg.train.autocast = args.autocast
-    cfg.rollout.dtype, cfg.rollout.prepack = args.rollout_dtype, not args.no_prepack
+    cfg.rollout.dtype, cfg.tuning.prepack = args.rollout_dtype, not args.no_prepack
     cfg.eval.before = cfg.eval.after = False
     tr = Trainer(cfg, Path(tempfile.mkdtemp(prefix="profile-")))
-    tr.order, tr.pos = list(range(len(tr.task.train))), 0
+    state = start(tr)
+    state.order, state.pos = list(range(len(tr.task.train))), 0
 
     acc: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
@@ -124,8 +126,8 @@ def main() -> None:
 
             tr.sample = sample_then_profile
         t0 = time.perf_counter()
-        row, batch = tr.train_step()
-        tr.step += 1
+        row, batch = tr.train_step(state)
+        state.step += 1
         acc["step"] = time.perf_counter() - t0
         if prof is not None:
             prof.__exit__(None, None, None)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sft2grpo.config import load_config
+from sft2grpo.run import RunState
 from sft2grpo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,15 +90,15 @@ def test_recipe_drops_autocast_and_extras_win(bench):
 
 
 def test_training_order_is_the_trainers(bench):
-    # Trainer.draw itself, on a stand-in holding only what it reads: 5 examples, 4 steps of 3 prompts
-    # cross two epochs, each a fresh permutation
-    fake = SimpleNamespace(task=SimpleNamespace(train=list(range(5))), order=[], pos=0, drawn=0, sampler=None)
-    fake.data_rng = np.random.default_rng(3)
+    # Trainer.draw itself, on a stand-in holding only what it reads and a fresh RunState: 5 examples,
+    # 4 steps of 3 prompts cross two epochs, each a fresh permutation
+    fake = SimpleNamespace(task=SimpleNamespace(train=list(range(5))))
     fake.cfg = SimpleNamespace(
         train=SimpleNamespace(prompts_per_step=3, seed=3), rollout=SimpleNamespace(seed=0)
     )
     fake.ctx = SimpleNamespace(world=1, rank=0)
-    drawn = [x for _ in range(4) for x in Trainer.draw(fake)[0]]
+    state = RunState(data_rng=np.random.default_rng(3))
+    drawn = [x for _ in range(4) for x in Trainer.draw(fake, state)[0]]
     assert bench.training_order(5, 3, 12) == drawn
 
 

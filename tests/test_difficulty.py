@@ -262,7 +262,9 @@ def test_resume_without_filter_state_is_a_clear_error(tmp_path, monkeypatch):
     state = checkpoint.load_state(ckpt)
     state["difficulty"] = None  # as saved by a run without the filter
     torch.save(state, ckpt / checkpoint.STATE_FILE)
+    from sft2grpo.run import start
     from sft2grpo.trainer import Trainer
 
+    tr = Trainer(load_config("no_kl", tiny_args(run, "train.steps=2", *FILTER)), run)
     with pytest.raises(checkpoint.CheckpointError, match="no difficulty-filter state"):
-        Trainer(load_config("no_kl", tiny_args(run, "train.steps=2", *FILTER)), run, resume_from=ckpt)
+        start(tr, resume_from=ckpt)

@@ -68,8 +68,8 @@ def interrupt_after_one_step(run):
     trainer = Trainer(run.cfg, run.dir)
     step = trainer.train_step
 
-    def one_step():
-        out = step()
+    def one_step(state):
+        out = step(state)
         signal.raise_signal(signal.SIGINT)  # the trainer's handler: finish this step, then stop
         return out
 
@@ -321,7 +321,7 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
     assert default.horizons == [10, 20, 40]
     c = default.runs[0].cfg
     assert (c.train.prompts_per_step, c.rollout.group_size, c.rollout.max_new_tokens) == (4, 8, 64)
-    assert c.eval.size == 100 and c.eval.heldout_at == [10, 20] and c.eval.sampled == 4
+    assert c.eval.size == 100 and c.eval.heldout_at == [10, 20] and c.eval.heldout_at_draws == 4
     # a horizon at or past the last step is dropped: that one is the end
     assert ladder.make_plan(output=tmp_path, steps=15).horizons == [10, 15]
     assert ladder.make_plan(output=tmp_path, steps=8).runs[0].cfg.eval.heldout_at == []

@@ -174,7 +174,7 @@ def test_quantizing_in_chunks_through_a_small_scratch_is_exact():
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
 
 
-# -- rollout.prepack: the fp32 weights laid out for oneDNN (CPU) ------------------------------------
+# -- tuning.prepack: the fp32 weights laid out for oneDNN (CPU) ------------------------------------
 
 needs_prepack = pytest.mark.skipif(not lowp.prepack_available(), reason="no oneDNN in this torch")
 
@@ -285,5 +285,5 @@ def test_trainer_rollouts_read_a_prepacked_copy_of_the_current_weights(tmp_path,
     fresh = make_engine("fast", trainer.model, trainer.tokenizer)
     want = fresh.generate(ids, 4, 12, generator=torch.Generator().manual_seed(5))
     assert torch.equal(got.completion_ids, want.completion_ids) and torch.equal(got.logprobs, want.logprobs)
-    off = Trainer(tiny_cfg(tmp_path, "grpo", "rollout.prepack=false"), tmp_path / "off")
+    off = Trainer(tiny_cfg(tmp_path, "grpo", "tuning.prepack=false"), tmp_path / "off")
     assert off.engine.packed is None

@@ -19,6 +19,7 @@ from sft2grpo import checkpoint
 from sft2grpo import run as run_module
 from sft2grpo.cli import main
 from sft2grpo.config import load_config
+from sft2grpo.run import fit, start
 from sft2grpo.trainer import Trainer, TrainingError
 
 TOY = Path(__file__).parent / "toy_reward.py"
@@ -104,10 +105,10 @@ def interrupt_during_step(monkeypatch, step: int) -> None:
     """Send SIGINT (a user's Ctrl-C) to this process while step `step` + 1 runs."""
     original = Trainer.train_step
 
-    def train_step(self):
-        if self.step == step:
+    def train_step(self, state):
+        if state.step == step:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self)
+        return original(self, state)
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
 
@@ -118,7 +119,10 @@ def interrupt_during_step(monkeypatch, step: int) -> None:
         ("no_kl", []),
         ("grpo", ["model.lora.enabled=true", "model.lora.r=4"]),
         ("no_kl", ["rollout.dtype=int8"]),  # the resumed sampler's int8 copy is made from the loaded weights
-        ("no_kl", ["eval.heldout_at=[1,4]", "eval.sampled=2"]),  # held-out horizons on both sides of the stop
+        (
+            "no_kl",
+            ["eval.heldout_at=[1,4]", "eval.heldout_at_draws=2"],
+        ),  # held-out horizons on both sides of the stop
     ],
 )
 def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path, monkeypatch, preset, extra):
@@ -154,7 +158,7 @@ def test_ctrl_c_checkpoints_and_resume_is_exact(tmp_path, monkeypatch, preset, e
     evals = [evaluations(run) for run in (whole, stopped)]
     # the validation curve: the base model, every 2 steps and the last step; then the held-out "after"
     tags = [(0, "val"), (2, "val"), (4, "val"), (4, "after")]
-    if "eval.sampled=2" in extra:  # held-out at steps 1 and 4 too, greedy and 2 samples a problem
+    if "eval.heldout_at_draws=2" in extra:  # held-out at steps 1 and 4 too, greedy and 2 samples a problem
         tags[1:1] = [(1, "heldout"), (1, "heldout_sampled")]
         tags[5:5] = [(4, "heldout"), (4, "heldout_sampled")]
         for step in (1, 4):  # the step-1 files come from the first piece, the step-4 ones after resuming
@@ -198,16 +202,17 @@ def test_keep_deletes_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
     checkpoints intact, removes its partial folder and stops the run with a message."""
     cfg = load_config("no_kl", tiny_args(tmp_path / "run", "train.steps=5", "checkpoint.every=1"))
     trainer = Trainer(cfg, tmp_path / "run")
+    state = start(trainer)
     real_save = torch.save
 
     def save(obj, f, *a, **k):
-        if trainer.step == 3:
+        if state.step == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(checkpoint.CheckpointError) as e:
-        trainer.fit()
+        fit(trainer, state)
     msg = str(e.value)
     assert "step-000003" in msg and "No space left on device" in msg and "step-000002" in msg
     assert "\n" not in msg
@@ -222,13 +227,14 @@ def test_bad_steps_stop_the_run_with_a_checkpoint_of_the_last_good_state(tmp_pat
 
     cfg = load_config("no_kl", tiny_args(tmp_path / "run", "train.steps=6", "train.max_bad_steps=2"))
     trainer = Trainer(cfg, tmp_path / "run")
+    state = start(trainer)
     real_loss = objective.policy_loss
 
     good = {}
 
     def nan_after_first_step(*a, **k):
         loss, m = real_loss(*a, **k)
-        if trainer.step == 0:
+        if state.step == 0:
             return loss, m
         if not good:  # the weights after the one good step
             good.update({n: p.detach().clone() for n, p in trainer.model.state_dict().items()})
@@ -236,8 +242,8 @@ def test_bad_steps_stop_the_run_with_a_checkpoint_of_the_last_good_state(tmp_pat
 
     monkeypatch.setattr(objective, "policy_loss", nan_after_first_step)
     with pytest.raises(TrainingError, match=r"^2 steps in a row had a NaN/inf loss or gradient \(step 3\)"):
-        trainer.fit()
-    assert trainer.skipped_steps == 2
+        fit(trainer, state)
+    assert state.skipped_steps == 2
     ckpt = checkpoint.latest(tmp_path / "run")
     assert ckpt.name == "step-000002"  # steps 2 and 3 were bad; step 2 was skipped and counted
     saved = load_file(ckpt / "model" / "model.safetensors")

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft2grpo import objective
+from sft2grpo import objective, run
 from sft2grpo.cli import main
 from sft2grpo.config import TaskConfig, load_config, loss_switches
 from sft2grpo.models import chat_prompt_ids
-from sft2grpo.sft import SFTTrainer, reference_batch, supervised_config
+from sft2grpo.rollout.batch import given_rows
+from sft2grpo.sft import supervised_config
 from sft2grpo.tasks import TaskError, load_task, worked_solution
+from sft2grpo.trainer import Trainer
 
 ROWS = [
     {
@@ -49,18 +51,34 @@ def tiny_sft(out: Path, *extra: str) -> list[str]:
 # -- the loss ------------------------------------------------------------------------------------
 
 
+def sft_trainer(cfg, run_dir):
+    """A rung-0 trainer, as `sft2grpo sft` builds it."""
+    return Trainer(supervised_config(cfg), run_dir)
+
+
+def given(tok, examples):
+    return given_rows(tok, examples, chat_prompt_ids(tok, [e.chat for e in examples], None))
+
+
 def test_rung0_loss_by_hand():
-    """A = 1, no ratio, no clip, token mean: L = -(1/N) sum log pi over the N completion tokens, so
-    its value is the surrogate's -1 and dL/dlogp = -1/N on each token, 0 on padding. Two rows of 2
-    and 1 tokens: N = 3, each gradient -1/3."""
-    logp = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]], requires_grad=True)
+    """Rung 0 is the cross-entropy L = -(1/N) sum log pi over the N completion tokens. Two rows of
+    2 and 1 tokens with log pi -1, -2 and -3: N = 3, L = 6/3 = 2, dL/dlogp = -1/3 on each token and
+    0 on padding. The ladder's loss with A = 1, no ratio, no clip, token mean has that gradient too
+    (its value is the surrogate's -1): SFT and RL are one objective."""
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    # the switches `sft2grpo sft` trains with, as the trainer hands them to the loss
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, float("-inf")]], requires_grad=True)  # padding: anything
+    ce = objective.sft_loss(logp, mask)
+    ce.backward()
+    assert ce.item() == pytest.approx(2.0)
+    want = torch.tensor([[-1 / 3, -1 / 3], [-1 / 3, 0.0]])
+    assert torch.allclose(logp.grad, want)
+    # the switches `sft2grpo sft` records, as the trainer would hand them to the RL loss
     switches = loss_switches(supervised_config(load_config("sft0")).objective, default_max_len=64)
-    loss, _ = objective.policy_loss(logp, mask, torch.ones(2), **switches)
+    logp2 = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]], requires_grad=True)
+    loss, _ = objective.policy_loss(logp2, mask, torch.ones(2), **switches)
     loss.backward()
     assert loss.item() == pytest.approx(-1.0)
-    assert torch.allclose(logp.grad, torch.tensor([[-1 / 3, -1 / 3], [-1 / 3, 0.0]]))
+    assert torch.equal(logp2.grad, logp.grad)
 
 
 def test_sft_step_is_cross_entropy_on_completion_tokens_only(tmp_path):
@@ -69,9 +87,9 @@ def test_sft_step_is_cross_entropy_on_completion_tokens_only(tmp_path):
     cross-entropy over every token of the row: the prompt is context, never a target."""
     data = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     cfg = load_config("sft0", tiny_sft(tmp_path / "run", f"task.name={data}", "train.steps=1"))
-    tr = SFTTrainer(cfg, tmp_path / "run")
+    tr = sft_trainer(cfg, tmp_path / "run")
     examples = tr.task.train[:4]
-    batch = reference_batch(tr.tokenizer, examples, None)
+    batch = given(tr.tokenizer, examples)
     # the oracle: each row whole, [prompt + completion], right-padded, one forward
     rows = [
         p + c[: int(m.sum())] for p, c, m in zip(batch.prompts, batch.completion_ids.tolist(), batch.mask)
@@ -86,12 +104,18 @@ def test_sft_step_is_cross_entropy_on_completion_tokens_only(tmp_path):
         return {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}
 
     def completion_ce():
+        """torch's cross_entropy of the next token: over the completion tokens (the prompt's and
+        the padding's targets ignored), and over every real token of the row."""
         logits = tr.model(input_ids=ids, attention_mask=att).logits.float()  # [B, L, V]
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]  # [B, L-1]
-        target = torch.zeros_like(lp)
+        targets = ids[:, 1:].clone()  # [B, L-1]
+        completion = torch.full_like(targets, -100)  # -100: ignored
         for i, (p, m) in enumerate(zip(batch.prompts, batch.mask)):
-            target[i, len(p) - 1 : len(p) - 1 + int(m.sum())] = 1  # the completion's tokens only
-        return -(lp * target).sum() / target.sum(), -(lp * att[:, 1:]).sum() / att[:, 1:].sum()
+            n = int(m.sum())
+            completion[i, len(p) - 1 : len(p) - 1 + n] = targets[i, len(p) - 1 : len(p) - 1 + n]
+        whole = torch.where(att[:, 1:].bool(), targets, -100)
+        flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+        ce = torch.nn.functional.cross_entropy
+        return ce(flat, completion.reshape(-1)), ce(flat, whole.reshape(-1))
 
     tr.model.train()
     want = grads(lambda: completion_ce()[0])
@@ -105,9 +129,10 @@ def test_sft_step_is_cross_entropy_on_completion_tokens_only(tmp_path):
     with torch.no_grad():
         ce = completion_ce()[0].item()
     tr.model.zero_grad(set_to_none=True)
-    tr.order, tr.pos = list(range(len(tr.task.train))), 0  # the same 4 examples
-    row, _ = tr.train_step()
-    assert row["loss"] == pytest.approx(ce, rel=1e-4)
+    state = run.start(tr)
+    state.order, state.pos = list(range(len(tr.task.train))), 0  # the same 4 examples
+    row, _ = tr.train_step(state)
+    assert row["loss"] == row["sft_loss"] == pytest.approx(ce, rel=1e-5)
 
 
 def _sft_loss(tr, batch):
@@ -115,17 +140,16 @@ def _sft_loss(tr, batch):
     B = len(batch.texts)
     logp = tr.logprobs(None, batch, list(range(B)))
     t = logp.shape[1]
-    loss, _ = objective.policy_loss(logp, batch.mask[:, :t], batch.rewards, **tr.switches)
-    return loss
+    return objective.sft_loss(logp, batch.mask[:, :t])
 
 
-def test_reference_batch_ends_each_completion_with_eos(tmp_path):
+def test_given_rows_end_each_completion_with_eos(tmp_path):
     data = write_jsonl(tmp_path / "rows.jsonl", ROWS)
     cfg = load_config("sft0", tiny_sft(tmp_path / "run", f"task.name={data}"))
-    tr = SFTTrainer(cfg, tmp_path / "run")
+    tr = sft_trainer(cfg, tmp_path / "run")
     tok = tr.tokenizer
     ex = tr.task.train[:2]
-    batch = reference_batch(tok, ex, None)
+    batch = given(tok, ex)
     assert batch.prompts == chat_prompt_ids(tok, [e.chat for e in ex])
     for i, e in enumerate(ex):
         n = int(batch.mask[i].sum())
@@ -307,8 +331,8 @@ def pipeline_args(out: Path, *extra: str) -> list[str]:
         "task.size=40",
         "task.eval_size=6",
         "task.val_size=4",
-        "sft.steps=2",
-        "sft.batch_size=4",
+        "sft_stage.steps=2",
+        "sft_stage.batch_size=4",
         "train.steps=2",
         "train.prompts_per_step=2",
         "rollout.group_size=2",
@@ -332,20 +356,20 @@ def test_pipeline_interrupted_in_the_sft_stage_resumes_to_the_same_run(tmp_path,
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main(pipeline_args(whole)) == 0
-    original = SFTTrainer.train_step
+    original = Trainer.train_step
 
-    def train_step(self):
-        if self.step == 1:  # during the last step: the stage's summary says interrupted, no "after"
+    def train_step(self, state):
+        if self.given_only and state.step == 1:  # the SFT stage's last step: interrupted, no "after"
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self)
+        return original(self, state)
 
-    monkeypatch.setattr(SFTTrainer, "train_step", train_step)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
     capsys.readouterr()
     assert main(pipeline_args(cut)) == 0
     assert json.loads((cut / "sft" / "summary.json").read_text())["interrupted"]
     assert f"interrupted in the sft stage; continue with --resume {cut}" in capsys.readouterr().out
     assert not (cut / "rl").exists() and not (cut / "summary.json").exists()
-    monkeypatch.setattr(SFTTrainer, "train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     assert main(["train", "--resume", str(cut)]) == 0
     assert_same_run(whole / "sft", cut / "sft")
     assert_same_run(whole / "rl", cut / "rl")
@@ -358,14 +382,14 @@ def test_pipeline_interrupted_in_the_sft_stage_resumes_to_the_same_run(tmp_path,
 
 
 def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
-    """sft.steps > 0: base -> SFT (<run>/sft) -> RL (<run>/rl) from the SFT model, with held-out
+    """sft_stage.steps > 0: base -> SFT (<run>/sft) -> RL (<run>/rl) from the SFT model, with held-out
     accuracy at each stage; the RL stage's "before" is the SFT stage's "after", scored once."""
     out = tmp_path / "pipe"
     code = main(pipeline_args(out))
     printed = capsys.readouterr().out
     assert code == 0
     rl_cfg = load_config(str(out / "rl" / "config.yaml"))
-    assert rl_cfg.model.name == str(out / "sft" / "model") and rl_cfg.sft.steps == 0
+    assert rl_cfg.model.name == str(out / "sft" / "model") and rl_cfg.sft_stage.steps == 0
     assert load_config(str(out / "sft" / "config.yaml")).objective.aggregation == "token_mean"
     assert (out / "rl" / "eval_before.jsonl").read_text() == (out / "sft" / "eval_after.jsonl").read_text()
     # the RL stage's validation curve starts with the SFT stage's last score, not a second scoring
@@ -384,9 +408,13 @@ def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["accuracy"] == summary["accuracy"]
 
 
-def test_train_refuses_the_supervised_preset(capsys):
-    assert main(["train", "--config", "sft0", "model.name=tiny"]) == 2
-    assert "sft0 is rung 0, supervised fine-tuning: run `sft2grpo sft`" in capsys.readouterr().err
+def test_train_with_given_rows_is_rung_0_as_sft_is(capsys):
+    """`train --config sft0` (train.rows: given) runs what `sft` runs: the same resolved config."""
+    assert main(["train", "--config", "sft0", "--print-config", "model.name=tiny"]) == 0
+    via_train = capsys.readouterr().out
+    assert main(["sft", "--print-config", "model.name=tiny"]) == 0
+    assert capsys.readouterr().out == via_train
+    assert "rows: given" in via_train
 
 
 def test_sample_keeps_right_answers_and_writes_the_heldout_beside(tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ import torch
 
 from sft2grpo.config import SUPERVISED_PRESETS, list_presets, load_config
 from sft2grpo.models import unwrap
+from sft2grpo.run import fit, start
 from sft2grpo.trainer import Trainer, lr_lambda, prompt_generator
 
 TOY = Path(__file__).parent / "toy_reward.py"
@@ -134,7 +135,7 @@ def test_rollout_seed_draws_other_answers_to_the_same_prompts(tmp_path):
     # in a run: the same prompts in the same order, other completions
     a = Trainer(tiny_cfg(tmp_path / "a"), tmp_path / "a" / "run")
     b = Trainer(tiny_cfg(tmp_path / "b", "grpo", "rollout.seed=1"), tmp_path / "b" / "run")
-    batch_a, batch_b = a.sample(), b.sample()
+    batch_a, batch_b = a.sample(start(a)), b.sample(start(b))
     assert batch_a.prompts == batch_b.prompts
     assert not torch.equal(batch_a.completion_ids, batch_b.completion_ids)
 
@@ -184,12 +185,13 @@ def test_dynamic_sampling_resamples_only_groups_without_spread(tmp_path, fn, rou
     )
     (tmp_path / "run").mkdir()
     trainer = Trainer(cfg, tmp_path / "run")
-    batch, spent = trainer.collect()
+    state = start(trainer)
+    batch, spent = trainer.collect(state)
     # all-equal rewards: both extra rounds are spent and the batch is topped up to its size;
     # rewards with spread in every group: the first round suffices
     assert spent == rounds
     assert len(batch.texts) == 2 * 4 and batch.row_prompt.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert trainer.pos == 2 * (1 + rounds)  # prompts consumed: one round of 2, plus each extra round
+    assert state.pos == 2 * (1 + rounds)  # prompts consumed: one round of 2, plus each extra round
 
 
 def test_rows_without_advantage_skip_the_update_and_change_no_gradient(tmp_path, monkeypatch):
@@ -198,7 +200,7 @@ def test_rows_without_advantage_skip_the_update_and_change_no_gradient(tmp_path,
     cfg = tiny_cfg(tmp_path, "no_kl", "train.mu=1")
     (tmp_path / "run").mkdir()
     skip, full = Trainer(cfg, tmp_path / "run"), Trainer(cfg, tmp_path / "run")  # same seed: same weights
-    batch, _ = skip.collect()
+    batch, _ = skip.collect(start(skip))
     adv = torch.tensor([1.0, -0.5, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0])  # group 1 has no reward spread
     seen: list[int] = []
     real = Trainer.logprobs
@@ -210,8 +212,8 @@ def test_rows_without_advantage_skip_the_update_and_change_no_gradient(tmp_path,
 
     monkeypatch.setattr(Trainer, "logprobs", spy)
     monkeypatch.setattr(full, "rows_with_gradient", lambda a: list(range(a.shape[0])))
-    m_skip, _ = skip.update(batch, adv, None, skip.micro_batches(batch, skip.rows_with_gradient(adv)))
-    m_full, _ = full.update(batch, adv, None, full.micro_batches(batch, full.rows_with_gradient(adv)))
+    m_skip, _ = skip.update(start(skip), batch, adv, None, skip.rows_with_gradient(adv))
+    m_full, _ = full.update(start(full), batch, adv, None, full.rows_with_gradient(adv))
     assert sorted(seen) == [0, 1, 2, 3]  # group 1 never went through the model
     assert m_skip["update_rows"] == 4 and m_full["update_rows"] == 8
     # on-policy the ratio is 1: each row's token mean is -A_i, and the mean over all 8 rows (the
@@ -244,9 +246,10 @@ def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
     trainer = Trainer(cfg, tmp_path / "run")
     before = [p.detach().clone() for p in trainer.model.parameters()]
     monkeypatch.setattr(objective, "policy_loss", nan_loss)
+    state = start(trainer)
     with pytest.raises(TrainingError, match="3 steps in a row had a NaN/inf loss"):
-        trainer.fit()
-    assert trainer.skipped_steps == 3
+        fit(trainer, state)
+    assert state.skipped_steps == 3
     assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in rows] == [1, 2]  # the third bad step raises before logging
@@ -255,18 +258,18 @@ def test_nan_steps_are_skipped_then_the_run_stops(tmp_path, monkeypatch):
 # -- the step against hand derivations ------------------------------------------------------------
 
 
-def spy_step(trainer, monkeypatch):
-    """Run one train_step and record what flowed through it: the batch, advantages, pi_ref and
-    micro-batches `update` got, every `policy_loss` call's arguments, every no-grad forward, and a
-    copy of the policy as it was before the step."""
+def spy_step(trainer, monkeypatch, state=None):
+    """Run one train_step (from `state`, default a fresh one) and record what flowed through it: the
+    batch, advantages, pi_ref and micro-batches `update` got, every `policy_loss` call's arguments,
+    every no-grad forward, and a copy of the policy as it was before the step."""
     from sft2grpo import objective
 
     seen = {"calls": [], "no_grad": [], "before": copy.deepcopy(trainer.model)}
     real_update, real_loss, real_nograd = trainer.update, objective.policy_loss, trainer.no_grad_logprobs
 
-    def update(batch, adv, ref, mbs):
-        seen.update(batch=batch, adv=adv, ref=ref, mbs=mbs)
-        return real_update(batch, adv, ref, mbs)
+    def update(state, batch, adv, ref, with_gradient, given=None):
+        seen.update(batch=batch, adv=adv, ref=ref, mbs=trainer.micro_batches(batch, with_gradient))
+        return real_update(state, batch, adv, ref, with_gradient, given)
 
     def loss(logp, mask, adv, old=None, ref=None, **kw):
         seen["calls"].append({"old": None if old is None else old.clone(), "rows": logp.shape[0], **kw})
@@ -279,7 +282,7 @@ def spy_step(trainer, monkeypatch):
     monkeypatch.setattr(trainer, "update", update)
     monkeypatch.setattr(objective, "policy_loss", loss)
     monkeypatch.setattr(trainer, "no_grad_logprobs", no_grad)
-    seen["row"], _ = trainer.train_step()
+    seen["row"], _ = trainer.train_step(state or start(trainer))
     return seen
 
 
@@ -381,8 +384,9 @@ def test_kl_in_reward_moves_the_rewards_and_computes_pi_ref_once(tmp_path, monke
         f"reward.functions=['{TOY}:distinct']",  # spread in every group: the first step moves the policy
     )
     trainer = Trainer(cfg, tmp_path / "run")
-    trainer.train_step()  # one update, so the policy and the reference differ
-    seen = spy_step(trainer, monkeypatch)
+    state = start(trainer)
+    trainer.train_step(state)  # one update, so the policy and the reference differ
+    seen = spy_step(trainer, monkeypatch, state)
     assert seen["no_grad"] == [trainer.reference]
     batch = seen["batch"]
     with torch.no_grad():
@@ -423,7 +427,7 @@ def test_tis_weights_the_loss_by_the_capped_engine_ratio(tmp_path):
             return ro
 
         trainer.engine.generate = shifted
-        rows[name], _ = trainer.train_step()
+        rows[name], _ = trainer.train_step(start(trainer))
     plain, capped, half = rows["plain"], rows["capped"], rows["half"]
     assert plain["grad_norm"] > 0 and "tis_weight_mean" not in plain
     assert capped["reward_mean"] == half["reward_mean"] == plain["reward_mean"]
@@ -460,7 +464,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradient(tm
         (tmp_path / "run").mkdir(exist_ok=True)
         tr = Trainer(cfg, tmp_path / "run")  # same seed: same weights
         if not on:
-            batch, _ = tr.collect()
+            batch, _ = tr.collect(start(tr))
             ref = tr.no_grad_logprobs(tr.reference, batch, tr.micro_batches(batch))
         adv = torch.tensor([1.0, -0.5, 0.5, -1.0, 0.25, 0.0, -0.25, 0.0])
         mlp = unwrap(tr.model).model.layers[0].mlp  # inside the layer's checkpointed forward
@@ -471,7 +475,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradient(tm
             return forward(*a, **k)
 
         mlp.forward = counted
-        tr.update(batch, adv, ref, tr.micro_batches(batch))
+        tr.update(start(tr), batch, adv, ref, list(range(8)))
         calls.append(n[0])
         grads.append([p.grad.clone() for p in tr.model.parameters()])
         assert not unwrap(tr.reference).model.layers[0].gradient_checkpointing

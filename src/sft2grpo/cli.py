@@ -1,8 +1,9 @@
-"""The `sft2grpo` command: sft, train, eval, ladder and advantages.
+"""The `sft2grpo` command: sft, train, sample, eval, ladder and advantages.
 
     sft2grpo sft task.name=rows.jsonl train.steps=100      # rung 0: fine-tune on given completions
     sft2grpo train --config grpo train.steps=20 rollout.group_size=8
-    sft2grpo train --config run sft.steps=15                # base -> SFT -> RL in one run folder
+    sft2grpo train --config pipeline                       # base -> SFT -> RL in one run folder (make run)
+    sft2grpo sample --output kept.jsonl --n 8              # offline rejection sampling, for `sft`
     sft2grpo eval --model runs/grpo-.../model --task chain_sum
     sft2grpo advantages --rewards 1,-1,-2 --counts 1,127,896
 
@@ -160,17 +161,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args, supervised: bool = False) -> int:
-    """`sft2grpo train` (RL, or the SFT -> RL pipeline when sft.steps > 0) and, with `supervised`,
-    `sft2grpo sft` (rung 0 alone): the same config, run folder, resume and summary."""
-    from .config import SUPERVISED_PRESETS, describe, dump_yaml, load_config
+    """`sft2grpo train` (RL, or the SFT -> RL pipeline when sft_stage.steps > 0) and, with
+    `supervised`, `sft2grpo sft` (rung 0 alone, what `train` runs too when train.rows=given): the
+    same config, run folder, resume and summary."""
+    from .config import describe, dump_yaml, load_config
 
     if args.help_config:
         for key, tp, default in describe():
             print(f"{key:34s} {tp:40s} default: {default!r}")
         return 0
-    from . import checkpoint, distributed
-    from .run import find_resumable, make_run_dir
-    from .sft import SFTTrainer, format_pipeline, run_pipeline
+    from . import checkpoint, distributed, run
+    from .pipeline import format_pipeline, run_pipeline
+    from .sft import fit_supervised, supervised_config
     from .trainer import Trainer
 
     run_dir = ckpt = None
@@ -183,24 +185,25 @@ def cmd_train(args, supervised: bool = False) -> int:
         cfg = load_config(str(run_dir / "config.yaml"), args.overrides)
         ckpt = checkpoint.latest(run_dir)
         # a pipeline's stages keep their own checkpoints (run_pipeline finds them)
-        if ckpt is None and (supervised or cfg.sft.steps == 0):
+        if ckpt is None and (supervised or cfg.sft_stage.steps == 0):
             raise FileNotFoundError(
                 f"--resume {run_dir}: no complete checkpoint in {checkpoint.folder(run_dir)}"
             )
     else:
         cfg = load_config(args.config or ("sft0" if supervised else "grpo"), args.overrides)
         if args.resume == "auto":
-            run_dir = find_resumable(cfg)
+            run_dir = run.find_resumable(cfg)
             ckpt = checkpoint.latest(run_dir) if run_dir else None
-    if not supervised and cfg.preset in SUPERVISED_PRESETS:
-        raise ValueError(f"--config {cfg.preset} is rung 0, supervised fine-tuning: run `sft2grpo sft`")
+    supervised = supervised or cfg.train.rows == "given"
+    if supervised:
+        cfg = supervised_config(cfg)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     ctx = distributed.setup()  # under torchrun: join the process group; else one process
     if run_dir is None:
-        run_dir = distributed.broadcast(make_run_dir(cfg), ctx)  # rank 0's {time} for every rank
-    if not supervised and cfg.sft.steps > 0:  # base -> SFT (run_dir/sft) -> RL (run_dir/rl)
+        run_dir = distributed.broadcast(run.make_run_dir(cfg), ctx)  # rank 0's {time} for every rank
+    if not supervised and cfg.sft_stage.steps > 0:  # base -> SFT (run_dir/sft) -> RL (run_dir/rl)
         summary = run_pipeline(cfg, run_dir)
         if ctx.main and summary.get("interrupted"):
             print(f"interrupted in the {summary['stage']} stage; continue with --resume {run_dir}")
@@ -208,13 +211,14 @@ def cmd_train(args, supervised: bool = False) -> int:
             print(format_pipeline(summary))
         distributed.shutdown()
         return 0
-    trainer = (SFTTrainer if supervised else Trainer)(cfg, run_dir, resume_from=ckpt)  # bad input stops here
+    trainer = Trainer(cfg, run_dir)  # bad input stops here
+    state = run.start(trainer, ckpt)  # or a bad checkpoint
     if ctx.main:
         if ckpt is not None:
             print(f"# resuming {run_dir} from {ckpt.name}", file=sys.stderr)
         print(f"# resolved config (saved to {run_dir / 'config.yaml'})", file=sys.stderr)
         print(dump_yaml(cfg), file=sys.stderr, end="")
-    summary = trainer.fit()
+    summary = (fit_supervised if supervised else run.fit)(trainer, state)
     if ctx.main:
         print(format_summary(summary))
     distributed.shutdown()
@@ -290,7 +294,7 @@ def cmd_eval(args) -> int:
 
 def cmd_sample(args) -> int:
     from .config import load_config
-    from .sft import sample_completions
+    from .sample import sample_completions
 
     out = Path(args.output)
     if out.suffix != ".jsonl":

@@ -35,8 +35,8 @@ def build_components(cfg: Config, task: tasks.Task | None = None, supervised: bo
     task = task if task is not None else tasks.load_task(cfg.task, supervised)
     reward_fn = rewards.build_reward(cfg.reward, task, max_steps=cfg.train.steps)
     r = cfg.rollout
-    engine = rollout.make_engine(r.engine, model, tokenizer, prepack=r.prepack)
+    engine = rollout.make_engine(r.engine, model, tokenizer, prepack=cfg.tuning.prepack)
     train_engine = engine
     if r.dtype != "model":
-        train_engine = rollout.make_engine(r.engine, model, tokenizer, r.dtype, r.prepack)
+        train_engine = rollout.make_engine(r.engine, model, tokenizer, r.dtype, cfg.tuning.prepack)
     return Components(model, tokenizer, task, reward_fn, train_engine, engine)

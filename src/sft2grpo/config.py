@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,7 +83,7 @@ class TaskConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reasoning-gym generator
     prompt_field: str = "prompt"
     answer_field: str = "answer"
-    # supervised fine-tuning (`sft2grpo sft`, `sft.steps`): the reference completion of a prompt/
+    # supervised fine-tuning (`sft2grpo sft`, `sft_stage.steps`): the reference completion of a prompt/
     # completion row (a string, or TRL's conversational [{"role": "assistant", ...}]); a row with
     # `messages_field` instead is a whole conversation whose last (assistant) turn is the completion.
     # reasoning-gym tasks with a solution writer (chain_sum) write one for each training problem
@@ -121,14 +122,20 @@ class RolloutConfig:
     # every optimizer step, "int8" (weight-only, CPU) or "bfloat16"; log-probs for the loss stay
     # the trainer's (docs/benchmarks.md has the speed and the log-prob gap)
     dtype: Literal["model", "bfloat16", "int8"] = "model"
-    # `fast` on CPU with fp32 weights: rollouts of more than 16 rows read a second copy of the large
-    # weights, prepacked for oneDNN's matmul (same values, 1.06-1.15x the tokens/s at 8 x 8; +430 MB
-    # for the 135M model while sampling)
-    prepack: bool = True
     # the sampling stream: a prompt's completions are drawn from (train.seed, the prompt's number) and,
     # when not 0, this; the prompts and their order, the model's init and the rest stay train.seed's.
     # The ladder's A/A arm sets 1, so it is a second draw of its twin, not a copy of it
     seed: int = 0
+
+
+@dataclass
+class TuningConfig:
+    """Engine knobs: they change speed and memory, never what is computed."""
+
+    # `fast` on CPU with fp32 weights: rollouts of more than 16 rows read a second copy of the large
+    # weights, prepacked for oneDNN's matmul (same values, 1.06-1.15x the tokens/s at 8 x 8; +430 MB
+    # for the 135M model while sampling)
+    prepack: bool = True
 
 
 @dataclass
@@ -157,6 +164,9 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainConfig:
+    # which rows a step trains on: "sampled", the policy's own answers, scored (RL, rungs 1-5), or
+    # "given", the task's reference completions (rung 0, SFT: `sft2grpo sft` sets it)
+    rows: Literal["sampled", "given"] = "sampled"
     steps: int = 40
     prompts_per_step: int = 4  # groups per step; completions per step = prompts_per_step * group_size
     mu: int = 1  # optimisation passes over each batch of rollouts
@@ -192,7 +202,7 @@ class EvalConfig:
     batch_size: int = 64
     max_new_tokens: int | None = None  # None -> rollout.max_new_tokens
     k: int = 1  # pass@k; 1 = greedy decoding, one answer per problem
-    samples: int | None = None  # draws per problem when k > 1 (>= k); None -> k
+    k_draws: int | None = None  # answers drawn per problem for pass@k when k > 1 (>= k); None -> k
     temperature: float = 1.0  # sampling temperature when k > 1
     # steps between evaluations on the validation split during training (evals.jsonl, the plot);
     # the held-out split is scored before and after training, and at heldout_at. 0 = off
@@ -201,9 +211,10 @@ class EvalConfig:
     # heldout/step-N/: how a run got where it ended (the ladder's horizons). Measurements only:
     # choosing a step or a setting by them would leak the held-out split into the result
     heldout_at: list[int] = field(default_factory=list)
-    # at heldout_at steps, also this many samples per held-out problem at the rollout temperature
-    # (sampled accuracy: the mean share right, less noisy than one greedy answer). 0 = greedy only
-    sampled: int = 0
+    # at heldout_at steps, also this many answers drawn per held-out problem at the rollout
+    # temperature (sampled accuracy: the mean share right, less noisy than one greedy answer).
+    # 0 = greedy only
+    heldout_at_draws: int = 0
 
 
 @dataclass
@@ -224,12 +235,13 @@ class CheckpointConfig:
 
 
 @dataclass
-class SFTConfig:
-    """The supervised stage that `sft2grpo train` runs before the RL objective when steps > 0: rung 0
-    (A = 1 on reference completions) in <run>/sft/, then RL from its model in <run>/rl/. These keys
-    stand in for train.steps, lr, prompts_per_step (batch_size), schedule and warmup_steps during that
-    stage; everything else (model, task, eval, log, checkpoint) is shared. `sft2grpo sft` alone
-    reads the train section instead."""
+class SFTStageConfig:
+    """The pipeline's first stage, which `sft2grpo train` runs before the RL objective when steps > 0:
+    rung 0 (cross-entropy on reference completions) in <run>/sft/, then RL from its model in
+    <run>/rl/ (pipeline.py). These keys stand in for train.steps, lr, prompts_per_step (batch_size),
+    schedule and warmup_steps during that stage; everything else (model, task, eval, log,
+    checkpoint) is shared. `sft2grpo sft` alone (rung 0 without RL after it) reads the train
+    section instead."""
 
     steps: int = 0  # 0: no supervised stage, RL starts from model.name as it is
     lr: float = 5.0e-5
@@ -250,7 +262,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    sft_stage: SFTStageConfig = field(default_factory=SFTStageConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,6 +364,58 @@ def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
             setattr(obj, key, _coerce(value, hints[key], f"{source}: {path}"))
 
 
+# Keys that have a new name: a file or an override that uses the old one still reads, with a
+# one-line warning that names the new key (run folders and configs written before 2026-12-07).
+RENAMED = {
+    "sft": "sft_stage",  # the pipeline's first stage, not rung 0 (`sft0`) or rung 1 (`sft`)
+    "eval.samples": "eval.k_draws",  # draws for pass@k, not eval.heldout_at_draws
+    "eval.sampled": "eval.heldout_at_draws",
+    "rollout.prepack": "tuning.prepack",  # an engine knob, apart from the user's keys
+}
+
+
+def _new_name(key: str) -> str | None:
+    """The new dotted name of `key` (or of the section it is in), if it was renamed."""
+    for old, new in RENAMED.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old) :]
+    return None
+
+
+def _rename_old_keys(data: dict, source: str) -> dict:
+    """`data` (nested, as read from YAML) with every renamed key moved to its new name."""
+    flat: dict[str, Any] = {}
+
+    def walk(d: Any, prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if (
+                isinstance(v, dict)
+                and _new_name(key) is None
+                and any(o.startswith(key + ".") for o in RENAMED)
+            ):
+                walk(v, key + ".")
+            else:
+                flat[key] = v
+
+    walk(data, "")
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        new = _new_name(key)
+        if new is not None:
+            warnings.warn(f"{source}: '{key}' is now '{new}'; reading it as that", stacklevel=3)
+            key = new
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(v, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(v)
+        else:
+            node[leaf] = v
+    return out
+
+
 def _yaml_line(path: Path, key: str) -> int | None:
     """Best-effort line number of a top-level or nested key in a YAML file (for error messages)."""
     leaf = key.split(".")[-1]
@@ -429,6 +494,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         data.setdefault("preset", p.stem)
+        data = _rename_old_keys(data, str(p))
         try:
             _apply(cfg, data, "", str(p))
         except ConfigError as e:
@@ -443,7 +509,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data: Any = value
         for k in reversed(keys):
             data = {k: data}
-        _apply(cfg, data, "", "override")
+        _apply(cfg, _rename_old_keys(data, f"override '{text}'"), "", "override")
     validate(cfg)
     return cfg
 
@@ -510,9 +576,9 @@ def validate(cfg: Config) -> None:
         need(b not in d.buckets[:i], f"task.difficulty.buckets[{i}]", b, "repeats an earlier bucket")
     need(cfg.eval.k >= 1, "eval.k", cfg.eval.k, "must be >= 1")
     need(
-        cfg.eval.samples is None or cfg.eval.samples >= cfg.eval.k,
-        "eval.samples",
-        cfg.eval.samples,
+        cfg.eval.k_draws is None or cfg.eval.k_draws >= cfg.eval.k,
+        "eval.k_draws",
+        cfg.eval.k_draws,
         f"must be >= eval.k ({cfg.eval.k})",
     )
     need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "must be >= 0 (0 = off)")
@@ -524,7 +590,10 @@ def validate(cfg: Config) -> None:
             f"each step must be in 1..train.steps ({t.steps})",
         )
     need(
-        cfg.eval.sampled == 0 or cfg.eval.sampled >= 2, "eval.sampled", cfg.eval.sampled, "must be 0 or >= 2"
+        cfg.eval.heldout_at_draws == 0 or cfg.eval.heldout_at_draws >= 2,
+        "eval.heldout_at_draws",
+        cfg.eval.heldout_at_draws,
+        "must be 0 or >= 2",
     )
     need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
@@ -539,11 +608,17 @@ def validate(cfg: Config) -> None:
     need(rw.timeout > 0, "reward.timeout", rw.timeout, "must be > 0")
     need(rw.max_failed_steps >= 0, "reward.max_failed_steps", rw.max_failed_steps, "must be >= 0 (0 = never)")
     need(cfg.model.lora.r >= 1, "model.lora.r", cfg.model.lora.r, "must be >= 1")
-    s = cfg.sft
-    need(s.steps >= 0, "sft.steps", s.steps, "must be >= 0 (0 = no supervised stage)")
-    need(s.lr > 0, "sft.lr", s.lr, "must be > 0")
-    need(s.batch_size >= 1, "sft.batch_size", s.batch_size, "must be >= 1")
-    need(s.warmup_steps >= 0, "sft.warmup_steps", s.warmup_steps, "must be >= 0")
+    s = cfg.sft_stage
+    need(s.steps >= 0, "sft_stage.steps", s.steps, "must be >= 0 (0 = no supervised stage)")
+    need(s.lr > 0, "sft_stage.lr", s.lr, "must be > 0")
+    need(s.batch_size >= 1, "sft_stage.batch_size", s.batch_size, "must be >= 1")
+    need(s.warmup_steps >= 0, "sft_stage.warmup_steps", s.warmup_steps, "must be >= 0")
+    need(
+        s.steps == 0 or t.rows == "sampled",
+        "sft_stage.steps",
+        s.steps,
+        "a supervised stage goes before RL; with train.rows=given the run is rung 0 already",
+    )
 
 
 def to_dict(cfg: Any) -> dict:

@@ -139,7 +139,7 @@ def evaluate_heldout(
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
         batch_size=cfg.eval.batch_size,
         k=cfg.eval.k,
-        samples=cfg.eval.samples,
+        samples=cfg.eval.k_draws,
         temperature=cfg.eval.temperature,
         generator=torch.Generator().manual_seed(cfg.train.seed + i),
         progress=cfg.log.progress if progress is None else progress,

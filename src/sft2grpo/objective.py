@@ -423,3 +423,23 @@ def policy_loss(
             metrics["tis_weight_mean"] = (tis * mf).sum() / ntok
             metrics["tis_capped_frac"] = ((tis >= tis_cap) & m).to(logp.dtype).sum() / ntok
     return loss, metrics
+
+
+def sft_loss(logp: Tensor, mask: Tensor, total_tokens: int | Tensor | None = None) -> Tensor:
+    """Rung 0's loss on given rows: the cross-entropy of the reference completions, the mean
+    -log pi per completion token over the step (`total_tokens`: the step's given tokens when this
+    call sees one micro-batch of it, so the micro-batch losses add up to the step's).
+
+    logp, mask: [B, T]. It is `policy_loss` with A = 1, ratio none, no clip or KL and token_mean
+    aggregation in all but its value: that surrogate's value is -1 (ratio 1 times A = 1), its
+    gradient -1/N sum grad log pi, which is this loss's gradient exactly.
+
+        >>> sft_loss(torch.log(torch.tensor([[0.5, 0.25], [1.0, 0.1]])), torch.tensor([[1, 1], [1, 0]]))
+        tensor(0.6931)
+    """
+    _check_2d(logp, "logp")
+    _check_like(mask, logp, "mask", "logp")
+    m = mask.bool()  # [B, T]
+    mf = m.to(logp.dtype)  # [B, T]
+    logp = torch.where(m, logp, 0.0)  # padding may hold -inf; 0 * -inf would be NaN
+    return -(logp * mf).sum() / _count(total_tokens, mf.sum())

@@ -459,8 +459,8 @@ def _load_jsonl(path: Path, cfg: TaskConfig, supervised: bool = False) -> Task:
 
 def _split_tail(name: str, rows: list[Example], cfg: TaskConfig, alt: str, supervised: bool = False) -> Task:
     n = cfg.eval_size
-    if supervised and n and len(rows) < 2 * n:
-        # a small supervised file still trains: a tenth of its rows are held out, with a warning
+    if n and len(rows) < 2 * n:
+        # a small file still trains (RL or SFT alike): a tenth of its rows are held out, with a warning
         n = max(1, len(rows) // 10)
         warnings.warn(
             f"{name}: {len(rows)} rows; holding out {n} (a tenth) instead of task.eval_size={cfg.eval_size}",

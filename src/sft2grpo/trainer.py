@@ -48,25 +48,25 @@ import torch
 from . import distributed, objective, run
 from .components import build_components
 from .config import Config, loss_switches
-from .difficulty import DifficultySampler
 from .models import chat_prompt_ids, completion_logprobs, has_fast_bf16, make_reference, unwrap
 from .rollout.base import decode_completions, unpadded_ids
-from .rollout.batch import Batch, dynamic_sampling
-from .run import TrainingError
+from .rollout.batch import Batch, Given, dynamic_sampling, given_rows
+from .run import RunState, TrainingError
 
 __all__ = ["Trainer", "TrainingError", "lr_lambda", "prompt_generator"]
 
 
 class Trainer:
-    """One run: the model, the optimizer and the data position. `train_step()` is one step; `fit()`
-    runs them all (run.py)."""
+    """One run's parts: the model, the optimizer, the data and how a step uses them.
+    `train_step(state)` is one step; `fit()` runs them all (run.py, which owns the `RunState`)."""
 
-    supervised = False  # SFTTrainer (sft.py, rung 0) trains on the task's reference completions
-
-    def __init__(self, cfg: Config, run_dir: Path, resume_from: Path | None = None):
-        """Builds everything a run needs; writes nothing. With `resume_from` (a checkpoint folder),
-        the weights, optimizer, scheduler, data position and RNG states continue from there."""
+    def __init__(self, cfg: Config, run_dir: Path):
+        """Builds everything a run needs; writes nothing. Where the run stands (its step, data
+        position, RNG states) is not here: `run.start` makes or loads that `RunState`."""
         self.cfg, self.run_dir = cfg, run_dir
+        # which rows a step trains on: the policy's own answers (RL, rungs 1-5) or the task's
+        # reference completions (rung 0, SFT); the update takes either kind (`update`)
+        self.given_only = cfg.train.rows == "given"
         self.ctx = ctx = distributed.setup()  # world size 1 without torchrun
         if cfg.train.prompts_per_step % ctx.world:
             raise ValueError(
@@ -76,10 +76,22 @@ class Trainer:
         if ctx.enabled and cfg.train.parallel == "fsdp2" and cfg.model.lora.enabled:
             raise ValueError("train.parallel=fsdp2 with model.lora.enabled=true is not supported; use ddp")
         seed_everything(cfg.train.seed)
-        parts = build_components(cfg, supervised=self.supervised)
+        parts = build_components(cfg, supervised=self.given_only)
         self.model, self.tokenizer, self.task = parts.model, parts.tokenizer, parts.task
         self.reward_fn, self.engine, self.eval_engine = parts.reward_fn, parts.engine, parts.eval_engine
         self.device = next(self.model.parameters()).device
+        if self.given_only and not all(e.answer for e in self.task.eval + self.task.val):
+            # a file of prompts and completions without answers: nothing to score accuracy
+            # against, so the held-out number is the completions' loss instead (sft.heldout_loss)
+            e = cfg.eval
+            if e.before or e.after or e.every:
+                warnings.warn(
+                    f"task {cfg.task.name}: held-out rows without an answer; reporting the "
+                    "held-out loss instead of accuracy",
+                    stacklevel=2,
+                )
+            e.before = e.after = False
+            e.every = 0
         if cfg.eval.every and not self.task.val:
             raise ValueError(
                 f"eval.every={cfg.eval.every} evaluates on the validation split, but task "
@@ -121,70 +133,49 @@ class Trainer:
             lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, cfg.train.steps * cfg.train.mu),
         )
         self.switches = loss_switches(cfg.objective, cfg.rollout.max_new_tokens)
-        # Where the run stands; run.checkpoint_state saves all of it.
-        self.step = 0
-        self.data_rng = np.random.default_rng(cfg.train.seed)
-        self.order: list[int] = []  # this epoch's permutation of the training examples
-        self.pos = 0  # the next index into `order`
-        self.drawn = 0  # prompts drawn so far (all processes together); numbers each prompt's seed
-        # task.difficulty.mode=adaptive: prompts come from the task's buckets instead of `order`
-        d = cfg.task.difficulty
-        self.sampler = (
-            DifficultySampler([len(b) for b in self.task.buckets], cfg.train.seed, d.ema, d.prior, d.floor)
-            if self.task.buckets
-            else None
-        )
-        self.bucket_counts = np.zeros((2, len(self.task.buckets)))  # this step's [right, answers] per bucket
-        self.bad_steps = self.skipped_steps = 0
-        self.before: dict[str, float] | None = None  # the held-out evaluation before training
-        # the validation score at step 0 is already in evals.jsonl (a pipeline's RL stage: the same
-        # model as the SFT stage's last validation row), so it is not scored again
-        self.val_start_known = False
-        self.train_time = 0.0  # seconds spent in steps, over every resumed piece of the run
-        # the pieces of the run before this process (a resume): wall seconds, peak memory MiB
-        self.earlier = {"wall_time_s": 0.0, "peak_mem_mb": 0.0}
-        self.piece_start = time.time()  # fit() sets it when this piece starts
-        self.resumed_from, self.saved_step, self.stop_requested = resume_from, -1, False
-        self.times: dict[str, float] = {}  # this step's seconds per phase
-        self.reward_faults = 0  # this step's completions whose reward call failed
-        if resume_from is not None:
-            run.load_checkpoint(self, Path(resume_from))
+        # this step's scratch, reset by train_step: seconds per phase, completions whose reward
+        # call failed, and [right, answers] per difficulty bucket
+        self.times: dict[str, float] = {}
+        self.reward_faults = 0
+        self.bucket_counts = np.zeros((2, len(self.task.buckets)))
 
-    def fit(self) -> dict[str, Any]:
-        """Run to `train.steps` (or to a stop signal); returns the summary (`run.fit`)."""
-        return run.fit(self)
+    def fit(self, resume_from: Path | None = None) -> dict[str, Any]:
+        """Run to `train.steps` (or to a stop signal) from the start or from the checkpoint folder
+        `resume_from`; returns the summary (`run.start`, `run.fit`)."""
+        return run.fit(self, run.start(self, resume_from))
 
     # -- the step, in the order the data flows ----------------------------------------------------
 
-    def draw(self) -> tuple[list, list[torch.Generator], list[int] | None]:
+    def draw(self, state: RunState) -> tuple[list, list[torch.Generator], list[int] | None]:
         """This process's share of the next `train.prompts_per_step` examples, one sampling
         generator per prompt, and each prompt's difficulty bucket (None without the filter). Every
         process walks the same data order (or makes the same draws from the buckets) and takes its
         own slice, and a prompt's generator is seeded by (train.seed, its number in the run), so a
-        prompt gets the same samples whatever the number of processes (and on resume)."""
+        prompt gets the same samples whatever the number of processes (and on resume). Moves the
+        data position in `state`."""
         p, ctx = self.cfg.train.prompts_per_step, self.ctx
         k = p // ctx.world
-        first = self.drawn + ctx.rank * k
+        first = state.drawn + ctx.rank * k
         examples, buckets = [], None
-        if self.sampler is not None:
-            picks = self.sampler.draw(p)  # [(bucket, index)] * p
+        if state.difficulty is not None:
+            picks = state.difficulty.draw(p)  # [(bucket, index)] * p
             examples = [self.task.buckets[b][i] for b, i in picks]
             buckets = [b for b, _ in picks][ctx.rank * k : (ctx.rank + 1) * k]
         else:
             while len(examples) < p:  # a fresh permutation each epoch
-                if self.pos >= len(self.order):
-                    self.order, self.pos = self.data_rng.permutation(len(self.task.train)).tolist(), 0
-                examples.append(self.task.train[self.order[self.pos]])
-                self.pos += 1
-        self.drawn += p
+                if state.pos >= len(state.order):
+                    state.order, state.pos = state.data_rng.permutation(len(self.task.train)).tolist(), 0
+                examples.append(self.task.train[state.order[state.pos]])
+                state.pos += 1
+        state.drawn += p
         seed, stream = self.cfg.train.seed, self.cfg.rollout.seed
         generators = [prompt_generator(seed, first + i, stream) for i in range(k)]
         return examples[ctx.rank * k : (ctx.rank + 1) * k], generators, buckets
 
-    def sample(self) -> Batch:
+    def sample(self, state: RunState) -> Batch:
         """One round of rollouts: the next examples, `group_size` completions each, their rewards."""
         cfg, r, g = self.cfg, self.cfg.rollout, self.cfg.rollout.group_size
-        examples, generators, buckets = self.draw()
+        examples, generators, buckets = self.draw(state)
         prompts = chat_prompt_ids(self.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
         with timed(self.times, "rollout"), distributed.unsharded(self.model):
             ro = self.engine.generate(
@@ -201,7 +192,7 @@ class Trainer:
         rows = [e for e in examples for _ in range(g)]  # [B] the example of each completion
         with timed(self.times, "reward"):
             ids = unpadded_ids(ro.completion_ids, ro.mask)  # [B] token lists, as TRL passes them
-            res = self.reward_fn(completions, rows, completion_ids=ids, step=self.step)
+            res = self.reward_fn(completions, rows, completion_ids=ids, step=state.step)
         self.reward_faults += res.faults
         if buckets is not None:  # every round counts, also the groups dynamic sampling drops
             right = res.correct.view(len(buckets), g).sum(1).double().numpy()  # [groups]
@@ -221,24 +212,34 @@ class Trainer:
             extras=res.extras,
         )
 
-    def collect(self) -> tuple[Batch, int]:
-        """One step's batch, and the extra sampling rounds spent on it: with dynamic sampling (DAPO)
-        groups without reward spread are replaced by new ones (rollout/batch.py)."""
+    def collect(self, state: RunState) -> tuple[Batch, int]:
+        """One step's sampled rows, and the extra sampling rounds spent on them: with dynamic
+        sampling (DAPO) groups without reward spread are replaced by new ones (rollout/batch.py)."""
         r = self.cfg.rollout
         if not r.dynamic_sampling:
-            return self.sample(), 0
+            return self.sample(state), 0
         groups = self.cfg.train.prompts_per_step // self.ctx.world  # this process's share
         any_short = lambda short: distributed.any_rank(short, self.ctx)  # noqa: E731
-        return dynamic_sampling(self.sample, groups, r.group_size, r.max_resample_rounds, any_short)
+        sample = lambda: self.sample(state)  # noqa: E731
+        return dynamic_sampling(sample, groups, r.group_size, r.max_resample_rounds, any_short)
 
-    def train_step(self) -> tuple[dict[str, Any], Batch]:
-        """One step. Returns its metrics row (the same on every process) and this process's batch."""
+    def demonstrations(self, state: RunState) -> Given:
+        """One step's given rows: the next examples' reference completions (rung 0)."""
+        examples, _, _ = self.draw(state)
+        prompts = chat_prompt_ids(self.tokenizer, [e.chat for e in examples], self.cfg.model.system_prompt)
+        return given_rows(self.tokenizer, examples, prompts)
+
+    def train_step(self, state: RunState) -> tuple[dict[str, Any], Batch | None]:
+        """One step: its rows (sampled and scored, or given), then one update over them. Returns the
+        step's metrics row (the same on every process) and this process's sampled rows, if any."""
+        if self.given_only:
+            return self.supervised_step(state)
         cfg, o = self.cfg, self.cfg.objective
         self.times, self.reward_faults = {}, 0
         self.bucket_counts[:] = 0
         t0 = time.perf_counter()
         # examples -> prompts -> engine.generate -> completions -> reward_fn, in `sample`
-        batch, rounds = self.collect()
+        batch, rounds = self.collect(state)
         failure = self.reward_fn.end_step()  # a reward function that failed on everything for too long
         if distributed.any_rank(failure is not None, self.ctx):
             raise TrainingError(failure or "a reward function failed on every completion on another process")
@@ -256,96 +257,142 @@ class Trainer:
                 rewards, cfg.rollout.group_size, o.advantage, o.std_ddof, o.std_eps
             )  # [B], [groups]
             # rows that add nothing to the gradient skip the optimisation passes
-            sums, maxima = self.update(
-                batch, adv, ref, self.micro_batches(batch, self.rows_with_gradient(adv))
-            )
+            sums, maxima = self.update(state, batch, adv, ref, self.rows_with_gradient(adv))
         self.times["step"] = time.perf_counter() - t0
-        row = self.metrics(batch, adv, zero_std, rounds, sums, maxima)
+        row = self.metrics(state, batch, adv, zero_std, rounds, sums, maxima)
         row.update(self.reward_fn.drain_metrics(reserved=row))  # reward functions' log_metric means
-        if self.sampler is not None:
-            row.update(self.update_difficulty())
+        if state.difficulty is not None:
+            row.update(self.update_difficulty(state))
         return row, batch
 
-    def update_difficulty(self) -> dict[str, float]:
+    def supervised_step(self, state: RunState) -> tuple[dict[str, Any], None]:
+        """Rung 0's step: the next reference completions, one update over them as given rows."""
+        self.times = {}
+        with timed(self.times, "step"):
+            given = self.demonstrations(state)
+            with timed(self.times, "update"):
+                sums, maxima = self.update(state, None, None, None, None, given)
+        tokens = given.mask.sum().item()
+        row = {
+            "loss": sums["loss"],
+            "sft_loss": sums["sft_loss"],  # mean -log pi per completion token
+            "completion_len": tokens / len(given.texts),
+            "tokens_per_s": tokens / max(self.times["update"], 1e-9),  # trained tokens
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": maxima["grad_norm"],
+            "skipped_steps": state.skipped_steps,
+            "peak_mem_mb": run.peak_memory_mb(),
+            **{f"time_{k}": v for k, v in self.times.items()},
+        }
+        return row, None
+
+    def update_difficulty(self, state: RunState) -> dict[str, float]:
         """The filter learns this step's accuracy per bucket (every process's answers, so all
         processes keep one estimate). Returns, per bucket b, the share of draws it had this step
         (`b{b}_w`), the prompts it gave (`b{b}_n`, every rollout round) and its new estimate (`b{b}_p`)."""
-        k, g = self.bucket_counts.shape[1], self.cfg.rollout.group_size
+        k, g, f = self.bucket_counts.shape[1], self.cfg.rollout.group_size, state.difficulty
         counts = distributed.all_sum(self.bucket_counts.ravel().tolist(), self.ctx)  # [2 * K]
         right, answers = np.reshape(counts, (2, k))  # [K], [K]
-        w = self.sampler.weights()  # [K] what drew this step's prompts
-        self.sampler.update(right, answers)
+        w = f.weights()  # [K] what drew this step's prompts
+        f.update(right, answers)
         out: dict[str, float] = {}
         for b in range(k):
-            out |= {
-                f"b{b}_w": float(w[b]),
-                f"b{b}_n": int(answers[b]) // g,
-                f"b{b}_p": float(self.sampler.p[b]),
-            }
+            out |= {f"b{b}_w": float(w[b]), f"b{b}_n": int(answers[b]) // g, f"b{b}_p": float(f.p[b])}
         return out
 
     def update(
-        self, batch: Batch, advantages: torch.Tensor, ref: torch.Tensor | None, mbs: list[list[int]]
+        self,
+        state: RunState,
+        sampled: Batch | None,
+        advantages: torch.Tensor | None,
+        ref: torch.Tensor | None,
+        with_gradient: list[int] | None,
+        given: Given | None = None,
     ) -> tuple[dict[str, float], dict[str, float]]:
-        """mu passes over the batch, one optimizer step each. Returns this process's share of the
-        loss and of `policy_loss`'s token means (sums weighted to the whole step), and maxima."""
+        """The one update of every rung: mu passes over the step's rows, one optimizer step each.
+
+        Sampled rows (`sampled`, their `advantages` [B], `ref` log-probs [B, T] when beta > 0; only
+        the rows `with_gradient` go through the passes) add the ladder's surrogate,
+        `objective.policy_loss`; given rows (`given`) add the cross-entropy of their completions,
+        `objective.sft_loss`. Returns this process's share of the losses ("loss", and "rl_loss" /
+        "sft_loss" for each kind present) and of `policy_loss`'s token means (sums weighted to the
+        whole step), and maxima. A NaN/inf pass is skipped and counted in `state`."""
         cfg, o, dev, ctx, mu = self.cfg, self.cfg.objective, self.device, self.ctx, self.cfg.train.mu
-        # The loss is normalised by the counts of the whole step (every process), and DDP / FSDP2
-        # average gradients over processes, hence the factor `world`: the sum is the full gradient.
-        total_seqs, total_tokens = (
-            int(x) for x in distributed.all_sum([len(batch.texts), batch.mask.sum().item()], ctx)
-        )
-        # pi_old, kept from pass 0 when a later pass reads it (see the module docstring)
-        needs_old = mu > 1 and (o.ratio != "none" or o.tis_cap is not None)
-        old = torch.zeros_like(batch.mask) if needs_old else None  # [B, T]
-        sums: dict[str, float] = {
-            "loss": 0.0,
-            "update_rows": float(sum(map(len, mbs))),
-            "logprob_gap_mean": 0.0,
-        }
-        # token means over the rows that go through the passes (all of them, unless rows without a
-        # gradient are skipped: then over the groups with a reward spread)
-        used_tokens = max(1.0, distributed.all_sum([sum(batch.mask[r].sum().item() for r in mbs)], ctx)[0])
-        maxima = {"logprob_gap_max": 0.0, "grad_norm": 0.0}
+        mbs: list[tuple[Batch | Given, list[int]]] = []  # (the rows' kind, their indices) per micro-batch
+        sums: dict[str, float] = {"loss": 0.0}
+        old = None
+        if sampled is not None:
+            mbs += [(sampled, rows) for rows in self.micro_batches(sampled, with_gradient)]
+            # The loss is normalised by the counts of the whole step (every process), and DDP /
+            # FSDP2 average gradients over processes, hence the factor `world`: the sum is the
+            # full gradient.
+            total_seqs, total_tokens = (
+                int(x) for x in distributed.all_sum([len(sampled.texts), sampled.mask.sum().item()], ctx)
+            )
+            # pi_old, kept from pass 0 when a later pass reads it (see the module docstring)
+            needs_old = mu > 1 and (o.ratio != "none" or o.tis_cap is not None)
+            old = torch.zeros_like(sampled.mask) if needs_old else None  # [B, T]
+            sums |= {
+                "update_rows": float(sum(len(r) for _, r in mbs)),
+                "logprob_gap_mean": 0.0,
+                "rl_loss": 0.0,
+            }
+            # token means over the rows that go through the passes (all of them, unless rows without
+            # a gradient are skipped: then over the groups with a reward spread)
+            used = sum(sampled.mask[r].sum().item() for _, r in mbs)
+            used_tokens = max(1.0, distributed.all_sum([used], ctx)[0])
+        if given is not None:
+            given_mbs = [(given, rows) for rows in self.micro_batches(given)]
+            mbs += given_mbs
+            given_tokens = int(distributed.all_sum([given.mask.sum().item()], ctx)[0])
+            sums["sft_loss"] = 0.0
+        maxima = {"grad_norm": 0.0} | ({"logprob_gap_max": 0.0} if sampled is not None else {})
         self.model.train()
         for epoch in range(mu):
             self.optimizer.zero_grad(set_to_none=True)
-            for i, rows in enumerate(mbs):
+            for i, (rows_of, rows) in enumerate(mbs):
                 try:
                     with distributed.sync_gradients(self.policy_logprobs, i == len(mbs) - 1):
-                        logp = self.logprobs(None, batch, rows)  # [b, t], with grad
+                        logp = self.logprobs(None, rows_of, rows)  # [b, t], with grad
                         t = logp.shape[1]
-                        mask = batch.mask[rows, :t].to(dev)  # [b, t]
-                        loss, m = objective.policy_loss(
-                            logp,
-                            mask,
-                            advantages[rows].to(dev),  # [b]
-                            # pass 0: None means sg(pi_theta), which is pi_old exactly
-                            None if epoch == 0 or old is None else old[rows, :t].to(dev),
-                            None if ref is None else ref[rows, :t].to(dev),
-                            total_seqs=total_seqs,
-                            total_tokens=total_tokens,
-                            behavior_logp=batch.engine_logprobs[rows, :t].to(dev),
-                            **self.switches,
-                        )
+                        mask = rows_of.mask[rows, :t].to(dev)  # [b, t]
+                        if rows_of is given:
+                            loss, m, kind = objective.sft_loss(logp, mask, given_tokens), {}, "sft_loss"
+                        else:
+                            loss, m = objective.policy_loss(
+                                logp,
+                                mask,
+                                advantages[rows].to(dev),  # [b]
+                                # pass 0: None means sg(pi_theta), which is pi_old exactly
+                                None if epoch == 0 or old is None else old[rows, :t].to(dev),
+                                None if ref is None else ref[rows, :t].to(dev),
+                                total_seqs=total_seqs,
+                                total_tokens=total_tokens,
+                                behavior_logp=sampled.engine_logprobs[rows, :t].to(dev),
+                                **self.switches,
+                            )
+                            kind = "rl_loss"
                         (loss * ctx.world).backward()
                 except RuntimeError as e:
-                    self.raise_if_out_of_memory(e, batch, rows)
+                    self.raise_if_out_of_memory(e, rows_of, rows)
                     raise
-                if epoch == 0:
+                if epoch == 0 and rows_of is sampled:
                     lp = logp.detach().float().cpu()  # [b, t]
                     if old is not None:
                         old[rows, :t] = lp
                     # the engine's numbers vs ours, on the tokens both computed: largest and mean
-                    gap = (lp - batch.engine_logprobs[rows, :t]).abs() * mask.cpu()  # [b, t]
+                    gap = (lp - sampled.engine_logprobs[rows, :t]).abs() * mask.cpu()  # [b, t]
                     maxima["logprob_gap_max"] = max(maxima["logprob_gap_max"], gap.max().item())
                     sums["logprob_gap_mean"] += gap.sum().item() / used_tokens
-                # token means of this micro-batch, weighted by its share of the step's tokens,
-                # add up to the step's token means
-                w = mask.sum().item() / used_tokens
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v.float().item() * w / mu
-                sums["loss"] += loss.detach().float().item() / mu
+                if rows_of is sampled:
+                    # token means of this micro-batch, weighted by its share of the step's tokens,
+                    # add up to the step's token means
+                    w = mask.sum().item() / used_tokens
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v.float().item() * w / mu
+                value = loss.detach().float().item() / mu
+                sums["loss"] += value
+                sums[kind] += value
             with_grad = [p for p in self.model.parameters() if p.grad is not None]
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
@@ -354,20 +401,20 @@ class Trainer:
             if not math.isfinite(maxima["grad_norm"]) or not math.isfinite(loss_so_far):
                 # A NaN/inf step never reaches the parameters; it is counted and the run goes on.
                 self.optimizer.zero_grad(set_to_none=True)
-                self.skipped_steps += 1
-                self.bad_steps += 1
-                if self.bad_steps >= cfg.train.max_bad_steps:
+                state.skipped_steps += 1
+                state.bad_steps += 1
+                if state.bad_steps >= cfg.train.max_bad_steps:
                     raise TrainingError(
-                        f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient "
-                        f"(step {self.step + 1}); lower train.lr or check the reward function"
+                        f"{state.bad_steps} steps in a row had a NaN/inf loss or gradient "
+                        f"(step {state.step + 1}); lower train.lr or check the reward function"
                     )
                 break
-            self.bad_steps = 0
+            state.bad_steps = 0
             self.optimizer.step()
             self.scheduler.step()
         return sums, maxima
 
-    def metrics(self, batch, adv, zero_std, rounds, sums, maxima) -> dict[str, Any]:
+    def metrics(self, state, batch, adv, zero_std, rounds, sums, maxima) -> dict[str, Any]:
         """The step's metrics row over every process's rows, with one reduction: counts and sums
         are added up (then divided), maxima and times take the maximum."""
         r, a = batch.rewards.double(), adv.double()  # [B]
@@ -408,7 +455,7 @@ class Trainer:
             "tokens_per_s": tokens / max(top["time_rollout"], 1e-9),
             "resample_rounds": rounds,
             "reward_faults": int(s["reward_faults"]),
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": state.skipped_steps,
             **top,
             **{k: s[k] for k in sums if k != "update_rows"},
             "update_rows_frac": s["update_rows"] / n,  # rows through the forward/backward passes
@@ -426,7 +473,7 @@ class Trainer:
             return torch.nonzero(advantages != 0).flatten().tolist()
         return list(range(advantages.shape[0]))
 
-    def micro_batches(self, batch: Batch, rows: list[int] | None = None) -> list[list[int]]:
+    def micro_batches(self, batch: Batch | Given, rows: list[int] | None = None) -> list[list[int]]:
         """Rows sorted by completion length, so that without `train.packing` each micro-batch pads to
         a similar length (long and short completions together would pad every row to the longest);
         packed, a micro-batch has no padding and the order only decides which rows share a pack.
@@ -438,7 +485,7 @@ class Trainer:
         mb = self.cfg.train.micro_batch_size
         return [order[i : i + mb] for i in range(0, len(order), mb)]
 
-    def logprobs(self, model, batch: Batch, rows: list[int]) -> torch.Tensor:
+    def logprobs(self, model, batch: Batch | Given, rows: list[int]) -> torch.Tensor:
         """[len(rows), t] log-probs of the rows' completion tokens under `model` (None: the policy,
         with gradient), t = their longest completion. Each distinct prompt among the rows goes
         through the model once."""
@@ -457,7 +504,7 @@ class Trainer:
             return completion_logprobs(model, *args, self.cfg.rollout.temperature, self.cfg.train.packing)
 
     @torch.no_grad()
-    def no_grad_logprobs(self, model, batch: Batch, mbs: list[list[int]]) -> torch.Tensor:
+    def no_grad_logprobs(self, model, batch: Batch | Given, mbs: list[list[int]]) -> torch.Tensor:
         """[B, T] log-probs of every completion under `model` (the reference), zero-padded."""
         out = torch.zeros_like(batch.mask)
         for rows in mbs:
@@ -469,7 +516,7 @@ class Trainer:
             out[rows, : lp.shape[1]] = lp
         return out
 
-    def raise_if_out_of_memory(self, e: RuntimeError, batch: Batch, rows: list[int]) -> None:
+    def raise_if_out_of_memory(self, e: RuntimeError, batch: Batch | Given, rows: list[int]) -> None:
         """Out of memory becomes a TrainingError naming the micro-batch's sizes and the settings to
         lower; any other error is left to the caller to re-raise."""
         text = str(e)

@@ -224,7 +224,9 @@ def make_plan(
     # the earlier horizons, scored in the run's process (held-out: measurements, never a choice)
     early = [h for h in b.horizons if h < steps]
     scored_at = (
-        [f"eval.heldout_at=[{','.join(map(str, early))}]", f"eval.sampled={b.eval_samples}"] if early else []
+        [f"eval.heldout_at=[{','.join(map(str, early))}]", f"eval.heldout_at_draws={b.eval_samples}"]
+        if early
+        else []
     )
     runs = []
     # seed-major: every preset gets seed 0 before any gets seed 1, so a ladder stopped half-way

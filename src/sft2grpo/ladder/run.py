@@ -109,8 +109,8 @@ def estimate_run_s(cfg, cost: dict[str, float] | None = None) -> float:
     size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
     tokens = cfg.eval.max_new_tokens or r.max_new_tokens
     eval_s = evals * COST["eval"] * size * tokens
-    # the held-out split at the earlier horizons (eval.heldout_at): greedy, and sampled with eval.sampled
-    horizon_s = COST["eval"] * size * tokens + sampled_eval_s(cfg, cfg.eval.sampled, COST)
+    # the held-out split at the earlier horizons (eval.heldout_at): greedy, and sampled with eval.heldout_at_draws
+    horizon_s = COST["eval"] * size * tokens + sampled_eval_s(cfg, cfg.eval.heldout_at_draws, COST)
     return COST["start"] + t.steps * step + eval_s + len(cfg.eval.heldout_at) * horizon_s
 
 

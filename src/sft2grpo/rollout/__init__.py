@@ -8,7 +8,7 @@
 - `vllm`: vLLM on GPU, colocated, weights pushed from the policy in memory (needs the [gpu] extra).
 
 `ENGINES` is the registry `rollout.engine` selects from: every entry has one signature,
-(model, tokenizer, dtype, prepack) -> Engine, from `rollout.dtype` and `rollout.prepack` (only
+(model, tokenizer, dtype, prepack) -> Engine, from `rollout.dtype` and `tuning.prepack` (only
 `fast` decodes with copies of the weights). An engine's module is imported only when it is chosen (vLLM is heavy).
 """
 

@@ -1,8 +1,12 @@
-"""One step's rollouts as the loss needs them, and the bookkeeping around them.
+"""A step's rows as the loss needs them, of two kinds, and the bookkeeping around them.
 
-A `Batch` is what the trainer keeps of a round of sampling: the prompts, the sampled completions
-with the engine's log-probs, and what the verifier said about each. Its rows are prompt-major, like
-a `Rollout`'s, so `rewards.view(num_groups, group_size)` gives the groups.
+A row is either sampled or given:
+- `Batch`, the sampled rows: what the trainer keeps of a round of sampling, the prompts, the
+  sampled completions with the engine's log-probs, and what the verifier said about each. Its rows
+  are prompt-major, like a `Rollout`'s, so `rewards.view(num_groups, group_size)` gives the groups.
+- `Given`, the given rows: reference completions (demonstrations) of the task's examples, with no
+  reward and no engine log-probs, because nobody sampled or scored them. Rung 0 (SFT) trains on
+  these alone; the trainer's one update takes either kind, or both.
 
 Dynamic sampling (DAPO) lives here too: a group whose rewards are all equal gives every completion
 advantage 0, so it adds cost and no signal; `dynamic_sampling` samples more rounds until enough
@@ -39,6 +43,40 @@ class Batch:
     @property
     def num_groups(self) -> int:
         return len(self.prompts)
+
+
+@dataclass
+class Given:
+    """Given rows: one reference completion per example, each with its own prompt. B rows."""
+
+    prompts: list[list[int]]  # one token list per row
+    row_prompt: torch.Tensor  # [B] long: the prompt of each row (its own: 0, 1, ..., B-1)
+    completion_ids: torch.Tensor  # [B, T] long, the completion and its eos, eos-padded after it
+    mask: torch.Tensor  # [B, T] float, 1 on the completion's tokens and its eos
+    texts: list[str]  # [B] the completions
+    examples: list  # [B] the example of each row
+
+
+def given_rows(tokenizer, examples: list, chat_prompts: list[list[int]]) -> Given:
+    """The examples' reference completions as given rows: token ids right-padded, mask 1 on each
+    completion and the eos appended to it (so the model learns to stop). `chat_prompts` are the
+    examples' prompt token lists (models.chat_prompt_ids)."""
+    eos = tokenizer.eos_token_id
+    ids = [tokenizer(e.completion, add_special_tokens=False)["input_ids"] + [eos] for e in examples]
+    B, T = len(ids), max(map(len, ids))
+    completion_ids = torch.full((B, T), eos, dtype=torch.long)  # [B, T]
+    mask = torch.zeros(B, T)  # [B, T]
+    for i, row in enumerate(ids):
+        completion_ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1.0
+    return Given(
+        prompts=chat_prompts,
+        row_prompt=torch.arange(B),
+        completion_ids=completion_ids,
+        mask=mask,
+        texts=[e.completion for e in examples],
+        examples=list(examples),
+    )
 
 
 def cat_batches(a: Batch, b: Batch) -> Batch:

@@ -49,7 +49,7 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # 32: a whole 8 x 8 rollout was 1.15-1.29x faster with it than with 64 (docs/benchmarks.md); at
 # 4 x 8, int8 up to 8 rows and prepacked fp32 above it was no faster than int8 throughout.
 LOW_PRECISION_MAX_ROWS = 32
-# A rollout of at most this many rows decodes without the prepacked fp32 copy (rollout.prepack):
+# A rollout of at most this many rows decodes without the prepacked fp32 copy (tuning.prepack):
 # at 1 x 8 it would save 1-2 s of a ~17 s step, less the 0.2-0.4 s it takes to make in each rollout,
 # for +430 MB while sampling, where 1 x 8 is under 0.9x TRL's peak memory (docs/benchmarks.md).
 PREPACK_MIN_ROWS = 16
@@ -105,7 +105,7 @@ class FastEngine:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         # rollout.dtype: "model" decodes with the policy's own weights, else with a copy
         self.low = None if dtype == "model" else DecodeWeights(dtype)
-        # rollout.prepack: fp32 CPU weights, also as oneDNN reads them fastest (the large ones)
+        # tuning.prepack: fp32 CPU weights, also as oneDNN reads them fastest (the large ones)
         self.packed = DecodeWeights("onednn") if prepack and prepack_available() else None
         if self.packed is not None and not any(map(self.packed.wants, self._linears())):
             self.packed = None  # no large fp32 CPU matrix (tiny models, bf16 or GPU weights)

@@ -18,7 +18,7 @@ int8 uses PyTorch's weight-only kernel `aten._weight_int8pack_mm` (CPU), which t
 activations; outputs come back as float32. Its logits are rounded to bf16, about 3 significant
 digits, which is part of the measured gap.
 
-"onednn" (`rollout.prepack`, CPU) keeps the fp32 values, reordered once per optimizer step into the
+"onednn" (`tuning.prepack`, CPU) keeps the fp32 values, reordered once per optimizer step into the
 blocked layout oneDNN's matmul reads; F.linear reorders nothing and runs MKL's general kernel, which
 on a few rows is 1.3-1.7x slower over weights that come from memory (docs/benchmarks.md). Same
 values, so the log-probs match the policy's up to the order of the sums. Only matrices of at least
