@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from sft2grpo.config import ModelConfig  # noqa: E402
 from sft2grpo.models import chat_prompt_ids, completion_logprobs, load_policy  # noqa: E402
-from sft2grpo.rollout import make_engine  # noqa: E402
+from sft2grpo.rollout import SamplingParams, make_engine  # noqa: E402
 
 
 def task_prompts(k: int, seed: int) -> list[str]:
@@ -95,9 +95,13 @@ def compare_engines(
         t0 = time.perf_counter()
         if "+compile" in name:  # the measured shapes once: compiling is warm-up, not decoding
             engine.generate(
-                ids, n=samples, max_new_tokens=tokens, generator=torch.Generator().manual_seed(99)
+                ids,
+                SamplingParams(n=samples, max_new_tokens=tokens),
+                generator=torch.Generator().manual_seed(99),
             )
-        engine.generate(ids[:1], n=2, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+        engine.generate(
+            ids[:1], SamplingParams(n=2, max_new_tokens=4), generator=torch.Generator().manual_seed(0)
+        )
         warmup[name] = time.perf_counter() - t0
 
     gaps: dict[str, list] = {name: [] for name in names}
@@ -108,7 +112,7 @@ def compare_engines(
             gen = torch.Generator().manual_seed(seed + r)
             t0 = time.perf_counter()
             ro = engines[name].generate(
-                ids, n=samples, max_new_tokens=tokens, temperature=temperature, generator=gen
+                ids, SamplingParams(n=samples, max_new_tokens=tokens, temperature=temperature), generator=gen
             )
             seconds[name] += time.perf_counter() - t0
             count[name] += ro.num_tokens

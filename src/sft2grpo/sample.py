@@ -25,7 +25,7 @@ def sample_completions(cfg: Config, output: Path, n: int = 8, keep: int = 1, pro
     task.name=<output>` trains on the kept answers and is scored on the task's own held-out split.
     `problems` > 0 takes only the first that many training problems. Returns counts."""
     from .components import build_components
-    from .rollout.base import decode_completions, unpadded_ids
+    from .rollout.base import SamplingParams, decode_completions, unpadded_ids
     from .tasks import eval_sibling
     from .tracking import Progress
     from .trainer import prompt_generator, seed_everything
@@ -33,22 +33,15 @@ def sample_completions(cfg: Config, output: Path, n: int = 8, keep: int = 1, pro
     seed_everything(cfg.train.seed)
     parts = build_components(cfg)
     examples = parts.task.train[:problems] if problems > 0 else parts.task.train
-    r, per_call = cfg.rollout, max(1, cfg.eval.batch_size // n)  # rows per generate call near batch_size
+    params = SamplingParams.of(cfg.rollout, n)
+    per_call = max(1, cfg.eval.batch_size // n)  # rows per generate call near batch_size
     rows, solved = [], 0
     bar = Progress(len(examples), enabled=cfg.log.progress, desc="sample")
     for start in range(0, len(examples), per_call):
         chunk = examples[start : start + per_call]
         prompts = chat_prompt_ids(parts.tokenizer, [e.chat for e in chunk], cfg.model.system_prompt)
-        ro = parts.eval_engine.generate(
-            prompts,
-            n=n,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            stop=r.stop or None,
-            generator=[prompt_generator(cfg.train.seed, start + i) for i in range(len(chunk))],
-        )  # rows prompt-major: chunk[0] x n, chunk[1] x n, ...
+        generators = [prompt_generator(cfg.train.seed, start + i) for i in range(len(chunk))]
+        ro = parts.eval_engine.generate(prompts, params, generators)  # rows prompt-major: chunk[0] x n, ...
         texts = decode_completions(parts.tokenizer, ro.completion_ids, ro.mask)
         owners = [e for e in chunk for _ in range(n)]
         res = parts.reward_fn(texts, owners, completion_ids=unpadded_ids(ro.completion_ids, ro.mask))

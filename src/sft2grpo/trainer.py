@@ -49,7 +49,7 @@ from . import distributed, objective, run
 from .components import build_components
 from .config import Config, loss_switches
 from .models import chat_prompt_ids, completion_logprobs, has_fast_bf16, make_reference, unwrap
-from .rollout.base import decode_completions, unpadded_ids
+from .rollout.base import SamplingParams, decode_completions, unpadded_ids
 from .rollout.batch import Batch, Given, dynamic_sampling, given_rows
 from .run import RunState, TrainingError
 
@@ -133,6 +133,7 @@ class Trainer:
             lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, cfg.train.steps * cfg.train.mu),
         )
         self.switches = loss_switches(cfg.objective, cfg.rollout.max_new_tokens)
+        self.sampling = SamplingParams.of(cfg.rollout, n=cfg.rollout.group_size)  # a group per prompt
         # this step's scratch, reset by train_step: seconds per phase, completions whose reward
         # call failed, and [right, answers] per difficulty bucket
         self.times: dict[str, float] = {}
@@ -174,19 +175,12 @@ class Trainer:
 
     def sample(self, state: RunState) -> Batch:
         """One round of rollouts: the next examples, `group_size` completions each, their rewards."""
-        cfg, r, g = self.cfg, self.cfg.rollout, self.cfg.rollout.group_size
+        cfg, g = self.cfg, self.cfg.rollout.group_size
         examples, generators, buckets = self.draw(state)
         prompts = chat_prompt_ids(self.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
         with timed(self.times, "rollout"), distributed.unsharded(self.model):
             ro = self.engine.generate(
-                prompts,
-                n=g,
-                max_new_tokens=r.max_new_tokens,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                top_k=r.top_k,
-                stop=r.stop or None,
-                generator=generators,
+                prompts, self.sampling, generators
             )  # rows prompt-major: p0s0 .. p0s(g-1), p1s0, ...
         completions = decode_completions(self.tokenizer, ro.completion_ids, ro.mask)  # [B] texts
         rows = [e for e in examples for _ in range(g)]  # [B] the example of each completion

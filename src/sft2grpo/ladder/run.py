@@ -540,16 +540,14 @@ def kl_to_base(policy, base, examples: list, cfg, samples: int, seed: int = 0) -
 
     from .. import objective
     from ..models import chat_prompt_ids, group_logprobs
+    from ..rollout.base import SamplingParams
 
     dev = next(policy.model.parameters()).device
     ids = chat_prompt_ids(policy.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
-    ro = policy.eval_engine.generate(
-        ids,
-        n=samples,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        temperature=cfg.rollout.temperature,
-        generator=torch.Generator().manual_seed(seed),
+    params = SamplingParams(
+        n=samples, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature
     )
+    ro = policy.eval_engine.generate(ids, params, torch.Generator().manual_seed(seed))
     row_prompt = torch.arange(len(ids), device=dev).repeat_interleave(samples)  # [B]
     comp, mask = ro.completion_ids.to(dev), ro.mask.float().to(dev)  # [B, T]
     with torch.no_grad():

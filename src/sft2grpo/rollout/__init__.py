@@ -1,7 +1,7 @@
 """Rollout engines: sample n completions per prompt from the live policy, behind one interface.
 
     engine = make_engine("fast", model, tokenizer)
-    ro = engine.generate(prompt_ids, n=8, max_new_tokens=64, generator=g)   # -> Rollout
+    ro = engine.generate(prompt_ids, SamplingParams(n=8, max_new_tokens=64), generator=g)   # -> Rollout
 
 - `hf`: transformers' generate, the reference.
 - `fast`: our own KV-cache sampler (prefill each prompt once, drop finished rows); llama-family.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-from sft2grpo.rollout.base import Engine, Rollout
+from sft2grpo.rollout.base import Engine, Rollout, SamplingParams
 
 
 def _hf(model, tokenizer, dtype: str = "model", prepack: bool = True) -> Engine:
@@ -58,4 +58,4 @@ def make_engine(name: str, model, tokenizer, dtype: str = "model", prepack: bool
     return ENGINES[name](model, tokenizer, dtype, prepack)
 
 
-__all__ = ["ENGINES", "Engine", "Rollout", "make_engine"]
+__all__ = ["ENGINES", "Engine", "Rollout", "SamplingParams", "make_engine"]

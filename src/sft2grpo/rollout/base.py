@@ -9,7 +9,7 @@ reasons and padding with one set of rules, so engines can only differ in what th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -31,20 +31,31 @@ class Rollout:
         return int(self.mask.sum().item())
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How an engine samples: the same knobs for every engine and every caller (training rollouts,
+    evaluation, rejection sampling, the ladder's KL estimate)."""
+
+    n: int = 1  # completions per prompt
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    stop: list[str] | None = None  # strings that end a completion (besides the eos tokens)
+    greedy: bool = False  # argmax decoding; the other knobs are then unused
+
+    @classmethod
+    def of(cls, rollout: Any, n: int) -> SamplingParams:
+        """The training rollout's sampling: `n` completions per prompt with a RolloutConfig's knobs."""
+        r = rollout
+        return cls(n, r.max_new_tokens, r.temperature, r.top_p, r.top_k, list(r.stop) or None)
+
+
 class Engine(Protocol):
     name: str
 
     def generate(
-        self,
-        prompt_ids: list[list[int]],
-        n: int,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        stop: list[str] | None = None,
-        generator: Generators = None,
-        greedy: bool = False,
+        self, prompt_ids: list[list[int]], params: SamplingParams, generator: Generators = None
     ) -> Rollout: ...
 
 

@@ -26,6 +26,8 @@ generator per prompt, a prompt's samples do not depend on the other prompts in t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,7 @@ from sft2grpo.models import left_pad, positions, unwrap, uses_sliding_window
 from sft2grpo.rollout.base import (
     Generators,
     Rollout,
+    SamplingParams,
     contains_stop,
     eos_token_ids,
     eval_mode,
@@ -288,27 +291,17 @@ class FastEngine:
         return tok, scaled.gather(1, tok[:, None]).squeeze(1) - log_norm
 
     def generate(
-        self,
-        prompt_ids: list[list[int]],
-        n: int,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        stop: list[str] | None = None,
-        generator: Generators = None,
-        greedy: bool = False,
+        self, prompt_ids: list[list[int]], params: SamplingParams, generator: Generators = None
     ) -> Rollout:
+        n, greedy, stop = params.n, params.greedy, params.stop
         if greedy and n > 1:  # the n greedy "samples" of a prompt are identical: decode once
-            one = self.generate(
-                prompt_ids, 1, max_new_tokens, temperature, top_p, top_k, stop, generator, True
-            )
-            return repeat_rows(one, n)
+            return repeat_rows(self.generate(prompt_ids, replace(params, n=1), generator), n)
         with eval_mode(self.model), torch.inference_mode():
             self.refresh_copy(len(prompt_ids) * n)
             try:
+                p = params
                 tokens, logprobs = self._generate(
-                    prompt_ids, n, max_new_tokens, temperature, top_p, top_k, stop, generator, greedy
+                    prompt_ids, n, p.max_new_tokens, p.temperature, p.top_p, p.top_k, stop, generator, greedy
                 )
             finally:  # the prepacked copy lives only while sampling: the update's memory is its own
                 if self.use_packed:

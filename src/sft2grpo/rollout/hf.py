@@ -11,6 +11,7 @@ sampled token's entry when the next step (or the end) reveals which token was ch
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import torch
 
@@ -18,6 +19,7 @@ from sft2grpo.models import left_pad
 from sft2grpo.rollout.base import (
     Generators,
     Rollout,
+    SamplingParams,
     cat_rollouts,
     contains_stop,
     eos_token_ids,
@@ -86,28 +88,16 @@ class HFEngine:
         self.pad_id = pad_token_id(tokenizer)
 
     def generate(
-        self,
-        prompt_ids: list[list[int]],
-        n: int,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        stop: list[str] | None = None,
-        generator: Generators = None,
-        greedy: bool = False,
+        self, prompt_ids: list[list[int]], params: SamplingParams, generator: Generators = None
     ) -> Rollout:
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+        n, greedy, stop, temperature = params.n, params.greedy, params.stop, params.temperature
         if greedy and n > 1:  # the n greedy "samples" of a prompt are identical (and transformers
             # refuses num_return_sequences > 1 without sampling): decode once, repeat the rows
-            one = self.generate(
-                prompt_ids, 1, max_new_tokens, temperature, top_p, top_k, stop, generator, True
-            )
-            return repeat_rows(one, n)
+            return repeat_rows(self.generate(prompt_ids, replace(params, n=1), generator), n)
         if isinstance(generator, list | tuple):  # `generate` has one global RNG: a prompt at a time
-            args = (n, max_new_tokens, temperature, top_p, top_k, stop)
-            parts = [self.generate([p], *args, g, greedy) for p, g in zip(prompt_ids, generator, strict=True)]
+            parts = [self.generate([p], params, g) for p, g in zip(prompt_ids, generator, strict=True)]
             return cat_rollouts(parts, self.pad_id)
 
         device = next(self.model.parameters()).device
@@ -115,9 +105,9 @@ class HFEngine:
         # Every sampling knob is set explicitly, so a model's generation_config.json defaults
         # (top_k=50 is transformers' own) cannot change what is sampled behind our back. Greedy
         # decoding uses none of them, and transformers warns if they are passed.
-        knobs = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+        knobs = {} if greedy else {"temperature": temperature, "top_p": params.top_p, "top_k": params.top_k}
         config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=params.max_new_tokens,
             do_sample=not greedy,
             **knobs,
             repetition_penalty=1.0,

@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-from sft2grpo.rollout.base import Generators, Rollout, eos_token_ids, finish, pad_token_id
+from sft2grpo.rollout.base import Generators, Rollout, SamplingParams, eos_token_ids, finish, pad_token_id
 
 MISSING = "rollout.engine=vllm needs the [gpu] extra: pip install 'sft2grpo[gpu]'"
 
@@ -108,31 +108,23 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # keys/values computed with the old weights are stale
 
     def generate(
-        self,
-        prompt_ids: list[list[int]],
-        n: int,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        stop: list[str] | None = None,
-        generator: Generators = None,
-        greedy: bool = False,
+        self, prompt_ids: list[list[int]], params: SamplingParams, generator: Generators = None
     ) -> Rollout:
-        from vllm import SamplingParams
+        from vllm import SamplingParams as VllmSamplingParams
 
         self.load_weights()
         if isinstance(generator, list | tuple):  # one seed per prompt, from its own generator
             seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generator]
         else:
             seeds = torch.randint(0, 2**31 - 1, (len(prompt_ids),), generator=generator).tolist()
-        params = [
-            SamplingParams(
-                n=n,
-                temperature=0.0 if greedy else temperature,
-                top_p=top_p,
-                top_k=top_k if top_k > 0 else -1,
-                max_tokens=max_new_tokens,
+        p, stop = params, params.stop
+        per_prompt = [
+            VllmSamplingParams(
+                n=p.n,
+                temperature=0.0 if p.greedy else p.temperature,
+                top_p=p.top_p,
+                top_k=p.top_k if p.top_k > 0 else -1,
+                max_tokens=p.max_new_tokens,
                 stop=stop or None,
                 logprobs=0,  # just the sampled token's
                 seed=seed,
@@ -140,7 +132,7 @@ class VLLMEngine:
             for seed in seeds
         ]
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, per_prompt, use_tqdm=False)
         rows = [c for out in outputs for c in out.outputs]  # prompt-major
         width = max(1, max(len(c.token_ids) for c in rows))
         tokens = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
