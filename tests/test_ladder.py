@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from sft2grpo.cli import main
+from sft2grpo.ladder import estimate, measure
+from sft2grpo.ladder import plan as ladder_plan
 from sft2grpo.ladder import report as ladder_report
 from sft2grpo.ladder import run as ladder  # the command's module: what monkeypatch must reach
 from sft2grpo.ladder.plan import AA
@@ -201,13 +203,13 @@ def test_first_difference_reads_a_key_older_runs_lack_at_its_default():
     planned = {"seed": 1, "dtype": "int8", "temperature": 0.7}
     defaults = {"seed": 0, "dtype": "model", "temperature": 1.0}
     saved = {"dtype": "int8", "temperature": 0.7}  # written before rollout.seed existed
-    assert ladder.first_difference(planned, saved, "rollout", defaults) == (
+    assert ladder_plan.first_difference(planned, saved, "rollout", defaults) == (
         "rollout.seed: 1 planned, 0 saved (the saved config lacks the key: a run from before it, at the default)"
     )
-    assert ladder.first_difference({**planned, "seed": 0}, saved, "rollout", defaults) is None
-    assert ladder.first_difference(planned, {**saved, "seed": 1}, "rollout", defaults) is None
+    assert ladder_plan.first_difference({**planned, "seed": 0}, saved, "rollout", defaults) is None
+    assert ladder_plan.first_difference(planned, {**saved, "seed": 1}, "rollout", defaults) is None
     assert (
-        ladder.first_difference(planned, {**saved, "seed": 2}, "rollout", defaults)
+        ladder_plan.first_difference(planned, {**saved, "seed": 2}, "rollout", defaults)
         == "rollout.seed: 1 planned, 2 saved"
     )
 
@@ -587,30 +589,30 @@ def test_measured_asks_for_kl_and_the_sampled_evaluation_with_the_budget_k(tmp_p
     # an interrupted measure process leaves some of these; the next ladder redoes only what is missing
     run = tmp_path / "runs" / "grpo-s0"
     run.mkdir(parents=True)
-    assert not ladder.measured(run, 8)
+    assert not measure.measured(run, 8)
     (run / "kl.json").write_text("{}")
-    assert ladder.measured(run, 0) and not ladder.measured(run, 8)
+    assert measure.measured(run, 0) and not measure.measured(run, 8)
     (run / "sampled.json").write_text(json.dumps({"samples_per_problem": 4}))
     (run / "eval_sampled.jsonl").write_text("")
-    assert ladder.measured(run, 4) and not ladder.measured(run, 8)  # another k: measured again
+    assert measure.measured(run, 4) and not measure.measured(run, 8)  # another k: measured again
     base = tmp_path / "base"  # the base model has no KL to itself
     base.mkdir()
     (base / "sampled.json").write_text(json.dumps({"samples_per_problem": 8}))
     (base / "eval_sampled.jsonl").write_text("")
-    assert ladder.measured(base, 8)
+    assert measure.measured(base, 8)
 
 
 def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
     plan = ladder.make_plan(output=tmp_path, seeds=1)
     cfg = {r.preset: r.cfg for r in plan.runs}
-    assert [ladder.update_share(cfg[p]) for p in ("sft", "reward_norm", "reinforce", "grpo")] == [
+    assert [estimate.update_share(cfg[p]) for p in ("sft", "reward_norm", "reinforce", "grpo")] == [
         0.15,
         0.4,
         1,
         1,
     ]
-    cost = ladder.COSTS["fp32"]
-    est = {p: ladder.estimate_run_s(c, cost) for p, c in cfg.items()}
+    cost = estimate.UNIT_SECONDS["fp32"]
+    est = {p: estimate.estimate_run_s(c, cost) for p, c in cfg.items()}
     # the same rollouts; KL sends every row through 2 passes and a reference forward
     assert est["sft"] < est["reward_norm"] < est["reinforce"] < est["grpo"] == est["no_is"]
     assert est["importance"] == est["no_kl"]  # one configuration under two names
@@ -621,18 +623,21 @@ def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
     c = cfg["sft"]
     early = cost["eval"] * 100 * 64 + 64 * (7 * cost["decode"] + 400 * cost["decode_row"])
     late = replace(c, eval=replace(c.eval, heldout_at=[]))
-    assert est["sft"] - ladder.estimate_run_s(late, cost) == pytest.approx(2 * early)
+    assert est["sft"] - estimate.estimate_run_s(late, cost) == pytest.approx(2 * early)
     # this machine's table: bf16 where it is native and the run's autocast allows it
     fp32 = replace(c, train=replace(c.train, autocast="off"))
-    assert ladder.cost_table(fp32) is ladder.COSTS["fp32"]
-    assert ladder.cost_table(c) is ladder.COSTS["bf16" if has_fast_bf16(torch.device("cpu")) else "fp32"]
+    assert estimate.unit_seconds(fp32) is estimate.UNIT_SECONDS["fp32"]
+    assert (
+        estimate.unit_seconds(c)
+        is estimate.UNIT_SECONDS["bf16" if has_fast_bf16(torch.device("cpu")) else "fp32"]
+    )
     # the cost runs: 2 x (grpo, no_kl) of 3 steps, one at a time; none once costs.json is written
-    runs = ladder.estimate_cost_runs_s(plan)
+    runs = estimate.estimate_cost_runs_s(plan)
     assert 0 < runs < est["grpo"] / 4
     (tmp_path / "costs").mkdir()
     (tmp_path / "costs" / "costs.json").write_text(json.dumps({"steps": 3}))
-    assert ladder.estimate_cost_runs_s(plan) == 0.0
-    assert ladder.estimate_wall_s(600, 2) == 300 and ladder.estimate_wall_s(600, 1) == 400
+    assert estimate.estimate_cost_runs_s(plan) == 0.0
+    assert estimate.estimate_wall_s(600, 2) == 300 and estimate.estimate_wall_s(600, 1) == 400
 
 
 def test_cost_runs_alternate_grpo_and_no_kl_alone_and_are_not_redone(tmp_path, monkeypatch):

@@ -68,4 +68,4 @@ def test_one_place_wires_model_task_reward_and_engine():
     builders = {m for m, e in EDGES.items() if "sft2grpo.rollout" in e and m != "sft2grpo.components"}
     users = {m for m, e in EDGES.items() if "sft2grpo.components" in e}
     assert builders == set(), builders
-    assert users == {"sft2grpo.trainer", "sft2grpo.cli", "sft2grpo.ladder.run", "sft2grpo.sample"}
+    assert users == {"sft2grpo.trainer", "sft2grpo.cli", "sft2grpo.ladder.measure", "sft2grpo.sample"}

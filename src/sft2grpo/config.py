@@ -382,8 +382,9 @@ def _new_name(key: str) -> str | None:
     return None
 
 
-def _rename_old_keys(data: dict, source: str) -> dict:
-    """`data` (nested, as read from YAML) with every renamed key moved to its new name."""
+def rename_old_keys(data: dict, source: str, warn: bool = True) -> dict:
+    """`data` (nested, as read from YAML) with every renamed key moved to its new name (`warn`: say so,
+    one line per key)."""
     flat: dict[str, Any] = {}
 
     def walk(d: Any, prefix: str) -> None:
@@ -403,7 +404,8 @@ def _rename_old_keys(data: dict, source: str) -> dict:
     for key, v in flat.items():
         new = _new_name(key)
         if new is not None:
-            warnings.warn(f"{source}: '{key}' is now '{new}'; reading it as that", stacklevel=3)
+            if warn:
+                warnings.warn(f"{source}: '{key}' is now '{new}'; reading it as that", stacklevel=3)
             key = new
         node = out
         *parents, leaf = key.split(".")
@@ -494,7 +496,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         data.setdefault("preset", p.stem)
-        data = _rename_old_keys(data, str(p))
+        data = rename_old_keys(data, str(p))
         try:
             _apply(cfg, data, "", str(p))
         except ConfigError as e:
@@ -509,7 +511,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data: Any = value
         for k in reversed(keys):
             data = {k: data}
-        _apply(cfg, _rename_old_keys(data, f"override '{text}'"), "", "override")
+        _apply(cfg, rename_old_keys(data, f"override '{text}'"), "", "override")
     validate(cfg)
     return cfg
 

@@ -2,8 +2,11 @@
 seed's claims. The trainer never imports this package; it runs the trainer as a command.
 
 - plan.py: the presets, the budgets and the plan of (preset, seed) runs (`make_plan`).
-- run.py: the command (`run_ladder`): trains each run in its own process, resumes, estimates the
-  time, and the measure process (`python -m sft2grpo.ladder measure`, KL to base, sampled accuracy).
+- plan.py: also the settings check that refuses a run folder trained with other settings.
+- run.py: the command (`run_ladder`): trains each run in its own process, resumes, then starts the
+  measure processes and writes the report.
+- estimate.py: the time the ladder will take, from seconds per unit of work per kind of CPU.
+- measure.py: the measure process (`python -m sft2grpo.ladder measure`): KL to base, sampled accuracy.
 - costs.py: grpo and no_kl trained alone, for what the reference model costs.
 - stats.py: the paired 95% interval over seeds and problems (the run-to-run variance pooled over
   the ladder), and the verdict it gives.

@@ -1,9 +1,9 @@
-"""`python -m sft2grpo.ladder measure SPEC.json`: the measure process of `run.measure_runs`."""
+"""`python -m sft2grpo.ladder measure SPEC.json`: the measure process (measure.py) of `run.measure_runs`."""
 
 import sys
 from pathlib import Path
 
-from .run import measure
+from .measure import measure
 
 if len(sys.argv) != 3 or sys.argv[1] != "measure":
     raise SystemExit("usage: python -m sft2grpo.ladder measure SPEC.json")

@@ -287,3 +287,65 @@ def read_json(path: Path) -> dict | None:
 def is_finished(run: Run) -> bool:
     s = read_json(run.dir / "summary.json")
     return bool(s) and not s.get("interrupted") and s.get("steps") == run.cfg.train.steps
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
+
+
+# ---------------------------------------------------------------------------------------------------
+# A run folder holds the planned settings, or the ladder refuses it.
+
+
+def check_same_settings(run: Run) -> None:
+    """A run folder trained with other settings would mix budgets in one table: refuse it."""
+    import yaml
+
+    from ..config import Config, rename_old_keys, to_dict
+
+    saved = read_yaml(run.dir / "config.yaml", yaml)
+    if saved is None:
+        return
+    saved = rename_old_keys(saved, str(run.dir / "config.yaml"), warn=False)  # a run from before a rename
+    planned, defaults = to_dict(run.cfg), to_dict(Config())
+    for section, values in planned.items():
+        if section in ("log", "checkpoint"):  # where and how often to write: not the experiment
+            continue
+        diff = first_difference(values, saved.get(section, {}), section, defaults.get(section))
+        if diff:
+            raise ValueError(
+                f"{run.dir} holds a run with other settings ({diff}); rerun the same command, "
+                "choose another --output, or delete that folder"
+            )
+
+
+def read_yaml(path: Path, yaml) -> dict | None:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def first_difference(a: Any, b: Any, key: str, default: Any = None) -> str | None:
+    """'train.steps: 20 planned, 3 saved' for the first leaf where a and b differ, else None. A key
+    the saved config lacks came with a newer sft2grpo: the run had its default (from `default`, the
+    same place in a default config), and it differs only if the plan sets another value."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        default = default if isinstance(default, dict) else {}
+        for k in a:
+            if k in b:
+                d = first_difference(a[k], b[k], f"{key}.{k}", default.get(k))
+            elif k in default:
+                d = first_difference(a[k], default[k], f"{key}.{k}", default[k])
+                d = d and f"{d} (the saved config lacks the key: a run from before it, at the default)"
+            else:
+                d = None
+            if d:
+                return d
+        return None
+    if a != b and not (isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b)):
+        return f"{key}: {a!r} planned, {b!r} saved"
+    return None

@@ -750,7 +750,7 @@ def budget_lines(plan: Plan) -> list[str]:
         f"- validation: {cfg.task.val_size} other problems, greedy, evaluated at step 0 and {when}",
         f"- KL to the base model: {b.kl_prompts} held-out prompts x {b.kl_samples} completions sampled "
         "from the trained policy, mean per-token k3 = exp(d) - d - 1 with d = log pi_base - log pi "
-        "(`ladder.run.kl_to_base`)",
+        "(`ladder.measure.kl_to_base`)",
         f"- overrides shared by every run: `{' '.join(plan.shared)}`",
         "",
     ]

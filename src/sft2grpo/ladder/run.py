@@ -1,7 +1,7 @@
 """`sft2grpo ladder`: every rung and variant on one budget, and a report that answers the seed's claims.
 
     sft2grpo ladder --budget small                       # 9 presets x 1 seed, a smoke check
-    sft2grpo ladder                                      # configs/run.yaml's recipe, 40 steps, 3 seeds, 9 presets
+    sft2grpo ladder                                      # configs/run.yaml's recipe (GRPO alone), 40 steps, 3 seeds, 9 presets
     sft2grpo ladder --presets all --steps 30 --seeds 4 train.lr=3e-5
 
 Every (preset, seed) run gets the same task, model, prompts (train.seed = seed), rollout budget and
@@ -18,11 +18,13 @@ an interrupted ladder:
    model costs in memory and time.
 3. `measure` processes (as many as jobs) evaluate the base model on the held-out set once (greedy
    and sampled), and for every run estimate KL(trained || base) (`kl_to_base`) and score its sampled
-   accuracy: k answers per held-out problem at the rollout temperature (`evaluate_sampled`).
+   accuracy: k answers per held-out problem at the rollout temperature (`evaluate_sampled`);
+   measure.py is that process.
 4. REPORT.md, results.json, curves.png and final.png (`report.py`): a table per preset (means
    with 95% intervals over seeds), a verdict at 95% on each of the seed's claims from paired
    intervals over seeds and problems (`verdicts.py`, `stats.py`), and the A/A check.
 
+Before it starts, the time it will take is printed (estimate.py; `--dry-run` stops there).
 This process never loads a model (it imports torch at most, to look for checkpoints): a child
 process starts with its parent's peak RSS as its own, so a parent holding a model would inflate every
 run's peak memory.
@@ -30,7 +32,6 @@ run's peak memory.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -39,8 +40,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from .estimate import (
+    UNIT_SECONDS,
+    estimate_cost_runs_s,
+    estimate_measure_s,
+    estimate_run_s,
+    estimate_wall_s,
+    unit_seconds,
+)
+from .measure import measured
 from .plan import (  # noqa: F401 (re-exported: the ladder's plan is part of its API)
     BUDGETS,
     DESCRIPTIONS,
@@ -49,131 +58,16 @@ from .plan import (  # noqa: F401 (re-exported: the ladder's plan is part of its
     Budget,
     Plan,
     Run,
+    check_same_settings,
     is_finished,
     make_plan,
     parse_presets,
     read_json,
+    write_json,
 )
-
-# Seconds per unit of work of one SmolLM2-135M run on a 2-core machine while another run shares it
-# (`--jobs 2`, one thread each), with int8 rollouts, for the estimate printed before a ladder starts:
-# a process start (imports, model load and save); a rollout's decode step (a fixed cost, plus a cost
-# per row: the batch runs until its longest row stops); one row-token of a forward+backward pass; one
-# greedy problem-token of evaluation. One table per kind of CPU this project runs on, since the
-# training step differs about 3x between them: "fp32", an AVX2-only CPU where bf16 is emulated and
-# autocast "auto" trains in fp32 (fitted to the first 8 runs of the 12-step ladder, 2026-11-30), and
-# "bf16", a CPU with AVX512-BF16 or AMX (fitted to seed 0 of the 40-step ladder). The progress
-# lines rescale the estimate by what finished runs took (docs/ladder/README.md).
-COSTS = {
-    "fp32": {"start": 28.0, "decode": 0.105, "decode_row": 5.2e-3, "update": 1.1e-2, "eval": 6.4e-3},
-    "bf16": {"start": 56.0, "decode": 0.0448, "decode_row": 2.22e-3, "update": 4.46e-3, "eval": 2.75e-3},
-}
-
-
-def cost_table(cfg) -> dict[str, float]:
-    """COSTS for this machine and the run's autocast: "bf16" where bf16 is native and the run uses it
-    (train.autocast auto or bf16), else "fp32"."""
-    import torch
-
-    from ..models import has_fast_bf16
-
-    native = cfg.train.autocast in ("auto", "bf16") and has_fast_bf16(torch.device("cpu"))
-    return COSTS["bf16" if native else "fp32"]
-
-
-# Two runs at once did 1.5x the steps per minute of one run with both threads (docs/ladder/README.md)
-JOBS_SPEEDUP = 1.5
-
-
-def update_share(cfg) -> float:
-    """The share of a step's rows that go through the update: rows with a zero advantage are skipped
-    when there is no KL term; group-normalised advantages are zero in groups without a reward spread
-    (about 60% of them on chain_sum), ReLU(r) is zero for every wrong answer (about 85%)."""
-    if cfg.objective.beta > 0 or cfg.objective.advantage == "raw":
-        return 1.0
-    return 0.15 if cfg.objective.advantage == "relu" else 0.4
-
-
-def estimate_run_s(cfg, cost: dict[str, float] | None = None) -> float:
-    """Expected seconds of one run of the 135M model on 2 CPU cores shared with another run, from
-    `cost` (default: this machine's, `cost_table`)."""
-    COST = cost or cost_table(cfg)  # noqa: N806 (the table's name in the comments above)
-    t, r = cfg.train, cfg.rollout
-    rows = t.prompts_per_step * r.group_size
-    rollouts = 1 + (r.max_resample_rounds if r.dynamic_sampling else 0)  # DAPO: worst case
-    rollout = rollouts * r.max_new_tokens * (COST["decode"] + COST["decode_row"] * rows)
-    # mu forward+backward passes, plus a no-grad forward (about a third) for pi_old and for pi_ref
-    passes = t.mu + (t.mu > 1) / 3 + (cfg.objective.beta > 0) / 3
-    step = rollout + COST["update"] * rows * update_share(cfg) * r.max_new_tokens * passes
-    evals = (1 + (t.steps - 1) // cfg.eval.every) if cfg.eval.every else 1
-    size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
-    tokens = cfg.eval.max_new_tokens or r.max_new_tokens
-    eval_s = evals * COST["eval"] * size * tokens
-    # the held-out split at the earlier horizons (eval.heldout_at): greedy, and sampled with eval.heldout_at_draws
-    horizon_s = COST["eval"] * size * tokens + sampled_eval_s(cfg, cfg.eval.heldout_at_draws, COST)
-    return COST["start"] + t.steps * step + eval_s + len(cfg.eval.heldout_at) * horizon_s
-
-
-def sampled_eval_s(cfg, k: int, cost: dict[str, float]) -> float:
-    """Seconds of `evaluate_sampled` with k answers per held-out problem (0 for k = 0): generate calls
-    of about eval.batch_size rows, each as long as its longest row (`cost`: COSTS)."""
-    size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
-    rows = size * k
-    calls = -(-rows // max(cfg.eval.batch_size, k)) if rows else 0
-    return (cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens) * (
-        calls * cost["decode"] + rows * cost["decode_row"]
-    )
-
-
-def estimate_wall_s(run_s: float, jobs: int) -> float:
-    """Wall time of `run_s` seconds of runs as COSTS count them (two sharing the cores), `jobs` at a
-    time: halved with two at once, divided by JOBS_SPEEDUP when one run has both cores."""
-    return run_s / 2 if jobs >= 2 else run_s / JOBS_SPEEDUP
-
-
-def estimate_measure_s(plan: Plan) -> float:
-    """The measure process: start, the base evaluation, and per run a load, a small rollout for KL
-    and the sampled evaluation (eval_samples per held-out problem; the base model's too)."""
-    cfg = plan.runs[0].cfg
-    COST = cost_table(cfg)  # noqa: N806
-    tokens = cfg.rollout.max_new_tokens
-    size = min(cfg.eval.size or cfg.task.eval_size, cfg.task.eval_size)
-    kl_row_tokens = plan.budget.kl_prompts * plan.budget.kl_samples * tokens
-    rows = plan.budget.kl_prompts * plan.budget.kl_samples
-    decode = tokens * (COST["decode"] + COST["decode_row"] * rows)
-    per_run = 3 + decode + 2 * COST["update"] / 3 * kl_row_tokens  # load, sample, two forwards
-    sampled_s = sampled_eval_s(cfg, plan.budget.eval_samples, COST)
-    base = COST["eval"] * size * tokens + sampled_s
-    return COST["start"] + base + len(plan.runs) * (per_run + sampled_s)
-
-
-def estimate_cost_runs_s(plan: Plan) -> float:
-    """The cost runs (`costs.py`): REPEATS x grpo and no_kl, COST_STEPS steps each without evaluation,
-    one at a time with both cores; 0 when the plan lacks either preset or costs.json is there."""
-    from dataclasses import replace
-
-    from .costs import COST_STEPS, PAIR, REPEATS, done
-
-    if not all(p in plan.presets for p in PAIR) or done(plan):
-        return 0.0
-    total = 0.0
-    for p in PAIR:
-        cfg = next(r.cfg for r in plan.runs if r.preset == p)
-        short = replace(
-            cfg, train=replace(cfg.train, steps=COST_STEPS), eval=replace(cfg.eval, every=0, heldout_at=[])
-        )
-        total += REPEATS * estimate_run_s(short)
-    return total / JOBS_SPEEDUP
-
 
 # ---------------------------------------------------------------------------------------------------
 # Running.
-
-
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
 
 
 def run_state(run: Run) -> str:
@@ -186,57 +80,6 @@ def run_state(run: Run) -> str:
         if checkpoint.latest(run.dir) is not None:
             return "resume"
     return "fresh"
-
-
-def check_same_settings(run: Run) -> None:
-    """A run folder trained with other settings would mix budgets in one table: refuse it."""
-    import yaml
-
-    from ..config import Config, to_dict
-
-    saved = read_yaml(run.dir / "config.yaml", yaml)
-    if saved is None:
-        return
-    planned, defaults = to_dict(run.cfg), to_dict(Config())
-    for section, values in planned.items():
-        if section in ("log", "checkpoint"):  # where and how often to write: not the experiment
-            continue
-        diff = first_difference(values, saved.get(section, {}), section, defaults.get(section))
-        if diff:
-            raise ValueError(
-                f"{run.dir} holds a run with other settings ({diff}); rerun the same command, "
-                "choose another --output, or delete that folder"
-            )
-
-
-def read_yaml(path: Path, yaml) -> dict | None:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def first_difference(a: Any, b: Any, key: str, default: Any = None) -> str | None:
-    """'train.steps: 20 planned, 3 saved' for the first leaf where a and b differ, else None. A key
-    the saved config lacks came with a newer sft2grpo: the run had its default (from `default`, the
-    same place in a default config), and it differs only if the plan sets another value."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        default = default if isinstance(default, dict) else {}
-        for k in a:
-            if k in b:
-                d = first_difference(a[k], b[k], f"{key}.{k}", default.get(k))
-            elif k in default:
-                d = first_difference(a[k], default[k], f"{key}.{k}", default[k])
-                d = d and f"{d} (the saved config lacks the key: a run from before it, at the default)"
-            else:
-                d = None
-            if d:
-                return d
-        return None
-    if a != b and not (isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b)):
-        return f"{key}: {a!r} planned, {b!r} saved"
-    return None
 
 
 def child_env(jobs: int) -> dict[str, str] | None:
@@ -429,7 +272,7 @@ def print_plan(plan: Plan, states: dict, est: dict, jobs: int = 1) -> None:
         )
     total = estimate_wall_s(sum(est.values()) + (estimate_measure_s(plan) if est else 0.0), jobs)
     total += estimate_cost_runs_s(plan)
-    kind = next(k for k, v in COSTS.items() if v is cost_table(cfg))
+    kind = next(k for k, v in UNIT_SECONDS.items() if v is unit_seconds(cfg))
     print(
         f"{done} of {len(plan.runs)} runs finished before; estimate for the rest, with measurements: "
         f"~{total / 60:.0f} min, {jobs} run{'s' if jobs > 1 else ''} at a time (SmolLM2-135M timings on "
@@ -500,109 +343,3 @@ def wait_measuring(procs: list, runs: list[Run], k: int, every_s: float = 5.0) -
         if not running:
             return
         time.sleep(every_s)
-
-
-def measured(folder: Path, eval_samples: int) -> bool:
-    """Whether the measure process is done with a run folder (or base/): KL (runs only) and, with
-    eval_samples > 0, the sampled evaluation with that many samples per problem."""
-    if folder.name != "base" and not (folder / "kl.json").exists():
-        return False
-    if not eval_samples:
-        return True
-    done = read_json(folder / "sampled.json") or {}
-    return done.get("samples_per_problem") == eval_samples and (folder / "eval_sampled.jsonl").exists()
-
-
-def write_sampled(folder: Path, comp, cfg, k: int, seed: int) -> float:
-    """sampled.json (metrics) and eval_sampled.jsonl (per problem) in `folder`; returns the accuracy."""
-    from ..evaluate import evaluate_sampled, write_jsonl
-
-    t0 = time.perf_counter()
-    res = evaluate_sampled(comp.eval_engine, comp.tokenizer, comp.task, comp.reward_fn, cfg, k, seed)
-    write_jsonl(folder / "eval_sampled.jsonl", res.samples)
-    write_json(folder / "sampled.json", {**res.metrics, "seed": seed, "time_s": time.perf_counter() - t0})
-    return res.metrics["accuracy"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The measure process: everything that needs a model, outside the ladder's own process.
-
-
-def kl_to_base(policy, base, examples: list, cfg, samples: int, seed: int = 0) -> dict[str, float]:
-    """Per-token KL(policy || base) on `samples` completions of `policy` (its Components) per example.
-
-    The policy samples at the rollout temperature; both models score the same tokens, and the mean
-    over every completion token of Schulman's k3 = exp(d) - d - 1, d = log pi_base - log pi (>= 0,
-    unbiased for each token's KL given its prefix, the estimator GRPO's loss uses) is the number
-    reported; the mean of k1 = -d is kept too (unbiased, noisier). Zero for policy == base.
-    """
-    import torch
-
-    from .. import objective
-    from ..models import chat_prompt_ids, group_logprobs
-    from ..rollout.base import SamplingParams
-
-    dev = next(policy.model.parameters()).device
-    ids = chat_prompt_ids(policy.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
-    params = SamplingParams(
-        n=samples, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature
-    )
-    ro = policy.eval_engine.generate(ids, params, torch.Generator().manual_seed(seed))
-    row_prompt = torch.arange(len(ids), device=dev).repeat_interleave(samples)  # [B]
-    comp, mask = ro.completion_ids.to(dev), ro.mask.float().to(dev)  # [B, T]
-    with torch.no_grad():
-        lp = group_logprobs(policy.model, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # [B, T]
-        ref = group_logprobs(base, ids, row_prompt, comp, mask, cfg.rollout.temperature)  # [B, T]
-    tokens = mask.sum().clamp(min=1)
-    k3 = objective.kl_penalty(lp, ref, "k3")  # [B, T]
-    return {
-        "kl_k3": float((k3 * mask).sum() / tokens),
-        "kl_k1": float(((lp - ref) * mask).sum() / tokens),
-        "tokens": int(mask.sum()),
-        "prompts": len(ids),
-        "samples": samples,
-    }
-
-
-def measure(spec_path: Path) -> None:
-    """Write <out>/base/eval.json (held-out metrics of the base model) and <run>/kl.json for each run
-    listed in the spec that `measure_runs` wrote."""
-    from dataclasses import replace
-
-    from ..components import build_components
-    from ..config import LoraConfig, load_config
-    from ..evaluate import evaluate_heldout, write_jsonl
-
-    spec = json.loads(spec_path.read_text())
-    out = spec_path.parent
-    cfg = load_config(None, [*spec["shared"], "log.progress=false"])
-    # trained models are saved with LoRA merged in, so every model here is a plain one
-    cfg = replace(cfg, model=replace(cfg.model, lora=LoraConfig(enabled=False)))
-    base = build_components(cfg)
-    first = spec.get("base", True)  # with several measure processes, only the first measures the base
-    if first and not (out / "base" / "eval.json").exists():
-        t0 = time.perf_counter()
-        res = evaluate_heldout(base.eval_engine, base.tokenizer, base.task, base.reward_fn, cfg)
-        (out / "base").mkdir(parents=True, exist_ok=True)
-        write_jsonl(out / "base" / "eval_samples.jsonl", res.samples)
-        write_json(out / "base" / "eval.json", {**res.metrics, "time_s": time.perf_counter() - t0})
-        print(f"base: held-out accuracy {res.metrics['accuracy']:.3f}", flush=True)
-    k = spec.get("eval_samples", 0)
-    if first and k and not measured(out / "base", k):
-        # one sampled evaluation of the base model (seed 0), paired with every seed's run
-        acc = write_sampled(out / "base", base, cfg, k, seed=0)
-        print(f"base: sampled accuracy {acc:.3f} ({k} per problem)", flush=True)
-    examples = base.task.eval[: spec["kl_prompts"]]
-    for item in spec["runs"]:
-        d, seed = Path(item["dir"]), int(item["seed"])
-        t0 = time.perf_counter()
-        run_cfg = replace(cfg, model=replace(cfg.model, name=str(d / "model")))
-        policy = build_components(run_cfg, task=base.task)
-        if not (d / "kl.json").exists():
-            kl = kl_to_base(policy, base.model, examples, cfg, spec["kl_samples"])
-            write_json(d / "kl.json", {**kl, "time_s": time.perf_counter() - t0})
-            print(f"{d.name}: KL k3 {kl['kl_k3']:.4g} per token", flush=True)
-        if k and not measured(d, k):
-            acc = write_sampled(d, policy, cfg, k, seed)
-            print(f"{d.name}: sampled accuracy {acc:.3f} ({k} per problem)", flush=True)
-        del policy
