@@ -93,8 +93,45 @@ def test_missing_config_file_and_unknown_preset():
 
 def test_every_preset_loads():
     names = list_presets()
-    for required in ("sft", "reinforce", "reward_norm", "importance", "grpo", "sft_o1", "no_is", "no_kl"):
+    for required in (
+        "onpolicy_sft",
+        "reinforce",
+        "reward_norm",
+        "importance",
+        "grpo",
+        "sft_o1",
+        "no_is",
+        "no_kl",
+    ):
         assert required in names
     for name in names:
         cfg = load_config(name)
         assert cfg.preset == name
+
+
+def test_renamed_preset_and_keys_still_read_with_one_line_naming_the_new_one(tmp_path):
+    """Rung 1's preset was `sft`, the pipeline's stage section `sft`, and three keys had other
+    names: an old name still reads, as the new one, with a warning that names it."""
+    import warnings
+
+    import yaml
+
+    with pytest.warns(UserWarning, match="preset 'sft' is now 'onpolicy_sft'"):
+        cfg = load_config("sft")
+    assert cfg.preset == "onpolicy_sft" and cfg.objective.advantage == "relu"
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        yaml.safe_dump({"sft": {"steps": 4}, "eval": {"sampled": 2}, "rollout": {"prepack": False}})
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(str(old), ["eval.samples=3", "eval.k=2"])
+    said = sorted(str(w.message) for w in caught)
+    assert said == [
+        f"{old}: 'eval.sampled' is now 'eval.heldout_at_draws'; reading it as that",
+        f"{old}: 'rollout.prepack' is now 'tuning.prepack'; reading it as that",
+        f"{old}: 'sft' is now 'sft_stage'; reading it as that",
+        "override 'eval.samples=3': 'eval.samples' is now 'eval.k_draws'; reading it as that",
+    ]
+    assert cfg.sft_stage.steps == 4 and cfg.eval.heldout_at_draws == 2
+    assert cfg.tuning.prepack is False and cfg.eval.k_draws == 3

@@ -286,29 +286,29 @@ def test_child_env_shares_the_cores_between_jobs(monkeypatch):
 
 
 def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
-    plan = ladder.make_plan(budget="small", presets="sft,importance,dapo", seeds=2, output=tmp_path)
+    plan = ladder.make_plan(budget="small", presets="onpolicy_sft,importance,dapo", seeds=2, output=tmp_path)
     # seed-major: every preset has its seed 0 before any has seed 1
     assert [(r.preset, r.seed) for r in plan.runs][:4] == [
-        ("sft", 0),
+        ("onpolicy_sft", 0),
         ("importance", 0),
         ("dapo", 0),
-        ("sft", 1),
+        ("onpolicy_sft", 1),
     ]
     for r in plan.runs:
         c = r.cfg
         assert (c.train.steps, c.train.prompts_per_step, c.rollout.group_size) == (2, 2, 4)
         assert c.rollout.max_new_tokens == 32 and c.train.seed == r.seed and not c.eval.before
     mu = {r.preset: r.cfg.train.mu for r in plan.runs}
-    assert mu == {"sft": 1, "importance": 2, "dapo": 2}  # the preset's own passes: that is the rung
+    assert mu == {"onpolicy_sft": 1, "importance": 2, "dapo": 2}  # the preset's own passes: that is the rung
     assert (
         plan.command
-        == f"sft2grpo ladder --budget small --seeds 2 --presets sft,importance,dapo --output {tmp_path}"
+        == f"sft2grpo ladder --budget small --seeds 2 --presets onpolicy_sft,importance,dapo --output {tmp_path}"
     )
     # the default ladder: the seed's 5 rungs and GRPO without each of its 4 tricks, 3 seeds, make run's
     # work per step, the held-out split scored at steps 10, 20 and 40
     default = ladder.make_plan(output=tmp_path)
     assert default.presets == [
-        "sft",
+        "onpolicy_sft",
         "reinforce",
         "reward_norm",
         "importance",
@@ -357,7 +357,7 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
 @pytest.mark.parametrize(
     "argv,expected",
     [
-        (["--presets", "sft,grpoo"], "unknown preset 'grpoo'"),
+        (["--presets", "onpolicy_sft,grpoo"], "unknown preset 'grpoo'"),
         (["--budget", "huge"], "unknown budget 'huge'"),
         (["--seeds", "0"], "--seeds 0: must be >= 1"),
         (["--jobs", "0"], "--jobs 0: must be >= 1"),
@@ -409,7 +409,7 @@ def write_scores(folder: Path, greedy_file: str, greedy: list[float], sampled: l
     )
 
 
-LADDER = "sft,reinforce,importance,grpo,no_is,no_kl,grpo_no_neg,grpo_no_norm"
+LADDER = "onpolicy_sft,reinforce,importance,grpo,no_is,no_kl,grpo_no_neg,grpo_no_norm"
 
 
 def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
@@ -428,7 +428,14 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         return (rng.random(40) < q).tolist(), (rng.random((40, k)) < q[:, None]).tolist()
 
     write_run(tmp_path / "base", None, *scores(0.0))
-    shift = {"sft": 0.1, "reinforce": 0.0, "importance": 0.3, "grpo": 0.3, "no_is": 0.3, "no_kl": 0.3}
+    shift = {
+        "onpolicy_sft": 0.1,
+        "reinforce": 0.0,
+        "importance": 0.3,
+        "grpo": 0.3,
+        "no_is": 0.3,
+        "no_kl": 0.3,
+    }
     shift |= {"grpo_no_neg": 0.0, "grpo_no_norm": 0.0}
     early = {"grpo_no_neg": 0.6, "grpo_no_norm": 0.0}  # at step 1 the negative gradient's removal helps
     for r in plan.runs:
@@ -437,7 +444,7 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         write_run(r.dir, plan.steps, *scores(shift[r.preset]), early=at1, peak_mem_mb=mem)
     # sft seed 2 resumed from a checkpoint older than the summary's whole-run peak: its summary holds
     # the last piece's, its steps' log the first piece's higher one
-    log = tmp_path / "runs" / "sft-s2" / "metrics.jsonl"
+    log = tmp_path / "runs" / "onpolicy_sft-s2" / "metrics.jsonl"
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     rows[0]["peak_mem_mb"] = 5000.0
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -515,7 +522,7 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         ("importance", "no_kl"),
     }
     assert all(c["metric"] == "greedy_accuracy" for c in greedy)
-    sft = results["presets"]["sft"]
+    sft = results["presets"]["onpolicy_sft"]
     assert sft["status"] == ["finished"] * 3 and sft["peak_mem_mb"] == [4100, 4110, 5000]
     assert sft["sampled_accuracy"][0] == pytest.approx(
         statistics.fmean(ladder_report.read_scores(plan.runs[0].dir / "eval_sampled.jsonl").values())
@@ -605,7 +612,7 @@ def test_measured_asks_for_kl_and_the_sampled_evaluation_with_the_budget_k(tmp_p
 def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
     plan = ladder.make_plan(output=tmp_path, seeds=1)
     cfg = {r.preset: r.cfg for r in plan.runs}
-    assert [estimate.update_share(cfg[p]) for p in ("sft", "reward_norm", "reinforce", "grpo")] == [
+    assert [estimate.update_share(cfg[p]) for p in ("onpolicy_sft", "reward_norm", "reinforce", "grpo")] == [
         0.15,
         0.4,
         1,
@@ -614,16 +621,16 @@ def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
     cost = estimate.UNIT_SECONDS["fp32"]
     est = {p: estimate.estimate_run_s(c, cost) for p, c in cfg.items()}
     # the same rollouts; KL sends every row through 2 passes and a reference forward
-    assert est["sft"] < est["reward_norm"] < est["reinforce"] < est["grpo"] == est["no_is"]
+    assert est["onpolicy_sft"] < est["reward_norm"] < est["reinforce"] < est["grpo"] == est["no_is"]
     assert est["importance"] == est["no_kl"]  # one configuration under two names
     u = cost["update"] * 32 * 64 * 40  # rows x tokens x steps
     assert est["grpo"] - est["importance"] == pytest.approx(u * (1.0 * (2 + 2 / 3) - 0.4 * (2 + 1 / 3)))
     # the held-out split scored at steps 10 and 20 too: greedy, and 4 samples a problem (400 rows in
     # 7 generate calls of at most 64 rows), 64 tokens each
-    c = cfg["sft"]
+    c = cfg["onpolicy_sft"]
     early = cost["eval"] * 100 * 64 + 64 * (7 * cost["decode"] + 400 * cost["decode_row"])
     late = replace(c, eval=replace(c.eval, heldout_at=[]))
-    assert est["sft"] - estimate.estimate_run_s(late, cost) == pytest.approx(2 * early)
+    assert est["onpolicy_sft"] - estimate.estimate_run_s(late, cost) == pytest.approx(2 * early)
     # this machine's table: bf16 where it is native and the run's autocast allows it
     fp32 = replace(c, train=replace(c.train, autocast="off"))
     assert estimate.unit_seconds(fp32) is estimate.UNIT_SECONDS["fp32"]

@@ -71,7 +71,7 @@ def test_rung1_sft_has_the_gradient_of_cross_entropy_on_the_right_answers_only()
     lengths = [5, 3, 4, 2]
     mask = ragged_mask(lengths, t)
     rewards = torch.tensor([1.0, -1.0, 1.0, -2.0])
-    cfg = load_config("sft")
+    cfg = load_config("onpolicy_sft")
     adv, _ = compute_advantages(rewards, 4, cfg.objective.advantage)
     logp = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # [B, T]
     loss, _ = policy_loss(logp, mask, adv, **loss_switches(cfg.objective, t))
@@ -517,7 +517,7 @@ def _subset_sums(xs: list[float]) -> list[list[float]]:
 
 
 EXPECTED_PRESETS = {
-    "sft",
+    "onpolicy_sft",
     "reinforce",
     "reward_norm",
     "importance",
@@ -545,7 +545,7 @@ def test_presets_exist_load_and_say_which_rung_they_are():
 
 def test_preset_switches_of_the_ladder():
     o = {p: load_config(p).objective for p in EXPECTED_PRESETS}
-    assert [o[p].advantage for p in ("sft", "reinforce", "reward_norm", "importance", "grpo")] == [
+    assert [o[p].advantage for p in ("onpolicy_sft", "reinforce", "reward_norm", "importance", "grpo")] == [
         "relu",
         "raw",
         "group_norm",

@@ -452,8 +452,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+# Presets that have a new name; the old one still reads, with a one-line warning. Rung 1 was `sft`,
+# which also named rung 0's command, the pipeline's first stage and its config section.
+PRESET_RENAMED = {"sft": "onpolicy_sft"}
+
+
+def current_preset(name: str) -> str:
+    """`name`, or its new name (with a one-line warning) if the preset was renamed."""
+    if name in PRESET_RENAMED:
+        new = PRESET_RENAMED[name]
+        warnings.warn(
+            f"preset '{name}' is now '{new}' (rung 1, on-policy SFT); reading it as that", stacklevel=3
+        )
+        return new
+    return name
+
+
 def resolve_preset_path(name_or_path: str) -> Path:
     """A preset name ('grpo') or a YAML path; presets live in the repo's configs/ folder."""
+    name_or_path = current_preset(name_or_path)
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():

@@ -14,7 +14,7 @@ from typing import Any
 
 # The rungs in the seed's order, then the variants; `--presets` picks a subset.
 PRESETS = (
-    "sft",
+    "onpolicy_sft",
     "reinforce",
     "reward_norm",
     "importance",
@@ -31,7 +31,7 @@ PRESETS = (
 )
 RUNGS = PRESETS[:5]
 DESCRIPTIONS = {
-    "sft": "rung 1: on-policy SFT, A = ReLU(r)",
+    "onpolicy_sft": "rung 1: on-policy SFT, A = ReLU(r)",
     "reinforce": "rung 2: + negative gradient, A = r",
     "reward_norm": "rung 3: + normalised, clipped A",
     "importance": "rung 4: + importance sampling (mu 2)",
@@ -165,14 +165,15 @@ class Plan:
 
 
 def parse_presets(text: str | None) -> list[str]:
-    """'sft,grpo' -> ['sft', 'grpo'] (duplicates dropped); None -> the seed's rungs and variants
-    (DEFAULT_PRESETS); 'all' -> every preset of the ladder (PRESETS)."""
-    from ..config import list_presets
+    """'onpolicy_sft,grpo' -> ['onpolicy_sft', 'grpo'] (duplicates dropped, old names read as their
+    new ones); None -> the seed's rungs and variants (DEFAULT_PRESETS); 'all' -> every preset of the
+    ladder (PRESETS)."""
+    from ..config import current_preset, list_presets
 
     available = list_presets()
     if not text or text.strip() == "all":
         return [p for p in (PRESETS if text else DEFAULT_PRESETS) if p in available]
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    names = list(dict.fromkeys(current_preset(n.strip()) for n in text.split(",") if n.strip()))
     for n in names:
         if n not in available:
             raise ValueError(f"--presets: unknown preset '{n}'; available: {', '.join(available)}")

@@ -51,7 +51,7 @@ CLAIMS = [
         (
             ("grpo_no_neg", "grpo", "better", "what the negative gradient adds to GRPO (leave-one-out)"),
             (
-                "sft",
+                "onpolicy_sft",
                 "reinforce",
                 "better",
                 "rung 1 -> 2: the negative gradient as REINFORCE, raw rewards, no baseline",
