@@ -79,7 +79,7 @@ class TaskConfig:
     # reasoning-gym tasks (generated apart, no training row is lost) and 0 for files (set it to
     # take that many rows off the end of the training rows)
     val_size: int | None = None
-    seed: int = 0
+    seed: int = 0  # generates a reasoning-gym task's problems and splits (train.seed is the run's)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the reasoning-gym generator
     prompt_field: str = "prompt"
     answer_field: str = "answer"
@@ -184,6 +184,9 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
+    # the run's seed: the model's initialisation (LoRA, tiny), the order of the training problems and
+    # each prompt's sampling generator. task.seed makes the problems and their splits (the same
+    # held-out problems whatever this is); rollout.seed draws other answers to the same prompts
     seed: int = 0
     max_bad_steps: int = 5  # consecutive NaN/inf steps before the run stops
     # "bf16": forward/backward under bfloat16 autocast, fp32 weights and optimizer (faster on CPUs

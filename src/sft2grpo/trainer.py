@@ -3,10 +3,16 @@
     examples -> prompts -> engine.generate -> completions -> reward_fn -> rewards
       -> pi_ref log-probs -> advantages -> mu passes of policy_loss (pi_old from pass 0) -> optimizer
 
-`Trainer.train_step` is that chain with one visible call per arrow; `sample` is its first half
-(one round of rollouts), `update` its last (the optimisation passes). The seed's ladder is the same
-loop with other switches: which advantage, ratio, clip and KL the loss uses is data (a preset in
-configs/, turned into `policy_loss`'s keyword scalars by `config.loss_switches`), not code here.
+`Trainer.train_step(state)` is that chain with one visible call per arrow; `sample` is its first
+half (one round of rollouts), `update` its last (the optimisation passes). The seed's ladder is the
+same loop with other switches: which advantage, ratio, clip and KL the loss uses is data (a preset
+in configs/, turned into `policy_loss`'s keyword scalars by `config.loss_switches`), not code here.
+
+SFT and RL are one objective here as in the seed. A step's rows are of two kinds (rollout/batch.py):
+sampled rows (`Batch`: the policy's answers, their rewards, their group) go through the ladder's
+surrogate, `objective.policy_loss`; given rows (`Given`: reference completions, with no reward and
+no engine log-probs) through their cross-entropy, `objective.sft_loss`. `update` takes either kind
+or both. Rung 0 (`train.rows: given`, `supervised_step`) is a step whose rows are all given.
 
 What this loop keeps from GRPO (DeepSeekMath) and the seed document:
 - a group of `rollout.group_size` sampled answers per question, scored by a verifier (rewards.py),
