@@ -26,37 +26,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft2grpo.config import list_presets, load_config
+from sft2grpo.config import list_presets
 from sft2grpo.models import completion_logprobs
 from sft2grpo.rollout.batch import Batch
 
 GOLDEN = Path(__file__).parent / "golden_presets.json"
-TOY = Path(__file__).parent / "toy_reward.py"
 GROUPS, G, T = 2, 4, 8  # 2 prompts x 4 completions of up to 8 tokens
 
 
 def golden_cfg(tmp_path, preset):
-    return load_config(
-        preset,
-        [
-            "model.name=tiny",
-            "task.size=16",
-            "task.eval_size=4",
-            "rollout.group_size=4",
-            "rollout.max_new_tokens=8",
-            "train.prompts_per_step=2",
-            "train.micro_batch_size=3",  # 8 rows -> micro-batches of 3, 3, 2
-            "train.steps=1",
-            "train.lr=1e-3",
-            "train.autocast=off",  # fp32 on every CPU
-            "sft_stage.steps=0",
-            "eval.before=false",
-            "eval.after=false",
-            "log.progress=false",
-            "log.plots=false",
-            f"reward.functions=['{TOY}:lowercase_share']",
-            f"log.output_dir={tmp_path / 'run'}",
-        ],
+    """test_trainer's tiny config (micro-batches of 3, 3, 2 over 8 rows), one step, fp32 on every CPU."""
+    from test_trainer import tiny_cfg
+
+    return tiny_cfg(
+        tmp_path, preset, "train.steps=1", "train.lr=1e-3", "train.autocast=off", "sft_stage.steps=0"
     )
 
 
