@@ -205,7 +205,7 @@ def test_rows_without_advantage_skip_the_update_and_change_no_gradient(tmp_path,
     seen: list[int] = []
     real = Trainer.logprobs
 
-    def spy(self, model, batch, rows):
+    def spy(self, model, batch, rows, temperature=None):
         if self is skip:
             seen.extend(rows)
         return real(self, model, batch, rows)
@@ -267,9 +267,9 @@ def spy_step(trainer, monkeypatch, state=None):
     seen = {"calls": [], "no_grad": [], "before": copy.deepcopy(trainer.model)}
     real_update, real_loss, real_nograd = trainer.update, objective.policy_loss, trainer.no_grad_logprobs
 
-    def update(state, batch, adv, ref, with_gradient, given=None):
+    def update(state, batch, adv, ref, with_gradient, given=None, sft_weight=1.0):
         seen.update(batch=batch, adv=adv, ref=ref, mbs=trainer.micro_batches(batch, with_gradient))
-        return real_update(state, batch, adv, ref, with_gradient, given)
+        return real_update(state, batch, adv, ref, with_gradient, given, sft_weight)
 
     def loss(logp, mask, adv, old=None, ref=None, **kw):
         seen["calls"].append({"old": None if old is None else old.clone(), "rows": logp.shape[0], **kw})

@@ -90,6 +90,11 @@ class TaskConfig:
     completion_field: str = "completion"
     messages_field: str = "messages"
     instruction: str = "Answer with the final number."  # appended to each prompt; "" for none
+    # demonstrations that run out: only the first `demos` training problems keep their reference
+    # completion (what the SFT stage, `objective.sft_weight` and guide rows read); RL draws from all
+    # of them, and the held-out and validation problems are the same whatever this is. None: every
+    # problem that has one
+    demos: int | None = None
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
 
 
@@ -160,6 +165,15 @@ class ObjectiveConfig:
     # truncated importance sampling: weight each token by min(pi_old / pi_engine, tis_cap), for
     # engines whose log-probs differ from the trainer's (vllm, bf16); null = off; 2.0 is common
     tis_cap: float | None = None
+    # SFT and RL in one loss (CHORD): L = (1 - w) * surrogate + w * cross-entropy of the reference
+    # completions of the step's prompts that have one (task.demos). 0 = RL alone; with given rows
+    # alone (train.rows: given) the run is rung 0 whatever this is
+    sft_weight: float = 0.0
+    sft_weight_schedule: Literal["constant", "linear"] = "constant"  # linear: w falls to 0 at train.steps
+    # guided groups: the reference completion (task.demos) joins its group as one more row, reward
+    # reward.correct, normalised with the group (the seed's rare right answer in a group of wrong
+    # ones). "no_right": only groups with no right answer; "always": every group; "off"
+    guide: Literal["off", "no_right", "always"] = "off"
 
 
 @dataclass
@@ -552,6 +566,28 @@ def validate(cfg: Config) -> None:
     need(o.std_eps > 0, "objective.std_eps", o.std_eps, "must be > 0")
     need(o.max_len is None or o.max_len > 0, "objective.max_len", o.max_len, "must be > 0")
     need(o.tis_cap is None or o.tis_cap >= 1, "objective.tis_cap", o.tis_cap, "must be >= 1 or null")
+    need(0 <= o.sft_weight <= 1, "objective.sft_weight", o.sft_weight, "must be in [0, 1]")
+    need(
+        o.sft_weight == 0 or t.rows == "sampled",
+        "objective.sft_weight",
+        o.sft_weight,
+        "mixes the cross-entropy into RL; with train.rows=given the run is rung 0 already",
+    )
+    if o.guide != "off":
+        need(
+            t.rows == "sampled",
+            "objective.guide",
+            o.guide,
+            "guide rows join sampled groups; train.rows=given has none",
+        )
+        need(
+            o.tis_cap is None,
+            "objective.guide",
+            o.guide,
+            "guide rows have no engine log-probs for objective.tis_cap to weigh; set tis_cap null",
+        )
+    demos = cfg.task.demos
+    need(demos is None or demos >= 0, "task.demos", demos, "must be >= 0 or null (every problem)")
     need(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1")
     if o.advantage in ("group_norm", "group_norm_relu", "group_mean", "rloo"):
         need(

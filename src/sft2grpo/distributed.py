@@ -129,12 +129,12 @@ class PolicyLogprobs(nn.Module):
         super().__init__()
         self.policy, self.temperature, self.packing = model, temperature, packing
 
-    def forward(self, prompts, row_prompt, completion_ids, mask) -> torch.Tensor:
+    def forward(self, prompts, row_prompt, completion_ids, mask, temperature=None) -> torch.Tensor:
+        """Log-probs at the sampling temperature, or at `temperature` (given rows' cross-entropy: 1)."""
         from .models import completion_logprobs
 
-        return completion_logprobs(
-            self.policy, prompts, row_prompt, completion_ids, mask, self.temperature, self.packing
-        )
+        t = self.temperature if temperature is None else temperature
+        return completion_logprobs(self.policy, prompts, row_prompt, completion_ids, mask, t, self.packing)
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:

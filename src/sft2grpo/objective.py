@@ -143,6 +143,40 @@ def compute_advantages(
     return fn(r, std_ddof, eps).reshape(b), all_equal(r)
 
 
+def guided_advantages(
+    rewards: Tensor,
+    group_size: int,
+    guided: Tensor,
+    guide_rewards: Tensor,
+    estimator: str,
+    std_ddof: int = 0,
+    eps: float = 1e-6,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Advantages when some groups have one more row, a given one (a guide: the reference answer).
+
+    rewards: [B] sampled rows, consecutive groups of `group_size`; guided: [k] long, the groups
+    that get a guide row, ascending; guide_rewards: [k], each guide row's reward. A guided group is
+    normalised as the group of group_size + 1 rows it now is, the others as before. Returns
+    (advantages [B], guide advantages [k], all_equal [B // group_size] of the groups as normalised).
+
+    The seed's early-training row made literal: 1023 sampled answers, 127 wrong (-1) and 896 without
+    an answer (-2), and the reference answer (1) as the 1024th row: the guide gets 8.41, the wrong
+    ones 2.56 and the unanswered -0.37, as `compute_advantages` gives the group of 1024.
+    """
+    fn = _lookup(ADVANTAGE_ESTIMATORS, estimator, "advantage estimator")
+    adv, same = compute_advantages(rewards, group_size, estimator, std_ddof, eps)  # [B], [G]
+    if guided.numel() == 0:
+        return adv, rewards.new_zeros(0), same
+    r = rewards.detach().to(adv.dtype).view(-1, group_size)  # [G, n]
+    with_guide = torch.cat([r[guided], guide_rewards.detach().to(r.dtype)[:, None]], dim=1)  # [k, n+1]
+    a = fn(with_guide, std_ddof, eps)  # [k, n+1]
+    adv = adv.view(-1, group_size).clone()
+    adv[guided] = a[:, :group_size]
+    same = same.clone()
+    same[guided] = all_equal(with_guide)
+    return adv.reshape(-1), a[:, group_size], same
+
+
 def advantages_for_counts(
     rewards: list[float], counts: list[int], estimator: str = "group_norm", ddof: int = 0
 ) -> list[float]:

@@ -45,6 +45,7 @@ and the field.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import warnings
@@ -131,7 +132,26 @@ def with_instruction(text: str, instruction: str) -> str:
 def load_task(cfg: TaskConfig, supervised: bool = False) -> Task:
     """The task named by `cfg.name`: a JSONL file, a datasets folder, or a reasoning-gym task.
     `supervised`: every training example must have a reference completion (`sft2grpo sft`), and
-    file rows need no answer."""
+    file rows need no answer. With `cfg.demos` = N only the first N training examples keep their
+    completion (`with_demos`)."""
+    task = _load_task(cfg, supervised)
+    return task if cfg.demos is None else with_demos(task, cfg.demos, supervised)
+
+
+def with_demos(task: Task, n: int, supervised: bool = False) -> Task:
+    """Demonstrations that run out: the first n training examples keep their reference completion,
+    the rest lose it (RL still trains on them). `supervised` (rung 0 trains on completions only):
+    the training split is those n. The held-out and validation splits are untouched."""
+    train = [e if i < n else dataclasses.replace(e, completion=None) for i, e in enumerate(task.train)]
+    if supervised:
+        train = train[:n]
+        if not train:
+            raise TaskError(f"task.demos={n}: supervised fine-tuning needs at least one demonstration")
+    kept = sum(e.completion is not None for e in train)
+    return dataclasses.replace(task, train=train, stats={**task.stats, "demos": kept})
+
+
+def _load_task(cfg: TaskConfig, supervised: bool) -> Task:
     name = cfg.name.strip()
     if not name:
         raise TaskError("task.name is empty")

@@ -56,7 +56,7 @@ from .components import build_components
 from .config import Config, loss_switches
 from .models import chat_prompt_ids, completion_logprobs, has_fast_bf16, make_reference, unwrap
 from .rollout.base import SamplingParams, decode_completions, unpadded_ids
-from .rollout.batch import Batch, Given, dynamic_sampling, given_rows
+from .rollout.batch import Batch, Given, dynamic_sampling, given_rows, with_guides
 from .run import RunState, TrainingError
 
 __all__ = ["Trainer", "TrainingError", "lr_lambda", "prompt_generator"]
@@ -229,6 +229,44 @@ class Trainer:
         prompts = chat_prompt_ids(self.tokenizer, [e.chat for e in examples], self.cfg.model.system_prompt)
         return given_rows(self.tokenizer, examples, prompts)
 
+    def demonstrations_of(self, batch: Batch) -> Given | None:
+        """Given rows beside a step's sampled ones: the reference completion of each of its groups'
+        prompts that has one (task.demos), or None when none has."""
+        g = self.cfg.rollout.group_size
+        groups = [i for i in range(batch.num_groups) if batch.examples[i * g].completion]
+        if not groups:
+            return None
+        examples = [batch.examples[i * g] for i in groups]
+        return given_rows(self.tokenizer, examples, [batch.prompts[i] for i in groups])
+
+    def guide(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
+        """objective.guide: the reference completion of a group's prompt (task.demos) joins the group
+        as one more row, right (reward.correct), in every group ("always") or in those with no right
+        answer ("no_right"). Returns the batch with the guide rows after the sampled ones, and the
+        guided groups [k] (ascending)."""
+        mode, g = self.cfg.objective.guide, self.cfg.rollout.group_size
+        if mode == "off":
+            return batch, torch.zeros(0, dtype=torch.long)
+        right = batch.correct.view(-1, g).any(dim=1)  # [groups]
+        groups = [
+            i
+            for i in range(batch.num_groups)
+            if batch.examples[i * g].completion and (mode == "always" or not right[i])
+        ]
+        if not groups:
+            return batch, torch.zeros(0, dtype=torch.long)
+        guides = given_rows(
+            self.tokenizer, [batch.examples[i * g] for i in groups], [batch.prompts[i] for i in groups]
+        )
+        return with_guides(batch, guides, groups, self.cfg.reward.correct), torch.tensor(groups)
+
+    def sft_weight(self, step: int) -> float:
+        """objective.sft_weight at `step` (0-based): constant, or falling linearly to 0 at train.steps."""
+        o = self.cfg.objective
+        if o.sft_weight_schedule == "linear":
+            return o.sft_weight * max(0.0, 1.0 - step / max(1, self.cfg.train.steps))
+        return o.sft_weight
+
     def train_step(self, state: RunState) -> tuple[dict[str, Any], Batch | None]:
         """One step: its rows (sampled and scored, or given), then one update over them. Returns the
         step's metrics row (the same on every process) and this process's sampled rows, if any."""
@@ -243,6 +281,8 @@ class Trainer:
         failure = self.reward_fn.end_step()  # a reward function that failed on everything for too long
         if distributed.any_rank(failure is not None, self.ctx):
             raise TrainingError(failure or "a reward function failed on every completion on another process")
+        n = len(batch.texts)  # the sampled rows; guide rows (objective.guide) join after them
+        batch, guided = self.guide(batch)
         with timed(self.times, "update"):
             # pi_ref once, for the KL wherever it goes; beta = 0 has no reference model at all
             ref = None
@@ -250,16 +290,28 @@ class Trainer:
                 ref = self.no_grad_logprobs(self.reference, batch, self.micro_batches(batch))
             rewards = batch.rewards  # [B]
             if ref is not None and o.kl_in == "reward":  # r_i - beta * KL_i, as in PPO-RLHF
-                rewards = objective.kl_in_reward(
-                    rewards, batch.engine_logprobs, ref, batch.mask, o.beta, o.kl_estimator
+                # on the sampled rows: a guide row has no sampler's log-probs, its reward is given
+                sampled = objective.kl_in_reward(
+                    rewards[:n], batch.engine_logprobs[:n], ref[:n], batch.mask[:n], o.beta, o.kl_estimator
                 )
-            adv, zero_std = objective.compute_advantages(
-                rewards, cfg.rollout.group_size, o.advantage, o.std_ddof, o.std_eps
-            )  # [B], [groups]
+                rewards = torch.cat([sampled, rewards[n:]])
+            g = cfg.rollout.group_size
+            adv, guide_adv, zero_std = objective.guided_advantages(
+                rewards[:n], g, guided, rewards[n:], o.advantage, o.std_ddof, o.std_eps
+            )  # [B], [k], [groups]
+            adv = torch.cat([adv, guide_adv])  # [B + k]
+            # SFT beside RL (CHORD): the cross-entropy of the step's demonstrations, weight w
+            w = self.sft_weight(state.step)
+            given = self.demonstrations_of(batch) if w > 0 else None
             # rows that add nothing to the gradient skip the optimisation passes
-            sums, maxima = self.update(state, batch, adv, ref, self.rows_with_gradient(adv))
+            sums, maxima = self.update(state, batch, adv, ref, self.rows_with_gradient(adv), given, w)
         self.times["step"] = time.perf_counter() - t0
         row = self.metrics(state, batch, adv, zero_std, rounds, sums, maxima)
+        if o.guide != "off":  # the share of groups a guide row joined, and the guides' advantage
+            k, total, groups = distributed.all_sum(
+                [float(guided.numel()), guide_adv.sum().item(), float(batch.num_groups)], self.ctx
+            )
+            row |= {"guided_frac": k / max(groups, 1.0), "guide_adv_mean": total / max(k, 1.0)}
         row.update(self.reward_fn.drain_metrics(reserved=row))  # reward functions' log_metric means
         if state.difficulty is not None:
             row.update(self.update_difficulty(state))
@@ -308,15 +360,18 @@ class Trainer:
         ref: torch.Tensor | None,
         with_gradient: list[int] | None,
         given: Given | None = None,
+        sft_weight: float = 1.0,
     ) -> tuple[dict[str, float], dict[str, float]]:
         """The one update of every rung: mu passes over the step's rows, one optimizer step each.
 
         Sampled rows (`sampled`, their `advantages` [B], `ref` log-probs [B, T] when beta > 0; only
         the rows `with_gradient` go through the passes) add the ladder's surrogate,
         `objective.policy_loss`; given rows (`given`) add the cross-entropy of their completions,
-        `objective.sft_loss`. Returns this process's share of the losses ("loss", and "rl_loss" /
-        "sft_loss" for each kind present) and of `policy_loss`'s token means (sums weighted to the
-        whole step), and maxima. A NaN/inf pass is skipped and counted in `state`."""
+        `objective.sft_loss`. With both kinds the loss is (1 - sft_weight) * surrogate + sft_weight
+        * cross-entropy; with one kind, that kind's loss. Returns this process's share of the losses
+        ("loss", the weighted sum, and "rl_loss" / "sft_loss" unweighted for each kind present) and
+        of `policy_loss`'s token means (sums weighted to the whole step), and maxima. A NaN/inf pass
+        is skipped and counted in `state`."""
         cfg, o, dev, ctx, mu = self.cfg, self.cfg.objective, self.device, self.ctx, self.cfg.train.mu
         mbs: list[tuple[Batch | Given, list[int]]] = []  # (the rows' kind, their indices) per micro-batch
         sums: dict[str, float] = {"loss": 0.0}
@@ -347,13 +402,17 @@ class Trainer:
             given_tokens = int(distributed.all_sum([given.mask.sum().item()], ctx)[0])
             sums["sft_loss"] = 0.0
         maxima = {"grad_norm": 0.0} | ({"logprob_gap_max": 0.0} if sampled is not None else {})
+        both = sampled is not None and given is not None
+        scale = {"rl_loss": 1.0 - sft_weight, "sft_loss": sft_weight} if both else None
         self.model.train()
         for epoch in range(mu):
             self.optimizer.zero_grad(set_to_none=True)
             for i, (rows_of, rows) in enumerate(mbs):
                 try:
                     with distributed.sync_gradients(self.policy_logprobs, i == len(mbs) - 1):
-                        logp = self.logprobs(None, rows_of, rows)  # [b, t], with grad
+                        # a cross-entropy is of the model itself (T = 1), a surrogate at the sampling T
+                        temperature = 1.0 if rows_of is given else None
+                        logp = self.logprobs(None, rows_of, rows, temperature)  # [b, t], with grad
                         t = logp.shape[1]
                         mask = rows_of.mask[rows, :t].to(dev)  # [b, t]
                         if rows_of is given:
@@ -372,6 +431,9 @@ class Trainer:
                                 **self.switches,
                             )
                             kind = "rl_loss"
+                        raw = loss.detach().float().item() / mu  # this kind's own loss
+                        if scale is not None:
+                            loss = loss * scale[kind]
                         (loss * ctx.world).backward()
                 except RuntimeError as e:
                     self.raise_if_out_of_memory(e, rows_of, rows)
@@ -380,8 +442,11 @@ class Trainer:
                     lp = logp.detach().float().cpu()  # [b, t]
                     if old is not None:
                         old[rows, :t] = lp
-                    # the engine's numbers vs ours, on the tokens both computed: largest and mean
+                    # the engine's numbers vs ours, on the tokens both computed (not guide rows'):
+                    # largest and mean
                     gap = (lp - sampled.engine_logprobs[rows, :t]).abs() * mask.cpu()  # [b, t]
+                    if sampled.given is not None:
+                        gap = gap * ~sampled.given[rows, None]
                     maxima["logprob_gap_max"] = max(maxima["logprob_gap_max"], gap.max().item())
                     sums["logprob_gap_mean"] += gap.sum().item() / used_tokens
                 if rows_of is sampled:
@@ -390,9 +455,8 @@ class Trainer:
                     w = mask.sum().item() / used_tokens
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v.float().item() * w / mu
-                value = loss.detach().float().item() / mu
-                sums["loss"] += value
-                sums[kind] += value
+                sums["loss"] += raw if scale is None else loss.detach().float().item() / mu
+                sums[kind] += raw
             with_grad = [p for p in self.model.parameters() if p.grad is not None]
             max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
@@ -415,21 +479,23 @@ class Trainer:
         return sums, maxima
 
     def metrics(self, state, batch, adv, zero_std, rounds, sums, maxima) -> dict[str, Any]:
-        """The step's metrics row over every process's rows, with one reduction: counts and sums
-        are added up (then divided), maxima and times take the maximum."""
-        r, a = batch.rewards.double(), adv.double()  # [B]
+        """The step's metrics row over every process's sampled rows (guide rows are not the policy's
+        answers), with one reduction: counts and sums are added up (then divided), maxima and times
+        take the maximum."""
+        b = batch.num_sampled
+        r, a, mask = batch.rewards[:b].double(), adv[:b].double(), batch.mask[:b]  # [B], [B], [B, T]
         local = {
             "rows": r.numel(),
             "reward": r.sum().item(),
             "reward_sq": (r * r).sum().item(),
             "adv": a.sum().item(),
             "adv_sq": (a * a).sum().item(),
-            "correct": batch.correct.sum().item(),
-            "format_error": batch.format_error.sum().item(),
+            "correct": batch.correct[:b].sum().item(),
+            "format_error": batch.format_error[:b].sum().item(),
             "groups": zero_std.numel(),
             "zero_std": zero_std.sum().item(),
-            "tokens": batch.mask.sum().item(),
-            "nll": -(batch.engine_logprobs * batch.mask).sum().item(),  # summed -log pi
+            "tokens": mask.sum().item(),
+            "nll": -(batch.engine_logprobs[:b] * mask).sum().item(),  # summed -log pi
             "reward_faults": self.reward_faults,
             **sums,
         }
@@ -485,10 +551,12 @@ class Trainer:
         mb = self.cfg.train.micro_batch_size
         return [order[i : i + mb] for i in range(0, len(order), mb)]
 
-    def logprobs(self, model, batch: Batch | Given, rows: list[int]) -> torch.Tensor:
+    def logprobs(
+        self, model, batch: Batch | Given, rows: list[int], temperature: float | None = None
+    ) -> torch.Tensor:
         """[len(rows), t] log-probs of the rows' completion tokens under `model` (None: the policy,
-        with gradient), t = their longest completion. Each distinct prompt among the rows goes
-        through the model once."""
+        with gradient), t = their longest completion, at the rollout temperature or `temperature`.
+        Each distinct prompt among the rows goes through the model once."""
         dev = self.device
         groups, local = torch.unique(batch.row_prompt[rows], return_inverse=True)  # prompts of these rows
         t = max(1, int(batch.mask[rows].sum(1).max().item()))
@@ -499,9 +567,10 @@ class Trainer:
             batch.mask[rows, :t].to(dev),
         )
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            t = self.cfg.rollout.temperature if temperature is None else temperature
             if model is None:
-                return self.policy_logprobs(*args)
-            return completion_logprobs(model, *args, self.cfg.rollout.temperature, self.cfg.train.packing)
+                return self.policy_logprobs(*args, temperature=t)
+            return completion_logprobs(model, *args, t, self.cfg.train.packing)
 
     @torch.no_grad()
     def no_grad_logprobs(self, model, batch: Batch | Given, mbs: list[list[int]]) -> torch.Tensor:

@@ -39,10 +39,18 @@ class Batch:
     texts: list[str]
     examples: list  # [B] the example of each row
     extras: list[dict[str, Any]]  # [B] per row: the columns reward functions gave log_extra
+    # [B] bool, True on guide rows (`with_guides`): given rows that joined a group after its sampled
+    # ones, nobody's sample, so they have no engine log-probs (0 there, never read); None: no guides
+    given: torch.Tensor | None = None
 
     @property
     def num_groups(self) -> int:
         return len(self.prompts)
+
+    @property
+    def num_sampled(self) -> int:
+        """The sampled rows: all of them, but the guide rows after them."""
+        return len(self.texts) if self.given is None else int((~self.given).sum())
 
 
 @dataclass
@@ -76,6 +84,32 @@ def given_rows(tokenizer, examples: list, chat_prompts: list[list[int]]) -> Give
         mask=mask,
         texts=[e.completion for e in examples],
         examples=list(examples),
+    )
+
+
+def with_guides(batch: Batch, guides: Given, groups: list[int], reward: float) -> Batch:
+    """`batch` with one guide row per group in `groups` after its sampled rows: the given row
+    `guides` row i joins group groups[i], as right (`reward`). B + k rows, the sampled rows keep
+    their places (prompt-major, group_size each) and `given` marks the guide rows."""
+    k, b = len(groups), len(batch.texts)
+    t = max(batch.mask.shape[1], guides.mask.shape[1])
+
+    def pad(x: torch.Tensor, value: float = 0) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+
+    return Batch(
+        prompts=batch.prompts,
+        row_prompt=torch.cat([batch.row_prompt, torch.tensor(groups, dtype=batch.row_prompt.dtype)]),
+        completion_ids=torch.cat([pad(batch.completion_ids), pad(guides.completion_ids)]),
+        mask=torch.cat([pad(batch.mask), pad(guides.mask)]),
+        engine_logprobs=torch.cat([pad(batch.engine_logprobs), torch.zeros(k, t)]),
+        rewards=torch.cat([batch.rewards, torch.full((k,), float(reward))]),
+        correct=torch.cat([batch.correct, torch.ones(k, dtype=torch.bool)]),
+        format_error=torch.cat([batch.format_error, torch.zeros(k, dtype=torch.bool)]),
+        texts=batch.texts + guides.texts,
+        examples=batch.examples + guides.examples,
+        extras=batch.extras + [{} for _ in range(k)],
+        given=torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(k, dtype=torch.bool)]),
     )
 
 
