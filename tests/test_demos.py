@@ -38,7 +38,9 @@ def test_guide_row_gets_the_seeds_early_advantage():
     adv, guide, same = objective.guided_advantages(
         flat, 4, torch.tensor([0]), torch.tensor([1.0]), "group_norm"
     )
-    assert guide.item() == pytest.approx(2.0, rel=1e-5) and adv.tolist() == pytest.approx([-0.5] * 4, rel=1e-5)
+    assert guide.item() == pytest.approx(2.0, rel=1e-5) and adv.tolist() == pytest.approx(
+        [-0.5] * 4, rel=1e-5
+    )
     assert not same[0]
     # no guided group: exactly compute_advantages
     adv, guide, _ = objective.guided_advantages(r, 4, torch.zeros(0, dtype=torch.long), r[:0], "group_norm")
