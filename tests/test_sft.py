@@ -385,7 +385,7 @@ def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     """sft_stage.steps > 0: base -> SFT (<run>/sft) -> RL (<run>/rl) from the SFT model, with held-out
     accuracy at each stage; the RL stage's "before" is the SFT stage's "after", scored once."""
     out = tmp_path / "pipe"
-    code = main(pipeline_args(out))
+    code = main(pipeline_args(out, "eval.draws=2"))  # sampled accuracy too, 2 answers a problem
     printed = capsys.readouterr().out
     assert code == 0
     rl_cfg = load_config(str(out / "rl" / "config.yaml"))
@@ -401,6 +401,13 @@ def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"base", "sft", "rl"}
     assert set(summary["changes"]) == {"base->sft", "sft->rl", "base->rl"}
+    # sampled accuracy at each stage, the RL stage's "before" carried from the SFT stage's "after"
+    assert set(summary["sampled_accuracy"]) == {"base", "sft", "rl"}
+    assert set(summary["sampled_changes"]) == {"base->sft", "sft->rl", "base->rl"}
+    after_sft = (out / "sft" / "eval_after_sampled.jsonl").read_text()
+    assert (out / "rl" / "eval_before_sampled.jsonl").read_text() == after_sft
+    assert all(len(json.loads(x)["correct"]) == 2 for x in after_sft.splitlines())
+    assert "(sampled: 2 answers a problem)" in printed and "after RL (sampled):" in printed
     for line in ("base model", "after SFT", "after RL", "base model -> after RL"):
         assert line in printed
     # a finished pipeline resumes to nothing new: both stages are skipped

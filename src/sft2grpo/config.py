@@ -218,6 +218,10 @@ class EvalConfig:
     size: int | None = None  # None -> task.eval_size
     batch_size: int = 64
     max_new_tokens: int | None = None  # None -> rollout.max_new_tokens
+    # sampled accuracy before and after training too, beside the greedy score: this many answers
+    # drawn per held-out problem at the rollout temperature, the mean share right
+    # (eval_before_sampled.jsonl, eval_after_sampled.jsonl). 0 = greedy only
+    draws: int = 0
     k: int = 1  # pass@k; 1 = greedy decoding, one answer per problem
     k_draws: int | None = None  # answers drawn per problem for pass@k when k > 1 (>= k); None -> k
     temperature: float = 1.0  # sampling temperature when k > 1
@@ -654,6 +658,7 @@ def validate(cfg: Config) -> None:
         "must be 0 or >= 2",
     )
     need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
+    need(cfg.eval.draws == 0 or cfg.eval.draws >= 2, "eval.draws", cfg.eval.draws, "must be 0 or >= 2")
     need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
     rw = cfg.reward

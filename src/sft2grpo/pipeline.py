@@ -104,10 +104,13 @@ def carry_scores(earlier: Path, stage_dir: Path, state: run.RunState, val_every:
     being computed again: its held-out "after" becomes this stage's "before" (eval_before.jsonl),
     and its last validation row this stage's step-0 row of evals.jsonl."""
     stage_dir.mkdir(parents=True, exist_ok=True)
-    after = json.loads((earlier / "summary.json").read_text()).get("after")
-    if after is not None:
-        state.before = after
+    summary = json.loads((earlier / "summary.json").read_text())
+    if summary.get("after") is not None:
+        state.before = summary["after"]
         shutil.copyfile(earlier / "eval_after.jsonl", stage_dir / "eval_before.jsonl")
+    if summary.get("after_sampled") is not None:  # eval.draws: sampled accuracy, carried alike
+        state.before_sampled = summary["after_sampled"]
+        shutil.copyfile(earlier / "eval_after_sampled.jsonl", stage_dir / "eval_before_sampled.jsonl")
     val = [r for r in read_metrics(earlier / "evals.jsonl") if r.get("tag") == "val"]
     if val and val_every:
         last = max(val, key=lambda r: r["step"])
@@ -133,21 +136,25 @@ def fresh_or_checkpoint(stage_dir: Path) -> Path | None:
 
 def pipeline_summary(run_dir: Path) -> dict[str, Any]:
     """Held-out accuracy of the base, SFT and final models and each change (paired bootstrap over
-    problems), from the stages' evaluation files."""
-    files = {
-        "base": run_dir / "sft" / "eval_before.jsonl",
-        "sft": run_dir / "sft" / "eval_after.jsonl",
-        "rl": run_dir / "rl" / "eval_after.jsonl",
-    }
-    scores = {k: read_metrics(p) for k, p in files.items() if p.is_file()}
+    problems), from the stages' evaluation files: greedy ("accuracy", "changes") and, with
+    eval.draws, sampled ("sampled_accuracy", "sampled_changes")."""
     out: dict[str, Any] = {"run_dir": str(run_dir), "model_dir": str(run_dir / "rl" / "model")}
-    per_problem = {k: problem_scores(v) for k, v in scores.items()}
-    out["accuracy"] = {k: sum(v.values()) / max(1, len(v)) for k, v in per_problem.items()}
-    out["changes"] = {
-        f"{a}->{b}": heldout_change(scores[a], scores[b])
-        for a, b in (("base", "sft"), ("sft", "rl"), ("base", "rl"))
-        if a in scores and b in scores
-    }
+    for metric, suffix in (("", ""), ("sampled_", "_sampled")):
+        files = {
+            "base": run_dir / "sft" / f"eval_before{suffix}.jsonl",
+            "sft": run_dir / "sft" / f"eval_after{suffix}.jsonl",
+            "rl": run_dir / "rl" / f"eval_after{suffix}.jsonl",
+        }
+        scores = {k: read_metrics(p) for k, p in files.items() if p.is_file()}
+        if not scores:
+            continue
+        per_problem = {k: problem_scores(v) for k, v in scores.items()}
+        out[f"{metric}accuracy"] = {k: sum(v.values()) / max(1, len(v)) for k, v in per_problem.items()}
+        out[f"{metric}changes"] = {
+            f"{a}->{b}": heldout_change(scores[a], scores[b])
+            for a, b in (("base", "sft"), ("sft", "rl"), ("base", "rl"))
+            if a in scores and b in scores
+        }
     for stage in ("sft", "rl"):
         s = run_dir / stage / "summary.json"
         if s.is_file():
@@ -158,16 +165,25 @@ def pipeline_summary(run_dir: Path) -> dict[str, Any]:
 def format_pipeline(s: dict[str, Any]) -> str:
     """The stage-by-stage table `sft2grpo train` prints at the end of a pipeline run."""
     names = {"base": "base model", "sft": "after SFT", "rl": "after RL"}
-    lines = [f"run: {s['run_dir']}", "held-out accuracy (greedy):"]
+    sampled = s.get("sampled_accuracy") or {}
+    draws = ((s.get("rl") or {}).get("after_sampled") or {}).get("samples_per_problem", "k")
+    head = f"  {'':20s} {'greedy':>8s}" + (f" {'sampled':>8s}" if sampled else "")
+    lines = [
+        f"run: {s['run_dir']}",
+        "held-out accuracy" + (f" (sampled: {draws} answers a problem):" if sampled else ":"),
+        head,
+    ]
     for k, v in s["accuracy"].items():
-        lines.append(f"  {names[k]:20s} {100 * v:7.1f}%")
-    for key, c in s["changes"].items():
-        a, b = key.split("->")
-        lo, hi = (100 * x for x in c["ci95"])
-        lines.append(
-            f"  {names[a]} -> {names[b]}: {100 * c['diff']:+.1f} points [{lo:+.1f}, {hi:+.1f}] "
-            f"({c['problems']} problems)"
-        )
+        extra = f" {100 * sampled[k]:7.1f}%" if k in sampled else ""
+        lines.append(f"  {names[k]:20s} {100 * v:7.1f}%{extra}")
+    for metric in ("", "sampled_"):
+        for key, c in (s.get(f"{metric}changes") or {}).items():
+            a, b = key.split("->")
+            lo, hi = (100 * x for x in c["ci95"])
+            lines.append(
+                f"  {names[a]} -> {names[b]} ({metric.rstrip('_') or 'greedy'}): {100 * c['diff']:+.1f} points "
+                f"[{lo:+.1f}, {hi:+.1f}] ({c['problems']} problems)"
+            )
     val = (s.get("rl") or {}).get("val")
     if val:
         lines.append(

@@ -95,6 +95,7 @@ class RunState:
     bad_steps: int = 0  # NaN/inf steps in a row (train.max_bad_steps of them stop the run)
     skipped_steps: int = 0  # NaN/inf steps in all, never applied
     before: dict[str, float] | None = None  # the held-out evaluation before training
+    before_sampled: dict[str, float] | None = None  # and its sampled accuracy (eval.draws)
     # the validation score at step 0 is already in evals.jsonl (a pipeline's RL stage: the same
     # model as the SFT stage's last validation row), so it is not scored again
     val_start_known: bool = False
@@ -129,6 +130,7 @@ class RunState:
             },
             "counters": {"bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps},
             "before": self.before,
+            "before_sampled": self.before_sampled,
             "train_time": self.train_time,
             "earlier": self.so_far(),
             "difficulty": None if self.difficulty is None else self.difficulty.state_dict(),
@@ -158,6 +160,7 @@ class RunState:
         self.bad_steps = st["counters"]["bad_steps"]
         self.skipped_steps = st["counters"]["skipped_steps"]
         self.before, self.train_time = st["before"], st["train_time"]
+        self.before_sampled = st.get("before_sampled")  # checkpoints before 2026-12-07 lack it
         self.earlier = st.get("earlier", self.earlier)  # checkpoints before 2026-11-30 lack it
         self.step = st["step"]
 
@@ -261,8 +264,12 @@ def fit(tr, state: RunState) -> dict[str, Any]:
         summary["resumed_from"] = str(state.resumed_from)
     if cfg.eval.before and state.before is None:
         state.before = run_eval(tr, state, "before")
+    if cfg.eval.before and cfg.eval.draws and state.before_sampled is None:
+        state.before_sampled = run_eval(tr, state, "before_sampled", draws=cfg.eval.draws)
     if state.before is not None:
         summary["before"] = state.before
+    if state.before_sampled is not None:
+        summary["before_sampled"] = state.before_sampled
     if cfg.eval.every and state.step == 0 and not state.val_start_known:  # the curve starts at the base model
         run_eval(tr, state, "val", samples=False, split="val")
 
@@ -329,6 +336,8 @@ def fit(tr, state: RunState) -> dict[str, Any]:
     summary["model_dir"] = str(run_dir / "model")
     if cfg.eval.after and not stop:
         summary["after"] = run_eval(tr, state, "after")
+        if cfg.eval.draws:
+            summary["after_sampled"] = run_eval(tr, state, "after_sampled", draws=cfg.eval.draws)
     if main:
         summary.update(eval_summary(run_dir))
     summary.update(state.so_far())  # a resumed run's whole wall time, its peak over every piece
@@ -340,11 +349,14 @@ def fit(tr, state: RunState) -> dict[str, Any]:
     return summary
 
 
-def run_eval(tr, state: RunState, tag: str, samples: bool = True, split: str = "heldout") -> dict[str, float]:
+def run_eval(
+    tr, state: RunState, tag: str, samples: bool = True, split: str = "heldout", draws: int = 0
+) -> dict[str, float]:
     """Evaluation at the current step on the held-out split (before and after training) or the
-    validation split (tag "val", every eval.every steps): a row in evals.jsonl and, with
-    `samples`, every completion in eval_<tag>.jsonl."""
-    res = scored(tr, state.step, split)
+    validation split (tag "val", every eval.every steps), greedy or, with `draws`, that many
+    answers a held-out problem (sampled accuracy): a row in evals.jsonl and, with `samples`, every
+    completion in eval_<tag>.jsonl."""
+    res = scored(tr, state.step, split, sampled=draws)
     if tr.ctx.main:
         if samples:
             write_jsonl(tr.run_dir / f"eval_{tag}.jsonl", res.samples)
@@ -415,12 +427,14 @@ def write_samples(f, step: int, batch, g: int, k: int) -> None:
 
 def eval_summary(run_dir: Path) -> dict[str, Any]:
     """What the run's evaluation files say, for summary.json: "change", the held-out accuracy after
-    minus before with its 95% interval (eval_before/after.jsonl, paired by problem), and "val",
+    minus before with its 95% interval (eval_before/after.jsonl, paired by problem), the same of
+    sampled accuracy as "change_sampled" (eval.draws), and "val",
     the validation curve's best and final points (evals.jsonl), which show a collapse."""
     out: dict[str, Any] = {}
-    before, after = run_dir / "eval_before.jsonl", run_dir / "eval_after.jsonl"
-    if before.is_file() and after.is_file():
-        out["change"] = heldout_change(read_metrics(before), read_metrics(after))
+    for key, suffix in (("change", ""), ("change_sampled", "_sampled")):
+        before, after = run_dir / f"eval_before{suffix}.jsonl", run_dir / f"eval_after{suffix}.jsonl"
+        if before.is_file() and after.is_file():
+            out[key] = heldout_change(read_metrics(before), read_metrics(after))
     val = {r["step"]: r["accuracy"] for r in read_metrics(run_dir / "evals.jsonl") if r.get("tag") == "val"}
     if val:
         best = max(val, key=lambda k: (val[k], -k))  # the earliest of equally good steps
