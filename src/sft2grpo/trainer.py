@@ -185,9 +185,8 @@ class Trainer:
         examples, generators, buckets = self.draw(state)
         prompts = chat_prompt_ids(self.tokenizer, [e.chat for e in examples], cfg.model.system_prompt)
         with timed(self.times, "rollout"), distributed.unsharded(self.model):
-            ro = self.engine.generate(
-                prompts, self.sampling, generators
-            )  # rows prompt-major: p0s0 .. p0s(g-1), p1s0, ...
+            # rows prompt-major: p0s0 .. p0s(g-1), p1s0, ...
+            ro = self.engine.generate(prompts, self.sampling, generators)
         completions = decode_completions(self.tokenizer, ro.completion_ids, ro.mask)  # [B] texts
         rows = [e for e in examples for _ in range(g)]  # [B] the example of each completion
         with timed(self.times, "reward"):
