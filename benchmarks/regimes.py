@@ -1,0 +1,210 @@
+"""SFT, RL and the two together, in two regimes of demonstrations, at equal minutes (issue 35).
+
+    python benchmarks/regimes.py --regime scarce --demos 64 --seeds 0,1,2      # train what is missing
+    python benchmarks/regimes.py --collect                                      # -> docs/sft_to_grpo/regimes.json
+
+Each (regime, budget, arm, seed) is one `sft2grpo` run in its own process and folder under
+`--runs` (default runs/regimes/), two at a time with one thread each, as docs/sft_to_grpo.md ran
+its arms. A run whose summary.json says it finished is skipped, one with a checkpoint is resumed,
+so rerunning the same command continues an interrupted set. Every run scores the same 200
+held-out problems, greedy and sampled (`eval.draws=4`, 4 answers a problem at the rollout
+temperature), before and after.
+
+The arms at make run's budget (about 4-5 minutes of training on 2 shared cores):
+- `sft_only`: rung 0, 30 steps of 16 demonstrations;
+- `sft_grpo`: configs/pipeline.yaml (SFT 15 steps, then GRPO 20), make run's recipe;
+- `sft_guided`: the same, with the reference answer joining each group that has no right one
+  (`objective.guide=no_right`);
+- `sft_mixed`: the same, with the RL stage's loss (1 - w) GRPO + w SFT, w 0.5 falling to 0
+  (`objective.sft_weight=0.5`, linear);
+- `grpo_only` (scarce regime only): configs/run.yaml, 40 GRPO steps, no demonstration at all.
+
+The regime `all` gives every training problem its worked solution; `scarce` only the first
+`--demos` (`task.demos`). `--collect` reads every finished run and writes one object per run to
+docs/sft_to_grpo/regimes.json: regime, demos, budget, arm, rl, seed, train_s, greedy, sampled.
+Rows already there stay, and their runs are not trained again, so the set resumes on another
+machine from the committed file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "sft_to_grpo" / "regimes.json"
+# a checkpoint every 10 steps (the newest kept), so a stopped set loses little when resumed
+COMMON = ["model.threads=1", "log.progress=false", "eval.draws=4", "checkpoint.every=10", "checkpoint.keep=1"]
+
+# arm -> (the sft2grpo command and its arguments, whether it has an RL stage)
+ARMS: dict[str, tuple[list[str], bool]] = {
+    "sft_only": (["sft", "--config", "sft0", "train.steps=30", "eval.every=10"], False),
+    "sft_grpo": (["train", "--config", "pipeline"], True),
+    "sft_guided": (["train", "--config", "pipeline", "objective.guide=no_right"], True),
+    "sft_mixed": (
+        ["train", "--config", "pipeline", "objective.sft_weight=0.5", "objective.sft_weight_schedule=linear"],
+        True,
+    ),
+    "grpo_only": (["train", "--config", "run"], True),
+}
+SCARCE_ONLY = ("grpo_only",)
+
+
+def run_name(regime: str, budget: str, arm: str, seed: int) -> str:
+    return f"{regime}-{budget}-{arm}-s{seed}"
+
+
+def command(arm: str, regime: str, demos: int | None, seed: int, folder: Path) -> list[str]:
+    """The `sft2grpo` argv of one run (fresh)."""
+    args, _ = ARMS[arm]
+    demo = [f"task.demos={demos}"] if regime == "scarce" and demos is not None else []
+    return [*args, f"train.seed={seed}", *COMMON, *demo, f"log.output_dir={folder}"]
+
+
+def finished(folder: Path) -> bool:
+    path = folder / "summary.json"
+    return path.is_file() and not json.loads(path.read_text()).get("interrupted")
+
+
+def resumable(arm: str, folder: Path) -> bool:
+    """Whether `--resume` continues the run: a pipeline once it wrote its config (it resumes or
+    restarts each stage itself), a single run with a complete checkpoint."""
+    if "pipeline" in ARMS[arm][0]:
+        return (folder / "config.yaml").is_file()
+    return any(folder.glob("checkpoints/step-*/state.json"))
+
+
+def committed() -> set[str]:
+    """The runs regimes.json already holds (a later session's machine may not have their folders)."""
+    if not OUT.is_file():
+        return set()
+    return {
+        run_name(r["regime"], r["budget"], r["arm"], r["seed"]) for r in json.loads(OUT.read_text())["runs"]
+    }
+
+
+def train(runs: Path, regime: str, demos: int | None, seeds: list[int], arms: list[str], jobs: int) -> None:
+    todo, done = [], committed()
+    for seed in seeds:
+        for arm in arms:
+            if arm in SCARCE_ONLY and regime != "scarce":
+                continue
+            folder = runs / run_name(regime, "make_run", arm, seed)
+            if finished(folder) or folder.name in done:
+                continue
+            if resumable(arm, folder):
+                argv = [ARMS[arm][0][0], "--resume", str(folder)]
+            else:
+                shutil.rmtree(folder, ignore_errors=True)  # a start that died before its first checkpoint
+                argv = command(arm, regime, demos, seed, folder)
+            todo.append((folder, argv))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+    running: list[tuple[Path, subprocess.Popen, float]] = []
+    logs = runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    while todo or running:
+        while todo and len(running) < jobs:
+            folder, argv = todo.pop(0)
+            cmd = [sys.executable, "-m", "sft2grpo", *argv]
+            log = open(logs / f"{folder.name}.log", "a", encoding="utf-8")  # noqa: SIM115 (the child keeps it)
+            log.write(f"\n$ {shlex.join(cmd)}\n")
+            log.flush()
+            running.append(
+                (folder, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time())
+            )
+            print(f"start {folder.name}", flush=True)
+        time.sleep(5)
+        for item in list(running):
+            folder, proc, t0 = item
+            if proc.poll() is not None:
+                running.remove(item)
+                state = "finished" if proc.returncode == 0 else f"failed ({proc.returncode})"
+                print(f"{state} {folder.name} in {(time.time() - t0) / 60:.1f} min", flush=True)
+                if finished(folder):  # checkpoints only served resuming (1.6 GB each for 135M)
+                    for ckpt in [
+                        folder / "checkpoints",
+                        folder / "sft" / "checkpoints",
+                        folder / "rl" / "checkpoints",
+                    ]:
+                        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def scores(summary: dict) -> tuple[float | None, float | None]:
+    """(greedy, sampled) held-out accuracy after the run, from a run's or a pipeline's summary."""
+    if "accuracy" in summary:  # a pipeline: its final stage
+        return summary["accuracy"].get("rl"), (summary.get("sampled_accuracy") or {}).get("rl")
+    after, sampled = summary.get("after") or {}, summary.get("after_sampled") or {}
+    return after.get("accuracy"), sampled.get("accuracy")
+
+
+def train_seconds(summary: dict) -> float:
+    if "accuracy" in summary:
+        return sum((summary.get(k) or {}).get("train_time_s", 0.0) for k in ("sft", "rl"))
+    return summary.get("train_time_s", 0.0)
+
+
+def collect(runs: Path) -> list[dict]:
+    """One object per finished run folder under `runs`, as regimes.json holds them."""
+    rows = []
+    for folder in sorted(p for p in runs.iterdir() if p.is_dir() and p.name != "logs"):
+        if not finished(folder):
+            continue
+        regime, budget, rest = folder.name.split("-", 2)
+        arm, seed = rest.rsplit("-s", 1)
+        cfg = folder / "config.yaml"
+        demos = None
+        if cfg.is_file():
+            import yaml
+
+            demos = (yaml.safe_load(cfg.read_text()).get("task") or {}).get("demos")
+        summary = json.loads((folder / "summary.json").read_text())
+        greedy, sampled = scores(summary)
+        rows.append(
+            {
+                "regime": regime,
+                "demos": demos,
+                "budget": budget,
+                "arm": arm,
+                "rl": ARMS[arm][1],
+                "seed": int(seed),
+                "train_s": round(train_seconds(summary), 1),
+                "greedy": greedy,
+                "sampled": sampled,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--regime", choices=["all", "scarce"], default="scarce")
+    ap.add_argument("--demos", type=int, default=64, help="demonstrations in the scarce regime (task.demos)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "regimes")
+    ap.add_argument("--collect", action="store_true", help=f"only write {OUT.relative_to(ROOT)}")
+    args = ap.parse_args()
+    if not args.collect:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        train(args.runs, args.regime, args.demos, seeds, args.arms.split(","), args.jobs)
+    rows = collect(args.runs)
+    if OUT.is_file():  # rows of runs whose folders are gone (another machine) stay
+        here = {run_name(r["regime"], r["budget"], r["arm"], r["seed"]) for r in rows}
+        old = json.loads(OUT.read_text())["runs"]
+        rows += [r for r in old if run_name(r["regime"], r["budget"], r["arm"], r["seed"]) not in here]
+    rows.sort(key=lambda r: (r["regime"], r["budget"], r["arm"], r["seed"]))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"runs": rows}, indent=1) + "\n")
+    print(f"{OUT.relative_to(ROOT)}: {len(rows)} runs")
+
+
+if __name__ == "__main__":
+    main()
