@@ -388,7 +388,7 @@ def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
 # Keys that have a new name: a file or an override that uses the old one still reads, with a
 # one-line warning that names the new key (run folders and configs written before 2026-12-07).
 RENAMED = {
-    "sft": "sft_stage",  # the pipeline's first stage, not rung 0 (`sft0`) or rung 1 (`sft`)
+    "sft": "sft_stage",  # the pipeline's first stage, not rung 0 (`sft0`) or rung 1 (`onpolicy_sft`)
     "eval.samples": "eval.k_draws",  # draws for pass@k, not eval.heldout_at_draws
     "eval.sampled": "eval.heldout_at_draws",
     "rollout.prepack": "tuning.prepack",  # an engine knob, apart from the user's keys
