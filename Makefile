@@ -23,10 +23,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # The main job: train SmolLM2-135M-Instruct from SFT to GRPO (supervised fine-tuning on worked
-# solutions, then GRPO), evaluate the base, SFT and final models, write plots. The recipe is
-# configs/pipeline.yaml (its measurements: docs/sft_to_grpo.md; GRPO alone: RUN_CONFIG=configs/run.yaml,
-# docs/learning.md); ARGS adds
-# overrides, e.g. make run ARGS='train.seed=1'.
+# solutions, then GRPO), evaluate the base, SFT and final models (greedy and sampled), write plots.
+# The recipe is configs/pipeline.yaml (its measurements: docs/sft_to_grpo.md; GRPO alone:
+# RUN_CONFIG=configs/run.yaml, docs/learning.md); ARGS adds overrides, e.g. make run ARGS='train.seed=1'.
 # OMP_WAIT_POLICY=PASSIVE as for make bench below: idle OpenMP threads sleep instead of spinning.
 RUN_CONFIG ?= configs/pipeline.yaml
 LEARN_CONFIG ?= configs/run.yaml
