@@ -69,6 +69,7 @@ def command(arm: str, regime: str, demos: int | None, seed: int, folder: Path) -
 
 
 def finished(folder: Path) -> bool:
+    """pipeline.finished's test, kept here so this parent process never imports torch."""
     path = folder / "summary.json"
     return path.is_file() and not json.loads(path.read_text()).get("interrupted")
 

@@ -3,7 +3,6 @@ prompt order it gives TRL, and the mapping of our config onto GRPOConfig's argum
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,20 +10,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 from sft2grpo.config import load_config
 from sft2grpo.run import RunState
 from sft2grpo.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_learn", ROOT / "benchmarks" / "bench_learn.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_learn")
 
 
 def write_eval(folder: Path, correct: list[int], prompts=("a", "b", "c", "d")) -> Path:

@@ -121,7 +121,7 @@ def test_sft_weight_ends_are_rl_alone_and_rung_0(tmp_path):
         tr = Trainer(cfg, tmp_path / "run")
         state = start(tr)
         batch, _ = tr.collect(state)
-        return tr, state, batch, tr.demonstrations_of(batch)
+        return tr, state, batch, tr.demonstrations_of(batch)[0]
 
     tr, state, batch, given = fresh()
     assert given is not None and len(given.texts) == 2  # both prompts have a worked solution

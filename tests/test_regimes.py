@@ -1,22 +1,16 @@
 """benchmarks/regimes.py: the arms' commands, and regimes.json from the run folders they leave."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from benchmark_module import load_benchmark
 
 from sft2grpo.config import load_config
-
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
 def regimes():
-    spec = importlib.util.spec_from_file_location("regimes", ROOT / "benchmarks" / "regimes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("regimes")
 
 
 def test_every_arm_is_a_valid_run(regimes, tmp_path):

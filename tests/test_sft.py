@@ -12,7 +12,6 @@ from sft2grpo import objective, run
 from sft2grpo.cli import main
 from sft2grpo.config import TaskConfig, load_config, loss_switches
 from sft2grpo.models import chat_prompt_ids
-from sft2grpo.rollout.batch import given_rows
 from sft2grpo.sft import supervised_config
 from sft2grpo.tasks import TaskError, load_task, worked_solution
 from sft2grpo.trainer import Trainer
@@ -56,10 +55,6 @@ def sft_trainer(cfg, run_dir):
     return Trainer(supervised_config(cfg), run_dir)
 
 
-def given(tok, examples):
-    return given_rows(tok, examples, chat_prompt_ids(tok, [e.chat for e in examples], None))
-
-
 def test_rung0_loss_by_hand():
     """Rung 0 is the cross-entropy L = -(1/N) sum log pi over the N completion tokens. Two rows of
     2 and 1 tokens with log pi -1, -2 and -3: N = 3, L = 6/3 = 2, dL/dlogp = -1/3 on each token and
@@ -89,7 +84,7 @@ def test_sft_step_is_cross_entropy_on_completion_tokens_only(tmp_path):
     cfg = load_config("sft0", tiny_sft(tmp_path / "run", f"task.name={data}", "train.steps=1"))
     tr = sft_trainer(cfg, tmp_path / "run")
     examples = tr.task.train[:4]
-    batch = given(tr.tokenizer, examples)
+    batch = tr.given_of(examples)
     # the oracle: each row whole, [prompt + completion], right-padded, one forward
     rows = [
         p + c[: int(m.sum())] for p, c, m in zip(batch.prompts, batch.completion_ids.tolist(), batch.mask)
@@ -149,7 +144,7 @@ def test_given_rows_end_each_completion_with_eos(tmp_path):
     tr = sft_trainer(cfg, tmp_path / "run")
     tok = tr.tokenizer
     ex = tr.task.train[:2]
-    batch = given(tok, ex)
+    batch = tr.given_of(ex)
     assert batch.prompts == chat_prompt_ids(tok, [e.chat for e in ex])
     for i, e in enumerate(ex):
         n = int(batch.mask[i].sum())

@@ -31,8 +31,6 @@ from typing import Any
 
 from . import run
 from .config import Config, ObjectiveConfig
-from .models import chat_prompt_ids
-from .rollout.batch import given_rows
 from .trainer import Trainer
 
 __all__ = ["fit_supervised", "heldout_loss", "supervised_config"]
@@ -75,7 +73,6 @@ def fit_supervised(tr: Trainer, state: run.RunState) -> dict[str, Any]:
 def heldout_loss(tr: Trainer, examples: list) -> float:
     """Mean -log pi per completion token of `examples`' reference completions under the policy."""
     tr.model.eval()
-    prompts = chat_prompt_ids(tr.tokenizer, [e.chat for e in examples], tr.cfg.model.system_prompt)
-    given = given_rows(tr.tokenizer, examples, prompts)
+    given = tr.given_of(examples)
     lp = tr.no_grad_logprobs(tr.model, given, tr.micro_batches(given))  # [B, T], zero-padded
     return -(lp * given.mask).sum().item() / max(given.mask.sum().item(), 1.0)

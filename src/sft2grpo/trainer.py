@@ -224,19 +224,23 @@ class Trainer:
 
     def demonstrations(self, state: RunState) -> Given:
         """One step's given rows: the next examples' reference completions (rung 0)."""
-        examples, _, _ = self.draw(state)
+        return self.given_of(self.draw(state)[0])
+
+    def given_of(self, examples: list) -> Given:
+        """`examples`' reference completions as given rows, each with its own chat prompt."""
         prompts = chat_prompt_ids(self.tokenizer, [e.chat for e in examples], self.cfg.model.system_prompt)
         return given_rows(self.tokenizer, examples, prompts)
 
-    def demonstrations_of(self, batch: Batch) -> Given | None:
+    def demonstrations_of(self, batch: Batch, keep=lambda group: True) -> tuple[Given | None, list[int]]:
         """Given rows beside a step's sampled ones: the reference completion of each of its groups'
-        prompts that has one (task.demos), or None when none has."""
+        prompts that has one (task.demos) and passes `keep(group)`. Returns them (None when there
+        are none) and their groups, ascending."""
         g = self.cfg.rollout.group_size
-        groups = [i for i in range(batch.num_groups) if batch.examples[i * g].completion]
+        groups = [i for i in range(batch.num_groups) if batch.examples[i * g].completion and keep(i)]
         if not groups:
-            return None
+            return None, []
         examples = [batch.examples[i * g] for i in groups]
-        return given_rows(self.tokenizer, examples, [batch.prompts[i] for i in groups])
+        return given_rows(self.tokenizer, examples, [batch.prompts[i] for i in groups]), groups
 
     def guide(self, batch: Batch) -> tuple[Batch, torch.Tensor]:
         """objective.guide: the reference completion of a group's prompt (task.demos) joins the group
@@ -244,19 +248,12 @@ class Trainer:
         answer ("no_right"). Returns the batch with the guide rows after the sampled ones, and the
         guided groups [k] (ascending)."""
         mode, g = self.cfg.objective.guide, self.cfg.rollout.group_size
-        if mode == "off":
+        guides, groups = None, []
+        if mode != "off":
+            right = batch.correct.view(-1, g).any(dim=1)  # [groups]
+            guides, groups = self.demonstrations_of(batch, lambda i: mode == "always" or not right[i])
+        if guides is None:
             return batch, torch.zeros(0, dtype=torch.long)
-        right = batch.correct.view(-1, g).any(dim=1)  # [groups]
-        groups = [
-            i
-            for i in range(batch.num_groups)
-            if batch.examples[i * g].completion and (mode == "always" or not right[i])
-        ]
-        if not groups:
-            return batch, torch.zeros(0, dtype=torch.long)
-        guides = given_rows(
-            self.tokenizer, [batch.examples[i * g] for i in groups], [batch.prompts[i] for i in groups]
-        )
         return with_guides(batch, guides, groups, self.cfg.reward.correct), torch.tensor(groups)
 
     def sft_weight(self, step: int) -> float:
@@ -280,8 +277,8 @@ class Trainer:
         failure = self.reward_fn.end_step()  # a reward function that failed on everything for too long
         if distributed.any_rank(failure is not None, self.ctx):
             raise TrainingError(failure or "a reward function failed on every completion on another process")
-        n = len(batch.texts)  # the sampled rows; guide rows (objective.guide) join after them
         batch, guided = self.guide(batch)
+        n = batch.num_sampled  # guide rows (objective.guide) come after the sampled ones
         with timed(self.times, "update"):
             # pi_ref once, for the KL wherever it goes; beta = 0 has no reference model at all
             ref = None
@@ -301,7 +298,7 @@ class Trainer:
             adv = torch.cat([adv, guide_adv])  # [B + k]
             # SFT beside RL (CHORD): the cross-entropy of the step's demonstrations, weight w
             w = self.sft_weight(state.step)
-            given = self.demonstrations_of(batch) if w > 0 else None
+            given = self.demonstrations_of(batch)[0] if w > 0 else None
             # rows that add nothing to the gradient skip the optimisation passes
             sums, maxima = self.update(state, batch, adv, ref, self.rows_with_gradient(adv), given, w)
         self.times["step"] = time.perf_counter() - t0

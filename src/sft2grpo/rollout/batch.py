@@ -94,8 +94,8 @@ def with_guides(batch: Batch, guides: Given, groups: list[int], reward: float) -
     k, b = len(groups), len(batch.texts)
     t = max(batch.mask.shape[1], guides.mask.shape[1])
 
-    def pad(x: torch.Tensor, value: float = 0) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, t - x.shape[1]), value=value)
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, t - x.shape[1]))
 
     return Batch(
         prompts=batch.prompts,
