@@ -3,6 +3,7 @@ demonstrations that run out (task.demos). The defaults change nothing (tests/tes
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from test_trainer import TOY, full_batch_logprobs, spy_step, tiny_cfg
@@ -10,7 +11,7 @@ from test_trainer import TOY, full_batch_logprobs, spy_step, tiny_cfg
 from sft2grpo import objective
 from sft2grpo.config import ConfigError, TaskConfig, load_config, loss_switches
 from sft2grpo.run import start
-from sft2grpo.tasks import load_task
+from sft2grpo.tasks import TaskError, epoch_order, load_task
 from sft2grpo.trainer import Trainer
 
 # -- guided groups: advantages by hand ----------------------------------------------------------------
@@ -181,3 +182,45 @@ def test_demo_settings_are_checked():
         load_config("no_kl", ["task.demos=-1"])
     with pytest.raises(ConfigError, match="objective.sft_weight=0.5: mixes the cross-entropy into RL"):
         load_config("sft0", ["objective.sft_weight=0.5"])
+    with pytest.raises(ConfigError, match="task.demo_share=1.5: must be in"):
+        load_config("no_kl", ["task.demo_share=1.5"])
+    with pytest.raises(ConfigError, match="task.demo_share=0.5: the difficulty filter picks"):
+        load_config("no_kl", ["task.demo_share=0.5", "task.difficulty.mode=adaptive"])
+
+
+def test_epoch_order_puts_a_share_of_demonstrated_problems_in_every_step():
+    """20 problems, the first 3 with a demonstration, 4 prompts a step, share 0.5: k = 2 slots a
+    step for the 3 demonstrated, 2 for the 17 others. The epoch is ceil(17 / 2) = 9 steps: every
+    other problem once, one of them twice (its second permutation starts), the 3 demonstrated 18
+    times in all, 6 each (whole permutations)."""
+    demonstrated = [i < 3 for i in range(20)]
+    order = epoch_order(np.random.default_rng(0), demonstrated, 4, 0.5)
+    assert len(order) == 36
+    for s in range(9):
+        assert sum(i < 3 for i in order[4 * s : 4 * s + 4]) == 2
+    counts = np.bincount(order, minlength=20)
+    assert counts[:3].tolist() == [6, 6, 6]
+    assert sorted(counts[3:].tolist()) == [1] * 16 + [2]
+    # share 0 is the plain permutation, the stream a run without demo_share always drew
+    assert epoch_order(np.random.default_rng(7), demonstrated, 4, 0.0) == (
+        np.random.default_rng(7).permutation(20).tolist()
+    )
+    # every prompt demonstrated: 4 a step from the 3, an epoch of ceil(3 / 4) = 1 step
+    ones = epoch_order(np.random.default_rng(0), demonstrated, 4, 1.0)
+    assert len(ones) == 4 and all(i < 3 for i in ones)
+    # a small share still gets one slot a step
+    small = epoch_order(np.random.default_rng(1), demonstrated, 4, 0.1)
+    assert [sum(i < 3 for i in small[4 * s : 4 * s + 4]) for s in range(len(small) // 4)] == [1] * 6
+    with pytest.raises(TaskError, match="task.demo_share=0.5: no training problem has a demonstration"):
+        epoch_order(np.random.default_rng(0), [False] * 5, 4, 0.5)
+
+
+def test_demo_share_draws_demonstrated_prompts_each_step(tmp_path):
+    """task.demos=4 of the tiny task's problems, demo_share 0.5, 2 prompts a step: every step's
+    draw has exactly one demonstrated prompt, so guide rows and the mixed loss meet one each step."""
+    cfg = tiny_cfg(tmp_path, "grpo", "task.demos=4", "task.demo_share=0.5", "train.prompts_per_step=2")
+    tr = Trainer(cfg, tmp_path / "run")
+    state = start(tr, None)
+    for _ in range(6):
+        examples = tr.draw(state)[0]
+        assert sum(e.completion is not None for e in examples) == 1

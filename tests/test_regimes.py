@@ -22,6 +22,8 @@ def test_every_arm_is_a_valid_run(regimes, tmp_path):
         cfg = load_config(config, [a for a in argv if "=" in a])
         assert cfg.task.demos == 64 and cfg.train.seed == 2 and cfg.eval.draws == 4
         assert cfg.task.eval_size == 200 and cfg.log.output_dir == str(tmp_path / arm)
+        share = arm in ("sft_grpo_demo", "sft_guided", "sft_mixed")
+        assert cfg.task.demo_share == (0.5 if share else 0.0)
     every = regimes.command("sft_guided", "all", 64, 0, tmp_path / "x")
     assert not any(a.startswith("task.demos") for a in every) and "objective.guide=no_right" in every
 
@@ -31,7 +33,7 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
     run and the logs folder are left out."""
     pipe = tmp_path / "scarce-make_run-sft_guided-s1"
     pipe.mkdir()
-    (pipe / "config.yaml").write_text("task:\n  demos: 64\n")
+    (pipe / "config.yaml").write_text("task:\n  demos: 64\n  demo_share: 0.5\n")
     (pipe / "summary.json").write_text(
         json.dumps(
             {
@@ -57,6 +59,7 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
         {
             "regime": "all",
             "demos": None,
+            "demo_share": 0.0,
             "budget": "make_run",
             "arm": "sft_only",
             "rl": False,
@@ -68,6 +71,7 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
         {
             "regime": "scarce",
             "demos": 64,
+            "demo_share": 0.5,
             "budget": "make_run",
             "arm": "sft_guided",
             "rl": True,

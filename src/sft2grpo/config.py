@@ -95,6 +95,11 @@ class TaskConfig:
     # of them, and the held-out and validation problems are the same whatever this is. None: every
     # problem that has one
     demos: int | None = None
+    # the share of each RL step's prompts drawn from the problems that have a demonstration, the
+    # rest from those that have none (LUFFY and ReLIFT draw their RL prompts where demonstrations
+    # are): with 64 demonstrations among 2000 problems a plain draw meets one in 30 steps' prompts,
+    # and guide rows and the mixed loss have almost nothing to act on. 0: one draw over all
+    demo_share: float = 0.0
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
 
 
@@ -590,8 +595,15 @@ def validate(cfg: Config) -> None:
             o.guide,
             "guide rows have no engine log-probs for objective.tis_cap to weigh; set tis_cap null",
         )
-    demos = cfg.task.demos
+    demos, share = cfg.task.demos, cfg.task.demo_share
     need(demos is None or demos >= 0, "task.demos", demos, "must be >= 0 or null (every problem)")
+    need(0 <= share <= 1, "task.demo_share", share, "must be in [0, 1]")
+    need(
+        share == 0 or cfg.task.difficulty.mode == "off",
+        "task.demo_share",
+        share,
+        "the difficulty filter picks the prompts itself; set task.difficulty.mode=off or demo_share=0",
+    )
     need(r.group_size >= 1, "rollout.group_size", r.group_size, "must be >= 1")
     if o.advantage in ("group_norm", "group_norm_relu", "group_mean", "rloo"):
         need(

@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import TaskConfig
 
 
@@ -149,6 +151,38 @@ def with_demos(task: Task, n: int, supervised: bool = False) -> Task:
             raise TaskError(f"task.demos={n}: supervised fine-tuning needs at least one demonstration")
     kept = sum(e.completion is not None for e in train)
     return dataclasses.replace(task, train=train, stats={**task.stats, "demos": kept})
+
+
+def epoch_order(rng: np.random.Generator, demonstrated: list[bool], per_step: int, share: float) -> list[int]:
+    """One epoch's order of the training examples, `per_step` at a time. share 0: a permutation
+    of them all. share > 0 (`task.demo_share`): each step's `per_step` slots hold k = max(1,
+    round(share * per_step)) examples with a demonstration and the rest without, each kind walked in
+    its own permutations (the demonstrated ones again and again when they are few), the step's slots
+    shuffled; the epoch ends when the examples without a demonstration have all been drawn (or,
+    when k = per_step, the demonstrated ones). Returns indices, len a multiple of per_step when
+    share > 0."""
+    n = len(demonstrated)
+    with_demo = [i for i in range(n) if demonstrated[i]]
+    without = [i for i in range(n) if not demonstrated[i]]
+    if share == 0 or not without:
+        return rng.permutation(n).tolist()
+    if not with_demo:
+        raise TaskError(f"task.demo_share={share}: no training problem has a demonstration (task.demos)")
+    k = min(per_step, max(1, round(share * per_step)))
+    steps = -(-len(without) // (per_step - k)) if k < per_step else -(-len(with_demo) // k)
+
+    def stream(pool: list[int], length: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < length:
+            out += [pool[j] for j in rng.permutation(len(pool))]
+        return out[:length]
+
+    demo, rest = stream(with_demo, steps * k), stream(without, steps * (per_step - k))
+    order: list[int] = []
+    for s in range(steps):
+        chunk = demo[s * k : (s + 1) * k] + rest[s * (per_step - k) : (s + 1) * (per_step - k)]
+        order += [chunk[j] for j in rng.permutation(per_step)]
+    return order
 
 
 def _load_task(cfg: TaskConfig, supervised: bool) -> Task:

@@ -58,6 +58,7 @@ from .models import chat_prompt_ids, completion_logprobs, has_fast_bf16, make_re
 from .rollout.base import SamplingParams, decode_completions, unpadded_ids
 from .rollout.batch import Batch, Given, dynamic_sampling, given_rows, with_guides
 from .run import RunState, TrainingError
+from .tasks import epoch_order
 
 __all__ = ["Trainer", "TrainingError", "lr_lambda", "prompt_generator"]
 
@@ -171,13 +172,19 @@ class Trainer:
         else:
             while len(examples) < p:  # a fresh permutation each epoch
                 if state.pos >= len(state.order):
-                    state.order, state.pos = state.data_rng.permutation(len(self.task.train)).tolist(), 0
+                    state.order, state.pos = self.epoch_order(state.data_rng), 0
                 examples.append(self.task.train[state.order[state.pos]])
                 state.pos += 1
         state.drawn += p
         seed, stream = self.cfg.train.seed, self.cfg.rollout.seed
         generators = [prompt_generator(seed, first + i, stream) for i in range(k)]
         return examples[ctx.rank * k : (ctx.rank + 1) * k], generators, buckets
+
+    def epoch_order(self, rng: np.random.Generator) -> list[int]:
+        """The next epoch's order of the training examples (tasks.epoch_order: with task.demo_share,
+        that share of each step's prompts comes from the problems with a demonstration)."""
+        demonstrated = [e.completion is not None for e in self.task.train]
+        return epoch_order(rng, demonstrated, self.cfg.train.prompts_per_step, self.cfg.task.demo_share)
 
     def sample(self, state: RunState) -> Batch:
         """One round of rollouts: the next examples, `group_size` completions each, their rewards."""
