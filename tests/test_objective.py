@@ -125,6 +125,23 @@ def test_ratio_none_is_one_with_the_gradient_of_log_pi_even_on_reused_data():
     assert m["ratio_mean"] == 1 and m["clip_frac_low"] == 0 and m["clip_frac_high"] == 0
 
 
+def test_beta_old_penalises_the_ratio_instead_of_weighting_by_it():
+    """objective.beta_old (the seed's "drop IS, read the ratio as a regulariser"): ratio none, A = 1,
+    pi = (0.5, 0.25), pi_old = (0.4, 0.25), beta_old 2. k3 of token 0: 0.8 - log 0.8 - 1 = 0.02314,
+    token 1: 0; loss -A + 2 * mean k3 = -1 + 0.02314. Gradient per token: -A/2 + 2/2 * (1 - pi_old /
+    pi) = -0.5 + 0.2 for token 0 (pulled back toward pi_old), -0.5 for token 1. On pass 0 (old None:
+    pi_old = sg(pi)) the penalty and its gradient are 0."""
+    logp = torch.log(torch.tensor([[0.5, 0.25]], dtype=F64)).requires_grad_()
+    old = torch.log(torch.tensor([[0.4, 0.25]], dtype=F64))
+    a = torch.tensor([1.0], dtype=F64)
+    loss, m = policy_loss(logp, torch.ones(1, 2), a, old, **sw(ratio="none", beta_old=2.0))
+    torch.testing.assert_close(loss, torch.tensor(-1 + 0.0231436, dtype=F64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad_of(loss, logp), torch.tensor([[-0.3, -0.5]], dtype=F64))
+    assert m["kl_old"].item() == pytest.approx(0.0231436 / 2, abs=1e-6)
+    loss, _ = policy_loss(logp, torch.ones(1, 2), a, None, **sw(ratio="none", beta_old=2.0))
+    torch.testing.assert_close(grad_of(loss, logp), torch.tensor([[-0.5, -0.5]], dtype=F64))
+
+
 def test_on_policy_token_ratio_equals_ratio_none():
     # With mu = 1 the trainer passes old_logp=None, so rung 4 coincides with rung 3 (value and grad).
     torch.manual_seed(1)
@@ -524,6 +541,8 @@ EXPECTED_PRESETS = {
     "grpo",
     "sft_o1",
     "no_is",
+    "no_is_mu1",
+    "no_is_prox",
     "no_kl",
     "grpo_no_neg",
     "grpo_no_norm",
@@ -562,6 +581,11 @@ def test_preset_switches_of_the_ladder():
     assert no_neg.objective == replace(grpo.objective, advantage="group_norm_relu")
     assert no_norm.objective == replace(grpo.objective, advantage="raw", clip=False)
     assert no_neg.train.mu == no_norm.train.mu == grpo.train.mu == 2
+    # three ways to drop IS: reuse unguarded, stay on-policy, reuse with a KL to pi_old
+    no_is, mu1, prox = load_config("no_is"), load_config("no_is_mu1"), load_config("no_is_prox")
+    assert no_is.objective == mu1.objective == replace(grpo.objective, ratio="none")
+    assert (no_is.train.mu, mu1.train.mu, prox.train.mu) == (2, 1, 2)
+    assert prox.objective == replace(no_is.objective, beta_old=5.0)
 
 
 def test_loss_switches_are_exactly_policy_loss_keywords():
@@ -587,12 +611,18 @@ def test_gradcheck_every_preset(preset):
     logp0, mask, _, old, ref = random_batch(7, t=4, spread=spread)
     rewards = torch.tensor([1.0, -1.0, -2.0, 1.0, 1.0, -1.0], dtype=F64)
     adv, _ = compute_advantages(rewards, 3, o.advantage, o.std_ddof, o.std_eps)
+    penalty = {**s, "ratio": "token", "beta": 0.0}
     for old_in in (None, old):  # the first pass over a batch, and a later one (mu > 1)
         frozen_old = logp0 if old_in is None or s["ratio"] == "none" else old_in
-        frozen = {**s, "ratio": "token" if s["ratio"] == "none" else s["ratio"]}
+        frozen = {**s, "ratio": "token" if s["ratio"] == "none" else s["ratio"], "beta_old": 0.0}
+        # beta_old's KL reads the real pi_old even where ratio none ignores it: that term alone
+        kl_old_of = logp0 if old_in is None else old_in
 
-        def f(x, frozen_old=frozen_old, frozen=frozen):
-            return policy_loss(x, mask, adv, frozen_old, ref, **frozen)[0]
+        def f(x, frozen_old=frozen_old, frozen=frozen, kl_old_of=kl_old_of):
+            loss = policy_loss(x, mask, adv, frozen_old, ref, **frozen)[0]
+            if s["beta_old"] > 0:
+                loss = loss + policy_loss(x, mask, torch.zeros_like(adv), kl_old_of, None, **penalty)[0]
+            return loss
 
         x = logp0.clone().requires_grad_()
         assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7)

@@ -161,6 +161,11 @@ class ObjectiveConfig:
     eps_high: float = 0.2
     dual_clip: float | None = None  # c > 1 bounds the loss for negative advantages (dual-clip PPO)
     beta: float = 0.04  # KL weight; 0 means no reference model is ever built
+    # KL to the policy that sampled the answers (pi_old), in the loss with kl_estimator: the seed's
+    # "drop importance sampling, read the ratio as a regulariser". Zero on the first pass over a
+    # batch (pi = pi_old); on later passes (train.mu > 1) it pulls pi back where ratio: none leaves
+    # reused answers unguarded. 0 = off
+    beta_old: float = 0.0
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in: Literal["loss", "reward"] = "loss"
     aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = (
@@ -568,6 +573,7 @@ def validate(cfg: Config) -> None:
 
     o, r, t = cfg.objective, cfg.rollout, cfg.train
     need(o.beta >= 0, "objective.beta", o.beta, "must be >= 0")
+    need(o.beta_old >= 0, "objective.beta_old", o.beta_old, "must be >= 0")
     need(0 <= o.eps_low < 1, "objective.eps_low", o.eps_low, "must be in [0, 1)")
     need(o.eps_high >= 0, "objective.eps_high", o.eps_high, "must be >= 0")
     need(o.dual_clip is None or o.dual_clip > 1, "objective.dual_clip", o.dual_clip, "must be > 1 or null")
@@ -730,6 +736,7 @@ def loss_switches(obj: ObjectiveConfig, default_max_len: int) -> dict:
         "eps_high": obj.eps_high,
         "dual_clip": obj.dual_clip,
         "beta": obj.beta,
+        "beta_old": obj.beta_old,
         "kl_estimator": obj.kl_estimator,
         "kl_in": obj.kl_in,
         "aggregation": obj.aggregation,

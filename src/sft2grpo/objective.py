@@ -361,6 +361,7 @@ def policy_loss(
     total_tokens: int | Tensor | None = None,
     behavior_logp: Tensor | None = None,
     tis_cap: float | None = None,
+    beta_old: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The ladder's loss for one (micro-)batch. Returns (scalar loss, metrics of detached scalars).
 
@@ -372,6 +373,8 @@ def policy_loss(
     behavior_logp: [B, T] log-probs of the engine that sampled the tokens (vLLM, bf16), which differ
     from the trainer's; with tis_cap = C each token's policy term is weighted by the truncated
     importance weight min(pi_old / pi_behavior, C) (detached), correcting for that mismatch.
+    beta_old: weight of a KL to pi_old (kl_estimator, per token, beside the policy term): a penalty
+    on the ratio instead of a weight by it; 0 on pass 0, where pi_old = sg(pi_theta).
 
     Metrics, each a mean over the valid tokens: clip_frac_low / clip_frac_high (tokens where the
     lower / upper clipped branch is the min, so their gradient is 0), clip_frac_dual, ratio_mean, and
@@ -426,12 +429,16 @@ def policy_loss(
         tis = torch.exp(old - behavior).clamp(max=tis_cap)  # [B, T] pi_old / pi_behavior, truncated
         pg = pg * tis
     loss_tok = pg
+    kl_old = None
+    if beta_old > 0:  # the ratio as a regulariser: beta_old * KL(pi_theta || pi_old) per token
+        kl_old = kl_fn(logp, old)  # [B, T]
+        loss_tok = loss_tok + beta_old * kl_old
     kl_tok = None
     if ref_logp is not None:
         kl_tok = kl_fn(logp, torch.where(m, ref_logp.detach().to(logp.dtype), 0.0))  # [B, T]
         if kl_here:
             # GRPO puts beta * D inside the per-token average, next to the clipped term
-            loss_tok = pg + beta * kl_tok
+            loss_tok = loss_tok + beta * kl_tok
 
     n_seqs = _count(total_seqs, logp.shape[0])
     n_tokens = _count(total_tokens, mf.sum())
@@ -453,6 +460,8 @@ def policy_loss(
         }
         if kl_tok is not None:
             metrics["kl"] = (kl_tok * mf).sum() / ntok
+        if kl_old is not None:
+            metrics["kl_old"] = (kl_old * mf).sum() / ntok
         if tis is not None:
             metrics["tis_weight_mean"] = (tis * mf).sum() / ntok
             metrics["tis_capped_frac"] = ((tis >= tis_cap) & m).to(logp.dtype).sum() / ntok

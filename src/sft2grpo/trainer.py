@@ -388,7 +388,7 @@ class Trainer:
                 int(x) for x in distributed.all_sum([len(sampled.texts), sampled.mask.sum().item()], ctx)
             )
             # pi_old, kept from pass 0 when a later pass reads it (see the module docstring)
-            needs_old = mu > 1 and (o.ratio != "none" or o.tis_cap is not None)
+            needs_old = mu > 1 and (o.ratio != "none" or o.tis_cap is not None or o.beta_old > 0)
             old = torch.zeros_like(sampled.mask) if needs_old else None  # [B, T]
             sums |= {
                 "update_rows": float(sum(len(r) for _, r in mbs)),

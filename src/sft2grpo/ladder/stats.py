@@ -187,6 +187,86 @@ def pooled_interval(a, b, run_var: float, run_df: float, level: float = LEVEL) -
     return _interval(d, max(run_var, own) / s, run_df, level, method)
 
 
+def welch_interval(a, b, level: float = LEVEL) -> dict[str, Any]:
+    """`paired_interval` with a run-to-run term that lets A and B vary differently from run to run.
+
+    a, b: (S, P) scores as for paired_interval (the base model, evaluated once, stands on the A side
+    as S equal rows). Each side's run-to-run variance is its own, over its seeds: v_A = var_s(mean_p
+    a) and v_B likewise (S - 1 df each), and the run term is v_A / S + v_B / S, widened by t at the
+    Welch-Satterthwaite degrees of freedom
+
+        df = (v_A / S + v_B / S)^2 / ((v_A / S)^2 / (S - 1) + (v_B / S)^2 / (S - 1))
+
+    (S - 1 when one side does not vary, 2 (S - 1) when both vary alike). The problem term is
+    paired_interval's. A seed effect both presets share (the prompt order) cancels in the paired
+    difference but stays in v_A and v_B, so this errs on the wide side when seeds matter; it does
+    not assume that presets vary alike, which the ladder's runs did not (per-preset SDs from 0.4 to
+    3.8 points at step 40). On synthetic ladders whose presets' run-to-run SDs differ up to 10x
+    (tests/test_ladder_stats.py) the A/A pair is called different in at most 5% of repetitions.
+
+    Example: a = [[0, 0], [0, 0]], b = [[1, 0], [1, 1]]: v_A = 0, v_B = var(0.5, 1) = 0.125, so
+    the run term is 0.0625 with df = 1 (t 12.71), the problem term 0.0625 with 1 df: [-3.74, 5.24].
+    """
+    a, b = _as_2d(a, "a"), _as_2d(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"welch_interval: a is {a.shape[0]} seeds x {a.shape[1]} problems, b is {b.shape}")
+    s, p = a.shape
+    if s < 2:
+        return paired_interval(a, b, level)
+    va, vb = a.mean(1).var(ddof=1) / s, b.mean(1).var(ddof=1) / s
+    v = va + vb
+    df = v * v / ((va * va + vb * vb) / (s - 1)) if v > 0 else float(s - 1)
+    method = (
+        f"paired t interval over {s} seeds and {p} problems, each preset's own run-to-run variance "
+        f"(Welch-Satterthwaite, {df:.1f} df)"
+    )
+    r = _interval(b - a, v, df, level, method)
+    r["run_df"] = df
+    return r
+
+
+def bartlett(variances, dfs) -> tuple[float, float]:
+    """Bartlett's test that k groups share one variance: (statistic, p-value), the statistic on k - 1
+    df of the chi-square. variances: each group's sample variance; dfs: their degrees of freedom.
+    Used on the presets' run-to-run variances to measure, not assume, whether they vary alike.
+
+    Example: equal variances give 0 and p = 1; [1, 4] with 2 df each gives 0.714 (p 0.398).
+    """
+    v, n = np.asarray(variances, dtype=float), np.asarray(dfs, dtype=float)
+    if v.size < 2 or (v <= 0).any() or (n <= 0).any():
+        raise ValueError(f"bartlett: needs >= 2 positive variances with positive df, got {v}, {n}")
+    total = n.sum()
+    pooled = (n * v).sum() / total
+    stat = (total * math.log(pooled) - (n * np.log(v)).sum()) / (
+        1 + ((1 / n).sum() - 1 / total) / (3 * (v.size - 1))
+    )
+    return float(stat), chi2_sf(float(stat), v.size - 1)
+
+
+def chi2_sf(x: float, k: int) -> float:
+    """P(X > x) for a chi-square with k degrees of freedom: 1 - the regularised lower gamma P(k/2,
+    x/2), by its series. E.g. chi2_sf(3.841, 1) = 0.05, chi2_sf(5.991, 2) = 0.05."""
+    if x <= 0:
+        return 1.0
+    a, z = k / 2, x / 2
+    term = total = 1.0 / a
+    n = 0
+    while term > 1e-15 * total and n < 10000:
+        n += 1
+        term *= z / (a + n)
+        total += term
+    lower = math.exp(a * math.log(z) - z - math.lgamma(a)) * total
+    return max(0.0, 1.0 - lower)
+
+
+def family_level(members: int, level: float = LEVEL) -> float:
+    """The per-comparison level at which `members` intervals hold together at `level` (Bonferroni):
+    1 - (1 - level) / members, e.g. 0.99167 for 6 at 95%."""
+    if members < 1:
+        raise ValueError(f"family_level: needs at least one member, got {members}")
+    return 1 - (1 - level) / members
+
+
 def mean_interval(x, level: float = LEVEL) -> dict[str, Any]:
     """Mean of per-seed values x (S,) and its t interval over seeds: a preset's memory, step time or
     KL in the table. paired_interval against zeros."""
