@@ -21,7 +21,7 @@ from sft2grpo.ladder import plan as ladder_plan
 from sft2grpo.ladder import report as ladder_report
 from sft2grpo.ladder import run as ladder  # the command's module: what monkeypatch must reach
 from sft2grpo.ladder.plan import AA
-from sft2grpo.ladder.verdicts import aa_status, comparisons
+from sft2grpo.ladder.verdicts import aa_status, comparisons, results_json
 from sft2grpo.models import has_fast_bf16
 
 TOY = Path(__file__).parent / "toy_reward.py"
@@ -40,12 +40,12 @@ TINY = [
 SECTIONS = ["## Command", "## Budget", "## Machine", "## Curves", "## Results", "## Verdict", "## Runs"]
 
 
-PLAN_KW = dict(model="tiny", budget="small", presets="importance,no_kl", seeds=2, steps=2)
+PLAN_KW = dict(model="tiny", budget="small", presets="importance,importance_twin", seeds=2, steps=2)
 
 
 def ladder_argv(out, *extra):
     return [
-        *["ladder", "--model", "tiny", "--budget", "small", "--presets", "importance,no_kl"],
+        *["ladder", "--model", "tiny", "--budget", "small", "--presets", "importance,importance_twin"],
         *["--seeds", "2", "--steps", "2", "--output", str(out), *TINY, *extra],
     ]
 
@@ -82,33 +82,36 @@ def interrupt_after_one_step(run):
 def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_path, capsys):
     out = tmp_path / "ladder"
     plan = ladder.make_plan(**PLAN_KW, output=out, overrides=TINY)
-    interrupt_after_one_step(plan.runs[-1])  # no_kl, seed 1: a ladder stopped during that run
+    interrupt_after_one_step(plan.runs[-1])  # importance_twin, seed 1: a ladder stopped during that run
     # two runs at a time (the default), then two measure processes
     assert main(ladder_argv(out)) == 0
     printed = capsys.readouterr().out
-    assert "no_kl       seed 1  resume" in printed and printed.count("  fresh ") == 3
-    resumed = [json.loads(x)["step"] for x in (out / "runs" / "no_kl-s1" / "metrics.jsonl").open()]
+    assert "importance_twin seed 1  resume" in printed and printed.count("  fresh ") == 3
+    resumed = [json.loads(x)["step"] for x in (out / "runs" / "importance_twin-s1" / "metrics.jsonl").open()]
     assert resumed == [1, 2]  # step 1 from the interrupted piece, step 2 after resuming
     report = (out / "REPORT.md").read_text()
     for s in SECTIONS:
         assert s in report, s
-    # importance and no_kl are one configuration, no_kl sampling from another stream: the A/A check, in
-    # the report's first lines. The tiny model's two draws differ, and the interval says so honestly
+    # importance and importance_twin are one configuration, the twin sampling from another stream: the
+    # A/A check, in the report's first lines. The tiny model's two draws differ, and the interval says so honestly
     assert report.splitlines()[2].startswith(
-        "A/A check passed: importance vs no_kl, one configuration sampled"
+        "A/A check passed: importance vs importance_twin, one configuration sampled"
     )
     rows = table(report, "| preset | what it is")
-    assert [r.split("|")[1].strip() for r in rows] == ["base model", "importance", "no_kl"]
+    assert [r.split("|")[1].strip() for r in rows] == ["base model", "importance", "importance_twin"]
     assert all("2/2" in r for r in rows[1:])  # both seeds of each preset finished
     assert len(table(report, "| preset | seed | status")) == 4
     assert "decided by sampled accuracy (the share of 4 samples per held-out problem" in report
-    assert "- deciding, drop it from GRPO (no_kl" in report and "grpo -> no_kl: not measured" in report
+    assert (
+        "- deciding, drop it from GRPO (rung 4, importance" in report
+        and "grpo -> importance: not measured" in report
+    )
     results = json.loads((out / "results.json").read_text())
-    check_results_schema(results, ["importance", "no_kl"], seeds=[0, 1])
+    check_results_schema(results, ["importance", "importance_twin"], seeds=[0, 1])
     aa = next(c for c in results["comparisons"] if c["role"] == "A/A")
     assert (aa["a"], aa["b"], aa["verdict"], aa["seeds"], aa["problems"]) == (
         "importance",
-        "no_kl",
+        "importance_twin",
         "undecided",
         2,
         4,
@@ -116,7 +119,12 @@ def test_ladder_on_the_tiny_model_resumes_reports_then_skips_finished_runs(tmp_p
     for png in ("curves.png", "final.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     runs = sorted((out / "runs").iterdir())
-    assert [r.name for r in runs] == ["importance-s0", "importance-s1", "no_kl-s0", "no_kl-s1"]
+    assert [r.name for r in runs] == [
+        "importance-s0",
+        "importance-s1",
+        "importance_twin-s0",
+        "importance_twin-s1",
+    ]
     for r in runs:
         kl = json.loads((r / "kl.json").read_text())
         assert kl["kl_k3"] >= 0 and kl["tokens"] > 0
@@ -182,7 +190,20 @@ def check_results_schema(results: dict, presets: list[str], seeds: list[int]) ->
             "status",
         ):
             assert len(entry[m]) == len(seeds), (p, m)
-    assert set(results["presets"]["base"]) == {"sampled_accuracy", "greedy_accuracy"}
+    assert set(results["presets"]["base"]) == {"sampled_accuracy", "greedy_accuracy", "per_problem"}
+    # every run's per-problem scores at every horizon, in the order of `problems`
+    assert results["schema"] == 3 and results["problems"] == sorted(results["problems"])
+    for p in presets:
+        for entry in results["presets"][p]["per_problem"]:
+            if entry is not None:
+                assert set(entry) == {str(h) for h in results["horizons"]}
+                for h in entry.values():
+                    assert len(h["sampled"]) == len(h["greedy"]) == len(results["problems"])
+    # the deciding pairs carry their family-wise interval, which is wider
+    for c in results["comparisons"]:
+        if c["role"].startswith("claim ") and c["verdict"] != "not measured":
+            assert c["family"] >= 1 and c["verdict_family"] in ("supported", "contradicted", "undecided")
+            assert c["ci_family"][0] <= c["ci95"][0] and c["ci_family"][1] >= c["ci95"][1]
     roles = [c["role"] for c in results["comparisons"]]
     assert {"claim 1", "claim 2", "claim 3", "claim 4", "A/A", "base -> grpo"} <= set(roles)
     assert results["horizons"][-1] == results["steps"]
@@ -215,7 +236,9 @@ def test_first_difference_reads_a_key_older_runs_lack_at_its_default():
 
 
 def test_run_state_resumes_from_a_checkpoint_and_restarts_without_one(tmp_path):
-    plan = ladder.make_plan(model="tiny", presets="no_kl", seeds=1, steps=2, output=tmp_path, overrides=TINY)
+    plan = ladder.make_plan(
+        model="tiny", presets="importance", seeds=1, steps=2, output=tmp_path, overrides=TINY
+    )
     (run,) = plan.runs
     assert ladder.run_state(run) == "fresh"
     run.dir.mkdir(parents=True)
@@ -250,16 +273,22 @@ time.sleep(60)  # a long run, until the ladder passes on the signal
 
 def test_jobs_runs_at_once_and_a_stopped_run_stops_the_others_for_resume(tmp_path, monkeypatch):
     plan = ladder.make_plan(
-        model="tiny", presets="importance,no_kl", seeds=2, steps=1, output=tmp_path, overrides=TINY, jobs=2
+        model="tiny",
+        presets="importance,importance_twin",
+        seeds=2,
+        steps=1,
+        output=tmp_path,
+        overrides=TINY,
+        jobs=2,
     )
     started = []
 
     def fake_start(run, state, log, env=None):
         started.append(run.dir.name)
-        if run.dir.name == "no_kl-s0":  # wait until the first run really runs, then stop this one
+        if run.dir.name == "importance_twin-s0":  # wait until the first run really runs, then stop this one
             while not (plan.runs[0].dir / "started").exists():
                 time.sleep(0.05)
-        mode = "stop-now" if run.dir.name == "no_kl-s0" else "run"
+        mode = "stop-now" if run.dir.name == "importance_twin-s0" else "run"
         return subprocess.Popen([sys.executable, "-c", CHILD, str(run.dir), mode])
 
     monkeypatch.setattr(ladder, "start_run", fake_start)
@@ -268,7 +297,7 @@ def test_jobs_runs_at_once_and_a_stopped_run_stops_the_others_for_resume(tmp_pat
     t0 = time.time()
     assert ladder.train_runs(plan, states, est, jobs=2) is None  # None: stopped, rerun to resume
     assert time.time() - t0 < 30  # the sleeping run did not run its 60 s
-    assert started == ["importance-s0", "no_kl-s0"]  # two at once; seed 1 never started
+    assert started == ["importance-s0", "importance_twin-s0"]  # two at once; seed 1 never started
     assert (plan.runs[0].dir / "stopped_by_sigint").exists()  # passed the signal on
     assert all(ladder.run_state(r) != "done" for r in plan.runs)
     wall = json.loads((plan.runs[0].dir / "ladder.json").read_text())["wall_s"]
@@ -304,7 +333,8 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         plan.command
         == f"sft2grpo ladder --budget small --seeds 2 --presets onpolicy_sft,importance,dapo --output {tmp_path}"
     )
-    # the default ladder: the seed's 5 rungs and GRPO without each of its 4 tricks, 3 seeds, make run's
+    # the default ladder: the seed's 5 rungs, GRPO without each of its 4 tricks (IS three ways, KL as
+    # rung 4) and the A/A twin, 3 seeds, make run's
     # work per step, the held-out split scored at steps 10, 20 and 40
     default = ladder.make_plan(output=tmp_path)
     assert default.presets == [
@@ -314,11 +344,13 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         "importance",
         "grpo",
         "no_is",
-        "no_kl",
+        "no_is_mu1",
+        "no_is_prox",
         "grpo_no_neg",
         "grpo_no_norm",
+        "importance_twin",
     ]
-    assert len(default.runs) == 9 * 3 and default.steps == 40 and default.budget.eval_samples == 4
+    assert len(default.runs) == 11 * 3 and default.steps == 40 and default.budget.eval_samples == 4
     assert default.jobs == 2 and "--jobs" not in default.command
     assert default.horizons == [10, 20, 40]
     c = default.runs[0].cfg
@@ -344,13 +376,17 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
     # the A/A pair: one configuration, the second arm sampling from another stream with the same seed
     from sft2grpo.config import to_dict
 
-    imp, no_kl = (next(r.cfg for r in default.runs if r.preset == p and r.seed == 1) for p in AA)
-    assert (imp.rollout.seed, no_kl.rollout.seed, no_kl.train.seed) == (0, 1, 1)
-    a, b = to_dict(imp), to_dict(no_kl)
+    imp, twin = (next(r.cfg for r in default.runs if r.preset == p and r.seed == 1) for p in AA)
+    assert (imp.rollout.seed, twin.rollout.seed, twin.train.seed) == (0, 1, 1)
+    # every other preset samples from stream 0, as rung 4 does
+    assert {r.cfg.rollout.seed for r in default.runs if r.preset != AA[1]} == {0}
+    a, b = to_dict(imp), to_dict(twin)
     for d in (a, b):
         d.pop("log"), d["rollout"].pop("seed"), d.pop("preset", None)
     assert a == b
-    assert len(ladder.make_plan(output=tmp_path, presets="all").presets) == 14
+    assert len(ladder.make_plan(output=tmp_path, presets="all").presets) == 16
+    # GRPO without KL is rung 4: the ladder reads no_kl as importance and trains it once
+    assert ladder.make_plan(output=tmp_path, presets="no_kl,importance").presets == ["importance"]
     assert "--eval-samples 0" in ladder.make_plan(output=tmp_path, eval_samples=0).command
 
 
@@ -409,15 +445,16 @@ def write_scores(folder: Path, greedy_file: str, greedy: list[float], sampled: l
     )
 
 
-LADDER = "onpolicy_sft,reinforce,importance,grpo,no_is,no_kl,grpo_no_neg,grpo_no_norm"
+LADDER = "onpolicy_sft,reinforce,importance,grpo,no_is,no_is_mu1,no_is_prox,grpo_no_neg,grpo_no_norm,importance_twin"
 
 
 def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
     """At the end GRPO without the negative gradient or without normalisation is 30 points below GRPO
     without IS or without KL (claims 1 and 2 supported), grpo beats the base model, and the A/A pair
-    (importance, no_kl) is one configuration. At the early horizon (step 1) the order is reversed:
-    claim 1 flips with the horizon. Costs come from costs/costs.json, runs alone."""
-    plan = ladder.make_plan(model="tiny", budget="small", presets=LADDER, seeds=3, output=tmp_path)
+    (importance, importance_twin) is one configuration. At the early horizon (step 1) the order is
+    reversed for the negative gradient: claim 1 flips with the horizon and is no finding. 5 seeds.
+    Costs come from costs/costs.json, runs alone."""
+    plan = ladder.make_plan(model="tiny", budget="small", presets=LADDER, seeds=5, output=tmp_path)
     assert plan.horizons == [1, 2]
     rng = np.random.default_rng(0)
     p = rng.uniform(0.05, 0.5, size=40)  # (P,) each problem's chance under the base model
@@ -428,15 +465,8 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         return (rng.random(40) < q).tolist(), (rng.random((40, k)) < q[:, None]).tolist()
 
     write_run(tmp_path / "base", None, *scores(0.0))
-    shift = {
-        "onpolicy_sft": 0.1,
-        "reinforce": 0.0,
-        "importance": 0.3,
-        "grpo": 0.3,
-        "no_is": 0.3,
-        "no_kl": 0.3,
-    }
-    shift |= {"grpo_no_neg": 0.0, "grpo_no_norm": 0.0}
+    shift = {"onpolicy_sft": 0.1, "reinforce": 0.0, "grpo_no_neg": 0.0, "grpo_no_norm": 0.0}
+    shift |= dict.fromkeys(["importance", "grpo", "no_is", "no_is_mu1", "no_is_prox", "importance_twin"], 0.3)
     early = {"grpo_no_neg": 0.6, "grpo_no_norm": 0.0}  # at step 1 the negative gradient's removal helps
     for r in plan.runs:
         mem = {"grpo": 4700}.get(r.preset, 4100) + 10 * r.seed
@@ -463,16 +493,18 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
     (tmp_path / "costs" / "costs.json").write_text(json.dumps(costs))
 
     report = ladder_report.write_report(plan).read_text()
-    assert report.splitlines()[2].startswith("A/A check passed: importance vs no_kl")
+    assert report.splitlines()[2].startswith("A/A check passed: importance vs importance_twin")
     assert "### At the end (step 2)" in report
     assert "**1. The negative gradient matters most: supported**" in report
     assert "**2. Reward normalisation and clipping matter most: supported**" in report
     assert (
         "- deciding, removing the negative gradient costs more than removing IS, sampled accuracy: "
-        "grpo_no_neg -> no_is: +2" in report
+        "grpo_no_neg -> no_is_mu1: +3" in report
     )
-    assert "  - on greedy accuracy (not deciding): grpo_no_neg -> no_is: +" in report
+    assert "family-wise (7 deciding pairs) [" in report
+    assert "  - on greedy accuracy (not deciding): grpo_no_neg -> no_is_mu1: +" in report
     assert "- evidence, rung 1 -> 2: the negative gradient as REINFORCE, raw rewards, no baseline" in report
+    assert "- evidence, drop it and reuse answers with no guard (no_is): grpo -> no_is:" in report
     # over the horizons: claim 1 contradicted at step 1, supported at the end
     assert (
         "| 1. The negative gradient matters most | contradicted | supported | flips: not a finding |"
@@ -482,6 +514,10 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         "| 2. Reward normalisation and clipping matter most | supported | supported | stands at every horizon |"
         in report
     )
+    # claim 2 is the one finding: claim 1 flips, claims 3 and 4 are undecided family-wise
+    assert "Findings: 1, counting claims that rest on the same runs once." in report
+    assert "- claim 2 supported (they share" not in report and "- claim 2 supported" in report
+    assert "Run-to-run SD of sampled accuracy over seeds, points: " in report
     assert "| base -> grpo: base -> grpo | supported, +" in report
     assert "Deciding intervals at step 2: half-widths" in report
     assert (
@@ -493,47 +529,90 @@ def test_report_and_results_json_from_run_folders_with_known_effects(tmp_path):
         in report
     )
     results = json.loads((tmp_path / "results.json").read_text())
-    check_results_schema(results, plan.presets, seeds=[0, 1, 2])
+    check_results_schema(results, plan.presets, seeds=[0, 1, 2, 3, 4])
     assert results["horizons"] == [1, 2] and results["costs"]["no_kl"]["peak_mem_mb"] == [3072, 3072]
+    assert results["family"] == {"members": 7, "level": pytest.approx(1 - 0.05 / 7)}
+    assert [f["claims"] for f in results["findings"]] == [[2]]
+    check = results["variance_check"]["2"]
+    assert set(check["sd_points"]) == set(plan.presets) and 0 <= check["bartlett_p"] <= 1
     end = {c["role"]: c for c in results["comparisons"] if c["horizon"] == 2}
     assert results["aa_trusted"] is True and end["A/A"]["verdict"] == "undecided"
-    assert "pooled over the ladder" in end["A/A"]["method"]  # 8 presets x 3 seeds: 14 df
+    assert "own run-to-run variance" in end["A/A"]["method"] and end["A/A"]["run_df"] == 4
     assert (
         end["base -> grpo"]["verdict"] == "supported" and end["base -> grpo"]["metric"] == "sampled_accuracy"
     )
     first = [c for c in results["comparisons"] if c["role"] == "claim 1"]
-    assert [(c["horizon"], c["b"], c["verdict"]) for c in first] == [
-        (1, "no_is", "contradicted"),
-        (1, "no_kl", "contradicted"),
-        (2, "no_is", "supported"),
-        (2, "no_kl", "supported"),
+    assert [(c["horizon"], c["b"], c["verdict_family"]) for c in first] == [
+        (1, "no_is_mu1", "contradicted"),
+        (1, "importance", "contradicted"),
+        (2, "no_is_mu1", "supported"),
+        (2, "importance", "supported"),
     ]
     assert first[-1]["diff"] == pytest.approx(0.3, abs=0.06)
     assert {(r["claim"], r["horizon"]): r["verdict"] for r in results["claims"]}[1, 1] == "contradicted"
     greedy = [c for c in results["comparisons"] if c["role"] == "other metric" and c["horizon"] == 2]
     assert {(c["a"], c["b"]) for c in greedy} == {
-        ("grpo_no_neg", "no_is"),
-        ("grpo_no_neg", "no_kl"),
-        ("grpo_no_norm", "no_is"),
-        ("grpo_no_norm", "no_kl"),
-        ("grpo", "no_is"),
-        ("grpo", "no_kl"),
+        ("grpo_no_neg", "no_is_mu1"),
+        ("grpo_no_neg", "importance"),
+        ("grpo_no_norm", "no_is_mu1"),
+        ("grpo_no_norm", "importance"),
+        ("grpo", "no_is_mu1"),
+        ("grpo", "no_is_prox"),
+        ("grpo", "importance"),
         ("base", "grpo"),
-        ("importance", "no_kl"),
+        ("importance", "importance_twin"),
     }
     assert all(c["metric"] == "greedy_accuracy" for c in greedy)
+    # anyone can rebuild every comparison from results.json alone
+    from sft2grpo.ladder import recompute
+
+    lines = recompute.check(results)
+    assert len(lines) == 14 and lines[0].startswith("step   1  claim 1  grpo_no_neg -> no_is_mu1: ")
+    assert recompute.main([str(tmp_path / "results.json")]) == 0
     sft = results["presets"]["onpolicy_sft"]
-    assert sft["status"] == ["finished"] * 3 and sft["peak_mem_mb"] == [4100, 4110, 5000]
+    assert sft["status"] == ["finished"] * 5 and sft["peak_mem_mb"][:3] == [4100, 4110, 5000]
     assert sft["sampled_accuracy"][0] == pytest.approx(
         statistics.fmean(ladder_report.read_scores(plan.runs[0].dir / "eval_sampled.jsonl").values())
     )
-    assert len(sft["sampled_accuracy_at"]["1"]) == 3
+    assert len(sft["sampled_accuracy_at"]["1"]) == 5
     # greedy decides when the budget samples nothing
     plan0 = ladder.make_plan(
-        model="tiny", budget="small", presets=LADDER, seeds=3, output=tmp_path, eval_samples=0
+        model="tiny", budget="small", presets=LADDER, seeds=5, output=tmp_path, eval_samples=0
     )
     assert "decided by greedy accuracy" in ladder_report.write_report(plan0).read_text()
     assert json.loads((tmp_path / "results.json").read_text())["deciding_metric"] == "greedy_accuracy"
+
+
+def test_recompute_refuses_a_changed_interval_and_an_old_file(tmp_path, capsys):
+    """recompute names the first comparison whose stored interval differs (exit 1), and a file
+    without per-problem scores (schema 2) in one line (exit 2)."""
+    from sft2grpo.ladder import recompute
+
+    by_preset = {
+        "base": runs_of("base", [[0.0, 0.25, 0.5, 0.25]] * 3),
+        "grpo": runs_of("grpo", [[0.5, 0.75, 1.0, 0.75], [0.5, 0.5, 1.0, 0.75], [0.25, 0.75, 1.0, 0.75]]),
+    }
+    plan = ladder.make_plan(model="tiny", budget="small", presets="grpo", seeds=3, output=tmp_path)
+    for runs in by_preset.values():  # the same scores at the early horizon
+        for r in runs:
+            r.sampled_at = {1: r.sampled}
+    comps = []
+    for h in plan.horizons:
+        for c in comparisons(by_preset, "sampled_accuracy", None if h == plan.steps else h):
+            c.horizon = h
+            comps.append(c)
+    results = json.loads(json.dumps(results_json(plan, by_preset, comps, "sampled_accuracy")))
+    assert recompute.check(results) == []  # no claim pair measured: nothing to print, all equal
+    path = tmp_path / "results.json"
+    bad = next(c for c in results["comparisons"] if c["role"] == "base -> grpo" and c["horizon"] == 2)
+    bad["ci95"][0] -= 0.01
+    path.write_text(json.dumps(results))
+    assert recompute.main([str(path)]) == 1
+    assert "base -> grpo (sampled_accuracy, step 2): ci95" in capsys.readouterr().err
+    del results["presets"]["grpo"]["per_problem"]
+    path.write_text(json.dumps(results))
+    assert recompute.main([str(path)]) == 2
+    assert "presets.grpo: no per_problem scores" in capsys.readouterr().err
 
 
 def runs_of(preset: str, per_seed: list[list[float]]) -> list:
@@ -554,7 +633,9 @@ def test_comparisons_pair_seeds_and_problems_and_the_aa_rule():
             "importance", [[0.25, 0.5, 0.5, 0.25], [0.0, 0.25, 0.5, 0.5], [0.25, 0.25, 0.5, 0.25]]
         ),
         # the same configuration: the other seeds' values, so the per-seed differences cancel in sum
-        "no_kl": runs_of("no_kl", [[0.0, 0.25, 0.5, 0.5], [0.25, 0.5, 0.5, 0.25], [0.25, 0.25, 0.5, 0.25]]),
+        "importance_twin": runs_of(
+            "importance_twin", [[0.0, 0.25, 0.5, 0.5], [0.25, 0.5, 0.5, 0.25], [0.25, 0.25, 0.5, 0.25]]
+        ),
         "grpo": runs_of("grpo", [[x + 0.5 for x in base]] * 3),
     }
     comps = comparisons(by_preset, "sampled_accuracy")
@@ -565,28 +646,29 @@ def test_comparisons_pair_seeds_and_problems_and_the_aa_rule():
     assert trusted and line.startswith("A/A check passed")
     g = by_role["base -> grpo"]  # +0.5 on every problem and seed: supported
     assert g.diff == pytest.approx(0.5) and g.verdict == "supported"
-    # grpo's own seeds agree exactly, but the run-to-run variance is the ladder's, pooled over the
-    # presets that vary (importance, no_kl): one run around its preset's mean, 2 df per preset
-    means = np.array(
-        [[np.mean(list(r.sampled.values())) for r in by_preset[p]] for p in ("importance", "no_kl", "grpo")]
-    )
-    single = ((means - means.mean(1, keepdims=True)) ** 2).sum() / 6
-    assert g.se_run == pytest.approx((single / 3) ** 0.5) and "pooled over the ladder (6 df)" in g.method
-    assert by_role["claim 4"].verdict == "contradicted"  # grpo -> no_kl: about -0.4 in every seed
+    # grpo's own seeds agree exactly and the base model is evaluated once: neither varies from run
+    # to run, so the interval is the problem term alone, the run term at S - 1 = 2 df (Welch)
+    assert g.se_run == 0 and g.run_df == 2 and "own run-to-run variance" in g.method
+    assert by_role["claim 4"].verdict == "contradicted"  # grpo -> importance: about -0.4 in every seed
+    assert by_role["claim 4"].family == 1 and by_role["claim 4"].ci_family == by_role["claim 4"].ci95
     # a seed that only one side finished is left out of the pairing; a missing preset is "not measured"
-    by_preset["no_kl"] = by_preset["no_kl"][:2]
+    by_preset["importance_twin"] = by_preset["importance_twin"][:2]
     aa = {c.role: c for c in comparisons(by_preset, "sampled_accuracy")}["A/A"]
     assert aa.seeds == 2 and aa.diff == pytest.approx(0.0)
-    del by_preset["no_kl"]
+    del by_preset["importance_twin"]
     trusted, line = aa_status(comparisons(by_preset, "sampled_accuracy"))
     assert trusted is None and line.startswith("A/A check not run")
     # the same run twice (deterministic training): a zero-width interval at 0 tests nothing
-    by_preset["no_kl"] = runs_of("no_kl", [list(r.sampled.values()) for r in by_preset["importance"]])
+    by_preset["importance_twin"] = runs_of(
+        "importance_twin", [list(r.sampled.values()) for r in by_preset["importance"]]
+    )
     trusted, line = aa_status(comparisons(by_preset, "sampled_accuracy"))
-    assert trusted is None and line.startswith("A/A check vacuous: importance and no_kl scored the same")
+    assert trusted is None and line.startswith(
+        "A/A check vacuous: importance and importance_twin scored the same"
+    )
     # a real difference between the two names of one configuration fails the check
-    by_preset["no_kl"] = runs_of(
-        "no_kl", [[x + 0.25 for x in r.sampled.values()] for r in by_preset["importance"]]
+    by_preset["importance_twin"] = runs_of(
+        "importance_twin", [[x + 0.25 for x in r.sampled.values()] for r in by_preset["importance"]]
     )
     trusted, line = aa_status(comparisons(by_preset, "sampled_accuracy"))
     assert trusted is False and line.startswith("**Do not trust the statistics of this report")
@@ -622,7 +704,7 @@ def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
     est = {p: estimate.estimate_run_s(c, cost) for p, c in cfg.items()}
     # the same rollouts; KL sends every row through 2 passes and a reference forward
     assert est["onpolicy_sft"] < est["reward_norm"] < est["reinforce"] < est["grpo"] == est["no_is"]
-    assert est["importance"] == est["no_kl"]  # one configuration under two names
+    assert est["importance"] == est["importance_twin"]  # one configuration under two names
     u = cost["update"] * 32 * 64 * 40  # rows x tokens x steps
     assert est["grpo"] - est["importance"] == pytest.approx(u * (1.0 * (2 + 2 / 3) - 0.4 * (2 + 1 / 3)))
     # the held-out split scored at steps 10 and 20 too: greedy, and 4 samples a problem (400 rows in
@@ -648,9 +730,11 @@ def test_estimate_counts_the_rows_that_reach_the_update_and_the_jobs(tmp_path):
 
 
 def test_cost_runs_alternate_grpo_and_no_kl_alone_and_are_not_redone(tmp_path, monkeypatch):
+    """The ladder trains GRPO without KL as rung 4 (importance); its cost runs train the no_kl preset
+    (the same objective) beside grpo, alone."""
     from sft2grpo.ladder import costs
 
-    plan = ladder.make_plan(model="tiny", budget="small", presets="grpo,no_kl", output=tmp_path)
+    plan = ladder.make_plan(model="tiny", budget="small", presets="grpo,importance", output=tmp_path)
     order = []
     real = subprocess.run
 

@@ -138,8 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     lad.add_argument(
         "--presets",
         default=None,
-        help="comma-separated presets, or 'all' for all 14 (default: the 5 rungs, then GRPO without each of "
-        "its tricks: no_is, no_kl, grpo_no_neg, grpo_no_norm)",
+        help="comma-separated presets, or 'all' for all 16 (default: the 5 rungs, then GRPO without each of "
+        "its tricks: IS as no_is, no_is_mu1 and no_is_prox, KL as rung 4 (importance), grpo_no_neg, "
+        "grpo_no_norm; and importance_twin, rung 4 from another sampling stream, for the A/A check)",
     )
     lad.add_argument(
         "--eval-samples",

@@ -26,6 +26,8 @@ from typing import Any
 from .plan import Plan, read_json
 
 PAIR = ("grpo", "no_kl")
+# the presets of the ladder the cost runs stand for: GRPO without KL is rung 4 there
+IN_PLAN = ("grpo", "importance")
 COST_STEPS = 3
 REPEATS = 2  # A B A B
 
@@ -56,9 +58,9 @@ def cost_argv(plan: Plan, preset: str, folder: Path) -> list[str]:
 def measure_costs(plan: Plan) -> str | None:
     """Run the cost pairs that are missing (each alone, in order) and write costs.json; returns what
     went wrong, or None. A finished costs.json is kept: rerunning the ladder does not redo it. Nothing
-    to do when the plan lacks grpo or no_kl."""
+    to do when the plan lacks grpo or rung 4 (importance, GRPO without KL)."""
     out = plan.out / "costs"
-    if not all(p in plan.presets for p in PAIR) or done(plan):
+    if not all(p in plan.presets for p in IN_PLAN) or done(plan):
         return None
     out.mkdir(parents=True, exist_ok=True)
     order = [(p, i) for i in range(REPEATS) for p in PAIR]

@@ -105,12 +105,12 @@ def estimate_cost_runs_s(plan: Plan) -> float:
     one at a time with both cores; 0 when the plan lacks either preset or costs.json is there."""
     from dataclasses import replace
 
-    from .costs import COST_STEPS, PAIR, REPEATS, done
+    from .costs import COST_STEPS, IN_PLAN, REPEATS, done
 
-    if not all(p in plan.presets for p in PAIR) or done(plan):
+    if not all(p in plan.presets for p in IN_PLAN) or done(plan):
         return 0.0
     total = 0.0
-    for p in PAIR:
+    for p in IN_PLAN:  # the ladder's runs of the same objectives as the cost runs' PAIR
         cfg = next(r.cfg for r in plan.runs if r.preset == p)
         short = replace(
             cfg, train=replace(cfg.train, steps=COST_STEPS), eval=replace(cfg.eval, every=0, heldout_at=[])

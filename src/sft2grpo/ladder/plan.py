@@ -12,7 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-# The rungs in the seed's order, then the variants; `--presets` picks a subset.
+# The rungs in the seed's order, then the variants; `--presets` picks a subset. GRPO without KL is
+# rung 4 itself (configs/no_kl.yaml has importance's objective), so the ladder trains it once, as
+# `importance`; the A/A twin trains it again from another sampling stream.
 PRESETS = (
     "onpolicy_sft",
     "reinforce",
@@ -20,9 +22,11 @@ PRESETS = (
     "importance",
     "grpo",
     "no_is",
-    "no_kl",
+    "no_is_mu1",
+    "no_is_prox",
     "grpo_no_neg",
     "grpo_no_norm",
+    "importance_twin",
     "sft_o1",
     "dr_grpo",
     "dapo",
@@ -34,23 +38,30 @@ DESCRIPTIONS = {
     "onpolicy_sft": "rung 1: on-policy SFT, A = ReLU(r)",
     "reinforce": "rung 2: + negative gradient, A = r",
     "reward_norm": "rung 3: + normalised, clipped A",
-    "importance": "rung 4: + importance sampling (mu 2)",
+    "importance": "rung 4: + importance sampling (mu 2) = GRPO without KL",
     "grpo": "rung 5: + KL penalty = GRPO",
     "sft_o1": "sft-o1: no negative gradient, 4 passes",
-    "no_is": "GRPO without importance sampling",
-    "no_kl": "GRPO without KL (no reference model)",
+    "no_is": "GRPO without IS, answers reused unguarded (mu 2)",
+    "no_is_mu1": "GRPO without IS, on-policy (mu 1)",
+    "no_is_prox": "GRPO without IS, reused with a KL to pi_old",
     "grpo_no_neg": "GRPO without negative gradient, A = ReLU(norm)",
     "grpo_no_norm": "GRPO without normalisation or clip, A = r",
+    "importance_twin": "rung 4 again, another sampling stream (A/A)",
     "dr_grpo": "Dr. GRPO: A = r - mean, token sums",
     "dapo": "DAPO: clip-higher, dynamic sampling",
     "gspo": "GSPO: one ratio per sequence",
     "rloo": "RLOO: leave-one-out baseline",
 }
-# The A/A pair: rung 4 is GRPO without KL, one configuration under two names. The second samples its
-# answers from another stream (rollout.seed=1), with the same prompts in the same order: fp32 training
-# on a CPU is deterministic, so with one stream the pair would be one run twice and test nothing.
-AA = ("importance", "no_kl")
+# Every preset samples from stream 0 (rollout.seed 0): seed s of two presets draws the same prompts
+# in the same order and the same random numbers, so a pair differs by its objective alone. The A/A
+# pair is one configuration under two names: the twin samples its answers from stream 1, with the
+# same prompts in the same order (fp32 training on a CPU is deterministic, so with one stream the
+# pair would be one run twice and test nothing). It only serves the A/A check.
+AA = ("importance", "importance_twin")
+TWINS = {"importance_twin": "importance"}  # ladder name -> the preset it trains
 AA_STREAM = "rollout.seed=1"
+# names the ladder reads as another preset: GRPO without KL is rung 4
+SAME_AS = {"no_kl": "importance"}
 
 
 @dataclass(frozen=True)
@@ -69,12 +80,13 @@ class Budget:
     horizons: tuple[int, ...] = ()
 
 
-# The default ladder: the seed's 5 rungs, then GRPO without each of its four tricks in turn (no_is,
-# no_kl, grpo_no_neg, grpo_no_norm: the leave-one-out ablations); `--presets all` adds the other 5.
+# The default ladder: the seed's 5 rungs, then GRPO without each of its four tricks in turn (IS three
+# ways: no_is, no_is_mu1, no_is_prox; KL: rung 4; grpo_no_neg, grpo_no_norm: the leave-one-out
+# ablations), and the A/A twin; `--presets all` adds the other 5.
 # Runs trained at once by default: on 2 CPU cores two runs of one thread each did 1.5x the steps per
 # minute of one run with both threads (docs/ladder/README.md); each has its own process and memory.
 DEFAULT_JOBS = 2
-DEFAULT_PRESETS = PRESETS[:9]
+DEFAULT_PRESETS = PRESETS[:11]
 
 # "default" trains with the GRPO-only recipe of configs/run.yaml (make run's RL stage starts from
 # SFT instead): the same work per step (4 prompts x 8 completions x at most 64 tokens, sampled with
@@ -143,6 +155,11 @@ class Run:
     overrides: list[str]  # everything after `sft2grpo train --config PRESET`
     cfg: Any  # the resolved Config (validated before anything runs)
 
+    @property
+    def config(self) -> str:
+        """The preset file this run trains (the A/A twin trains rung 4's)."""
+        return TWINS.get(self.preset, self.preset)
+
 
 @dataclass
 class Plan:
@@ -170,10 +187,11 @@ def parse_presets(text: str | None) -> list[str]:
     ladder (PRESETS)."""
     from ..config import current_preset, list_presets
 
-    available = list_presets()
+    available = [*list_presets(), *TWINS]
     if not text or text.strip() == "all":
         return [p for p in (PRESETS if text else DEFAULT_PRESETS) if p in available]
-    names = list(dict.fromkeys(current_preset(n.strip()) for n in text.split(",") if n.strip()))
+    names = [current_preset(n.strip()) for n in text.split(",") if n.strip()]
+    names = list(dict.fromkeys(SAME_AS.get(n, n) for n in names))
     for n in names:
         if n not in available:
             raise ValueError(f"--presets: unknown preset '{n}'; available: {', '.join(available)}")
@@ -243,9 +261,9 @@ def make_plan(
                 f"train.seed={s}",
                 f"log.output_dir={d}",
             ]
-            ov += [AA_STREAM] if p == AA[1] else []  # the A/A twin: its own sampling stream
+            ov += [AA_STREAM] if p in TWINS else []  # the A/A twin: its own sampling stream
             ov += scored_at
-            runs.append(Run(p, s, d, ov, load_config(p, ov)))
+            runs.append(Run(p, s, d, ov, load_config(TWINS.get(p, p), ov)))  # Run.config
     argv = ["sft2grpo", "ladder"]
     argv += ["--task", task] if task else []
     argv += ["--model", model] if model else []

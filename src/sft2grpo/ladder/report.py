@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..evaluate import problem_scores
 from ..tracking import seed_band
-from .costs import cost_lines
+from .costs import IN_PLAN, cost_lines
 from .plan import DESCRIPTIONS, RUNGS, Plan, Run, is_finished, read_json
 from .stats import MARGIN
 from .verdicts import (
@@ -35,9 +35,11 @@ from .verdicts import (
     claim_verdict,
     comparisons,
     cost_comparisons,
+    findings,
     horizon_label,
     results_json,
     table_interval,
+    variance_check,
 )
 
 
@@ -232,9 +234,22 @@ def comparison_text(c: Comparison) -> str:
         if c.verdict == "undecided" and c.problems
         else ""
     )
+    family = ""
+    if c.ci_family is not None:  # a deciding pair: the family-wise interval decides the claim
+        flo, fhi = c.ci_family
+        family = (
+            f"; family-wise ({c.family} deciding pairs) [{scale * flo:{spec}}, {scale * fhi:{spec}}]: "
+            f"**{c.verdict_family}**"
+        )
+        bound = max(abs(flo), abs(fhi))
+        answer = (
+            f": no difference larger than {scale * bound:.1f}{unit}"
+            if c.verdict_family == "undecided"
+            else ""
+        )
     return (
         f"{c.a} -> {c.b}: {scale * c.diff:{spec}}{unit} [{scale * lo:{spec}}, {scale * hi:{spec}}] "
-        f"({n}): **{c.verdict}**{answer}"
+        f"({n}): {c.verdict if family else f'**{c.verdict}**'}{family}{answer}"
     )
 
 
@@ -245,8 +260,10 @@ def verdict_lines(comps: list[Comparison]) -> list[str]:
         "",
         "How a verdict is read: for a claim that B beats A (claims 1 and 2, base -> grpo) "
         f"{CLAIM_WORDS['better']}; for a claim that a part can be dropped (claims 3 and 4) "
-        f"{CLAIM_WORDS['droppable']}; otherwise undecided. A claim with two deciding pairs is supported "
-        "when both are and contradicted when one is.",
+        f"{CLAIM_WORDS['droppable']}; otherwise undecided. A deciding pair is read from its family-wise "
+        "interval (the level at which all the claims' deciding pairs hold together; the plain 95% one "
+        "stands beside it). A claim with two deciding pairs is supported when both are and contradicted "
+        "when one is.",
     ]
     greedy = {(c.a, c.b): c for c in comps if c.role == "other metric"}
     for i, claim in enumerate(CLAIMS, 1):
@@ -269,6 +286,36 @@ def verdict_lines(comps: list[Comparison]) -> list[str]:
         if c.role == "base -> grpo" or (c.role == "other metric" and c.a == "base"):
             out.append(f"- {METRIC_WORDS[c.metric]}: {comparison_text(c)}")
     return out
+
+
+def finding_lines(comps: list[Comparison]) -> list[str]:
+    """The findings (`verdicts.findings`): how many, and which claims rest on the same runs."""
+    found = findings(comps)
+    if not found:
+        return [
+            "No claim's verdict is a finding: none holds family-wise at the last horizon without "
+            "reversing or fading before it."
+        ]
+    lines = [f"Findings: {len(found)}, counting claims that rest on the same runs once."]
+    for f in found:
+        claims = " and ".join(f"claim {i} {f['verdicts'][i]}" for i in f["claims"])
+        shared = f" (they share the runs of {', '.join(f['shared'])})" if f["shared"] else ""
+        lines.append(f"- {claims}{shared}")
+    return lines
+
+
+def variance_lines(by_preset: dict, seeds: list[int]) -> list[str]:
+    """How alike the presets vary from run to run at the end (`verdicts.variance_check`)."""
+    v = variance_check(by_preset, seeds)
+    if v is None:
+        return []
+    sds = ", ".join(f"{p} {sd:.1f}" for p, sd in sorted(v["sd_points"].items(), key=lambda kv: kv[1]))
+    return [
+        f"Run-to-run SD of sampled accuracy over seeds, points: {sds}; the largest is {v['sd_ratio']:.1f}x "
+        f"the smallest (Bartlett's test of one shared variance: p = {v['bartlett_p']:.3f}). The intervals "
+        "take each preset's own variance, which needs no such assumption.",
+        "",
+    ]
 
 
 def costs_section(plan: Plan, comps: list[Comparison]) -> list[str]:
@@ -626,10 +673,13 @@ def write_report(plan: Plan, failed: dict | None = None) -> Path:
                 "",
             ]
         ),
+        *finding_lines(comps),
+        "",
+        *variance_lines(by_preset, plan.seeds),
         aa_line + aa_greedy(end),
         *verdict_lines(end),
         "",
-        *(costs_section(plan, end) if all(p in plan.presets for p in ("grpo", "no_kl")) else []),
+        *(costs_section(plan, end) if all(p in plan.presets for p in IN_PLAN) else []),
         "## Runs",
         "",
         "| preset | seed | status | sampled accuracy % | greedy accuracy % | train time s |",
@@ -647,16 +697,18 @@ def write_report(plan: Plan, failed: dict | None = None) -> Path:
 
 
 STATS_METHOD = (
-    "the interval is a paired t interval whose variance adds the run-to-run term (v / S) and the "
-    "problem term (the variance over problems of the per-problem mean difference, / P), each widened "
-    "by t at its own degrees of freedom. v is the run-to-run variance pooled over every preset that "
-    "finished all its seeds (a fit with preset and seed effects, (A - 1)(S - 1) df; against the base "
-    "model, evaluated once, the spread of one run around its preset's mean, A(S - 1) df), or the "
-    "pair's own variance over seeds where that is larger (`ladder.stats.pooled_interval`). On "
-    "synthetic ladders of 9 presets x 3 seeds with no effect it called the A/A pair different in 2.25% "
-    "of 400, and in 8.5% when one preset varied twice as much as the others "
-    "(tests/test_ladder_stats.py). With one seed only the problem term is left and run-to-run "
-    "variation is not in the interval. KL pairs by seed alone."
+    "the interval is a paired t interval whose variance adds the run-to-run term (v_A / S + v_B / S, "
+    "each preset's own variance over its seeds: presets need not vary alike) and the problem term "
+    "(the variance over problems of the per-problem mean difference, / P), widened by t at S - 1 and "
+    "at P - 1 degrees of freedom (`ladder.stats.welch_interval`). The deciding pairs of all claims at "
+    "one horizon form one family, read at level 1 - 0.05 / (family size) (Bonferroni), the plain 95% "
+    "interval beside it. On synthetic ladders with no effect and run-to-run SDs up to 10x apart, the "
+    "A/A pair was called different in at most 5% and some null deciding pair in at most 5% of ladders "
+    "family-wise (tests/test_ladder_stats.py). How the horizons are read, fixed before reading them: a "
+    "claim's verdict is a finding when it holds family-wise at the last horizon and does not reverse "
+    "or fade at an earlier one; claims whose deciding pairs share a preset's runs count as one "
+    "finding. With one seed only the problem term is left and run-to-run variation is not in the "
+    "interval. KL pairs by seed alone."
 )
 
 
@@ -707,7 +759,7 @@ def fmt(x: float | None, scale: float = 1.0, spec: str = ".1f") -> str:
 
 def command_lines(plan: Plan) -> list[str]:
     run = plan.runs[0]
-    one = shlex.join(["sft2grpo", "train", "--config", run.preset, *run.overrides])
+    one = shlex.join(["sft2grpo", "train", "--config", run.config, *run.overrides])
     return [
         *["## Command", "", "```bash", plan.command, "```", ""],
         *["Each run is its own process, e.g.", "", "```bash", one, "```", ""],

@@ -96,7 +96,7 @@ def start_run(run: Run, state: str, log: Path, env: dict[str, str] | None = None
     if state == "fresh":
         shutil.rmtree(run.dir, ignore_errors=True)  # a crashed start without a checkpoint
     argv = [sys.executable, "-m", "sft2grpo", "train"]
-    argv += ["--resume", str(run.dir)] if state == "resume" else ["--config", run.preset, *run.overrides]
+    argv += ["--resume", str(run.dir)] if state == "resume" else ["--config", run.config, *run.overrides]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {shlex.join(argv)}\n")
@@ -175,7 +175,7 @@ def run_log(plan: Plan, run: Run) -> Path:
 
 
 def tag(plan: Plan, run: Run) -> str:
-    return f"[{plan.runs.index(run) + 1:2d}/{len(plan.runs)}] {run.preset:11s} seed {run.seed}"
+    return f"[{plan.runs.index(run) + 1:2d}/{len(plan.runs)}] {run.preset:15s} seed {run.seed}"
 
 
 def train_runs(plan: Plan, states: dict, est: dict, jobs: int) -> dict[tuple[str, int], str] | None:
