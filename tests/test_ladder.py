@@ -350,7 +350,20 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
         "grpo_no_norm",
         "importance_twin",
     ]
-    assert len(default.runs) == 11 * 3 and default.steps == 40 and default.budget.eval_samples == 4
+    # the presets of a deciding pair and the A/A pair get 5 seeds, the evidence-only ones 3
+    from sft2grpo.ladder.verdicts import deciding_pairs
+
+    assert set(ladder_plan.DECIDING) == {p for pair in deciding_pairs() for p in pair} | set(AA)
+    seeds = {p: sorted(r.seed for r in default.runs if r.preset == p) for p in default.presets}
+    assert all(seeds[p] == ([0, 1, 2, 3, 4] if p in ladder_plan.DECIDING else [0, 1, 2]) for p in seeds)
+    assert default.seeds == [0, 1, 2, 3, 4] and "--seeds" not in default.command
+    assert len(ladder.make_plan(output=tmp_path, seeds=2).runs) == 11 * 2  # --seeds: every preset
+    assert len(default.runs) == 7 * 5 + 4 * 3
+    assert ladder_report.seed_counts(default) == (
+        "; 5 seeds for the presets that decide a claim and the A/A pair (importance, grpo, no_is_mu1, "
+        "no_is_prox, grpo_no_neg, grpo_no_norm, importance_twin), 3 for onpolicy_sft, reinforce, "
+        "reward_norm, no_is"
+    ) and default.steps == 40 and default.budget.eval_samples == 4
     assert default.jobs == 2 and "--jobs" not in default.command
     assert default.horizons == [10, 20, 40]
     c = default.runs[0].cfg

@@ -62,6 +62,9 @@ TWINS = {"importance_twin": "importance"}  # ladder name -> the preset it trains
 AA_STREAM = "rollout.seed=1"
 # names the ladder reads as another preset: GRPO without KL is rung 4
 SAME_AS = {"no_kl": "importance"}
+# the presets of the claims' deciding pairs (ladder.verdicts.CLAIMS) and the A/A pair: they decide the
+# verdicts, so they get Budget.deciding_seeds seeds; the others (evidence only) Budget.seeds
+DECIDING = ("importance", "grpo", "no_is_mu1", "no_is_prox", "grpo_no_neg", "grpo_no_norm", "importance_twin")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class Budget:
     # steps before the last at which every run scores the held-out split too (greedy and sampled,
     # in the run's own process: eval.heldout_at), so that each verdict is given at every horizon
     horizons: tuple[int, ...] = ()
+    # seeds of the DECIDING presets, when more than `seeds` (`--seeds` sets every preset's)
+    deciding_seeds: int = 0
 
 
 # The default ladder: the seed's 5 rungs, then GRPO without each of its four tricks in turn (IS three
@@ -143,6 +148,7 @@ BUDGETS = {
         kl_samples=2,
         eval_samples=4,
         horizons=(10, 20),
+        deciding_seeds=5,
     ),
 }
 
@@ -223,6 +229,8 @@ def make_plan(
     b = BUDGETS[budget]
     steps = b.steps if steps is None else steps
     n_seeds = b.seeds if seeds is None else seeds
+    # the presets that decide a claim get more seeds than the evidence-only ones, unless --seeds says
+    n_deciding = max(n_seeds, b.deciding_seeds) if seeds is None else n_seeds
     if steps < 1:
         raise ValueError(f"--steps {steps}: must be >= 1")
     if n_seeds < 1:
@@ -250,8 +258,10 @@ def make_plan(
     runs = []
     # seed-major: every preset gets seed 0 before any gets seed 1, so a ladder stopped half-way
     # still compares every preset
-    for s in range(n_seeds):
+    for s in range(max(n_seeds, n_deciding)):
         for p in names:
+            if s >= (n_deciding if p in DECIDING else n_seeds):
+                continue
             d = out / "runs" / f"{p}-s{s}"
             # the ladder's own keys come last: one base evaluation for all, the same seeds for all
             ov = shared + [
@@ -279,7 +289,7 @@ def make_plan(
     return Plan(
         out=out,
         presets=names,
-        seeds=list(range(n_seeds)),
+        seeds=list(range(max(n_seeds, n_deciding))),
         steps=steps,
         budget_name=budget,
         budget=b,

@@ -548,7 +548,7 @@ def table_lines(plan: Plan, by_preset: dict[str, list[RunResult]]) -> list[str]:
                 [
                     p,
                     DESCRIPTIONS.get(p, ""),
-                    f"{len(rs)}/{len(plan.seeds)}",
+                    f"{len(rs)}/{sum(r.preset == p for r in plan.runs)}",
                     table_interval(values(rs, "sampled_accuracy"), 100),
                     table_interval(values(rs, "accuracy"), 100),
                     mean_std(values(rs, "format_error_rate"), 100),
@@ -779,7 +779,7 @@ def budget_lines(plan: Plan) -> list[str]:
         f"- budget `{plan.budget_name}`: {plan.steps} steps x {cfg.train.prompts_per_step} prompts x "
         f"{cfg.rollout.group_size} completions x at most {cfg.rollout.max_new_tokens} new tokens, for "
         f"every preset; seeds {', '.join(map(str, plan.seeds))} (`train.seed`, which also orders the "
-        "prompts)",
+        "prompts)" + seed_counts(plan),
         f"- lr {cfg.train.lr:g}, autocast {cfg.train.autocast}; train.mu and the objective as each preset "
         "defines them",
         f"- held-out: {size} problems of `{cfg.task.name}`, the same for every run, scored after training "
@@ -806,6 +806,22 @@ def budget_lines(plan: Plan) -> list[str]:
         f"- overrides shared by every run: `{' '.join(plan.shared)}`",
         "",
     ]
+
+
+def seed_counts(plan: Plan) -> str:
+    """'; 5 seeds for grpo, ...; 3 for the others' when presets have different numbers of seeds."""
+    n = {p: sum(r.preset == p for r in plan.runs) for p in plan.presets}
+    if len(set(n.values())) < 2:
+        return ""
+    most = max(n.values())
+    return (
+        f"; {most} seeds for the presets that decide a claim and the A/A pair "
+        f"({', '.join(p for p in plan.presets if n[p] == most)}), "
+        + ", ".join(
+            f"{k} for {', '.join(p for p in plan.presets if n[p] == k)}"
+            for k in sorted(set(n.values()) - {most})
+        )
+    )
 
 
 def time_lines(plan: Plan) -> list[str]:

@@ -482,7 +482,11 @@ def results_json(
             entry = {m: v[:1] for m, v in entry.items() if m in PER_PROBLEM}
             entry["per_problem"] = per_problem_json(runs, plan.seeds[:1], problems, plan.horizons, plan.steps)
         else:
-            entry["status"] = [next((r.status for r in runs if r.seed == s), "not run") for s in plan.seeds]
+            planned = {r.seed for r in plan.runs if r.preset == p}
+            entry["status"] = [
+                next((r.status for r in runs if r.seed == s), "not run") if s in planned else "not planned"
+                for s in plan.seeds
+            ]
             entry["per_problem"] = per_problem_json(runs, plan.seeds, problems, plan.horizons, plan.steps)
         presets[p] = entry
     members = max((c.family for c in comps), default=0)
