@@ -86,10 +86,10 @@ def finished(folder: Path) -> bool:
     return path.is_file() and not json.loads(path.read_text()).get("interrupted")
 
 
-def resumable(arm: str, folder: Path) -> bool:
+def resumable(pipeline: bool, folder: Path) -> bool:
     """Whether `--resume` continues the run: a pipeline once it wrote its config (it resumes or
     restarts each stage itself), a single run with a complete checkpoint."""
-    if "pipeline" in ARMS[arm][0]:
+    if pipeline:
         return (folder / "config.yaml").is_file()
     return any(folder.glob("checkpoints/step-*/state.json"))
 
@@ -112,16 +112,31 @@ def train(runs: Path, regime: str, demos: int | None, seeds: list[int], arms: li
             folder = runs / run_name(regime, "make_run", arm, seed)
             if finished(folder) or folder.name in done:
                 continue
-            if resumable(arm, folder):
-                argv = [ARMS[arm][0][0], "--resume", str(folder)]
-            else:
-                shutil.rmtree(folder, ignore_errors=True)  # a start that died before its first checkpoint
-                argv = command(arm, regime, demos, seed, folder)
-            todo.append((folder, argv))
+            todo.append(
+                (
+                    folder,
+                    argv_of(folder, "pipeline" in ARMS[arm][0], command(arm, regime, demos, seed, folder)),
+                )
+            )
+    run_jobs(todo, runs, jobs)
+
+
+def argv_of(folder: Path, pipeline: bool, fresh: list[str]) -> list[str]:
+    """The argv that continues `folder` (`--resume` when it can) or starts it afresh."""
+    if resumable(pipeline, folder):
+        return [fresh[0], "--resume", str(folder)]
+    shutil.rmtree(folder, ignore_errors=True)  # a start that died before its first checkpoint
+    return fresh
+
+
+def run_jobs(todo: list[tuple[Path, list[str]]], runs: Path, jobs: int) -> None:
+    """Run each (folder, sft2grpo argv) in its own process, `jobs` at a time with one thread each,
+    logging to runs/logs/<folder>.log; a finished run's checkpoints are deleted."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
     running: list[tuple[Path, subprocess.Popen, float]] = []
     logs = runs / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    todo = list(todo)
     while todo or running:
         while todo and len(running) < jobs:
             folder, argv = todo.pop(0)

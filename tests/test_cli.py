@@ -96,6 +96,7 @@ def test_train_and_eval_smoke_on_tiny_model(capsys, tmp_path):
         "rollout.group_size=2",
         "rollout.max_new_tokens=4",
         "eval.every=1",
+        "eval.val_draws=2",
         "log.progress=false",
         f"log.output_dir={out}",
     )
@@ -121,6 +122,10 @@ def test_train_and_eval_smoke_on_tiny_model(capsys, tmp_path):
     val = {r["step"]: r["accuracy"] for r in vals if r["tag"] == "val"}
     assert sorted(val) == [0, 1, 2] and all(r["problems"] == 3 for r in vals if r["tag"] == "val")
     assert summary["val"]["final"] == val[2] and summary["val"]["best"] == max(val.values())
+    # eval.val_draws: sampled accuracy on the validation split at every evaluation, 2 answers each
+    sampled = [r for r in vals if r["tag"] == "val_sampled"]
+    assert [r["step"] for r in sampled] == [0, 1, 2] and all(r["problems"] == 3 for r in sampled)
+    assert all(0 <= r["accuracy"] <= 1 for r in sampled)
 
     code, stdout, _ = run(
         capsys,

@@ -359,11 +359,16 @@ def test_plan_gives_every_run_the_same_budget_and_its_own_seed(tmp_path):
     assert default.seeds == [0, 1, 2, 3, 4] and "--seeds" not in default.command
     assert len(ladder.make_plan(output=tmp_path, seeds=2).runs) == 11 * 2  # --seeds: every preset
     assert len(default.runs) == 7 * 5 + 4 * 3
-    assert ladder_report.seed_counts(default) == (
-        "; 5 seeds for the presets that decide a claim and the A/A pair (importance, grpo, no_is_mu1, "
-        "no_is_prox, grpo_no_neg, grpo_no_norm, importance_twin), 3 for onpolicy_sft, reinforce, "
-        "reward_norm, no_is"
-    ) and default.steps == 40 and default.budget.eval_samples == 4
+    assert (
+        ladder_report.seed_counts(default)
+        == (
+            "; 5 seeds for the presets that decide a claim and the A/A pair (importance, grpo, no_is_mu1, "
+            "no_is_prox, grpo_no_neg, grpo_no_norm, importance_twin), 3 for onpolicy_sft, reinforce, "
+            "reward_norm, no_is"
+        )
+        and default.steps == 40
+        and default.budget.eval_samples == 4
+    )
     assert default.jobs == 2 and "--jobs" not in default.command
     assert default.horizons == [10, 20, 40]
     c = default.runs[0].cfg

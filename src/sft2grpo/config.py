@@ -246,6 +246,10 @@ class EvalConfig:
     # temperature (sampled accuracy: the mean share right, less noisy than one greedy answer).
     # 0 = greedy only
     heldout_at_draws: int = 0
+    # at every validation evaluation (eval.every), also this many answers drawn per validation
+    # problem at the rollout temperature (tag "val_sampled" in evals.jsonl): choosing a setting by
+    # sampled accuracy without reading the held-out split. 0 = greedy only
+    val_draws: int = 0
 
 
 @dataclass
@@ -677,6 +681,12 @@ def validate(cfg: Config) -> None:
     )
     need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     need(cfg.eval.draws == 0 or cfg.eval.draws >= 2, "eval.draws", cfg.eval.draws, "must be 0 or >= 2")
+    need(
+        cfg.eval.val_draws == 0 or cfg.eval.val_draws >= 2,
+        "eval.val_draws",
+        cfg.eval.val_draws,
+        "must be 0 or >= 2",
+    )
     need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "must be >= 0")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
     rw = cfg.reward

@@ -151,8 +151,10 @@ def evaluate_sampled(
     seed: int,
     shard: tuple[int, int] = (0, 1),
     step: int = 0,
+    split: str = "heldout",
 ) -> EvalResult:
-    """Sampled accuracy on the held-out split: k answers per problem at the rollout temperature (the
+    """Sampled accuracy on the held-out split (or, with split="val", the validation split, for
+    eval.val_draws): k answers per problem at the rollout temperature (the
     one training samples at), drawn from a generator seeded with 10_000 + seed (+ i for shard i of
     n, as in `evaluate_heldout`); per problem the share right (EvalResult.samples), and its mean in
     metrics["accuracy"]. A mean over k answers varies less than one greedy answer, so it separates
@@ -160,10 +162,11 @@ def evaluate_sampled(
     if k < 2:
         raise ValueError(f"sampled accuracy needs k >= 2 samples per problem, got {k}")
     i, n = shard
+    examples = task.val if split == "val" else task.eval[: cfg.eval.size or cfg.task.eval_size]
     return evaluate(
         engine,
         tokenizer,
-        task.eval[: cfg.eval.size or cfg.task.eval_size][i::n],
+        examples[i::n],
         reward_fn,
         system_prompt=cfg.model.system_prompt,
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,

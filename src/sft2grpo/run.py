@@ -271,7 +271,7 @@ def fit(tr, state: RunState) -> dict[str, Any]:
     if state.before_sampled is not None:
         summary["before_sampled"] = state.before_sampled
     if cfg.eval.every and state.step == 0 and not state.val_start_known:  # the curve starts at the base model
-        run_eval(tr, state, "val", samples=False, split="val")
+        val_eval(tr, state)
 
     signalled = [False]
 
@@ -303,7 +303,7 @@ def fit(tr, state: RunState) -> dict[str, Any]:
                 )
             bar.update(**{k: row[key] for k, key in PROGRESS.items() if key in row})
             if cfg.eval.every and (state.step % cfg.eval.every == 0 or state.step == cfg.train.steps):
-                run_eval(tr, state, "val", samples=False, split="val")
+                val_eval(tr, state)
             if state.step in cfg.eval.heldout_at:
                 score_heldout_at(tr, state)
             if every and (state.step % every == 0 or state.step == cfg.train.steps):
@@ -364,6 +364,14 @@ def run_eval(
     return res.metrics
 
 
+def val_eval(tr, state: RunState) -> None:
+    """The validation split at this step: greedy (tag "val") and, with eval.val_draws = k, sampled
+    accuracy from k answers a problem (tag "val_sampled"), what a setting is chosen on."""
+    run_eval(tr, state, "val", samples=False, split="val")
+    if tr.cfg.eval.val_draws:
+        run_eval(tr, state, "val_sampled", samples=False, split="val", draws=tr.cfg.eval.val_draws)
+
+
 def score_heldout_at(tr, state: RunState) -> None:
     """The held-out split scored at this step of training (a step of eval.heldout_at), as after it:
     greedy into heldout/step-N/eval.json and eval_samples.jsonl and, with eval.heldout_at_draws = k, k
@@ -387,7 +395,7 @@ def score_heldout_at(tr, state: RunState) -> None:
 
 def scored(tr, step: int, split: str, sampled: int = 0) -> EvalResult:
     """`evaluate_heldout` of `split` at training step `step` (or, with sampled = k,
-    `evaluate_sampled` of the held-out split), every process scoring every world-th problem, the
+    `evaluate_sampled` of that split), every process scoring every world-th problem, the
     counts combined; metrics["time_s"] is the wall time it took."""
     t0 = time.perf_counter()
     ctx, cfg = tr.ctx, tr.cfg
@@ -395,7 +403,7 @@ def scored(tr, step: int, split: str, sampled: int = 0) -> EvalResult:
     shard = (ctx.rank, ctx.world)
     with distributed.unsharded(tr.model):
         if sampled:
-            res = evaluate_sampled(*parts, sampled, cfg.train.seed, shard=shard, step=step)
+            res = evaluate_sampled(*parts, sampled, cfg.train.seed, shard=shard, step=step, split=split)
         else:
             progress = cfg.log.progress and ctx.main
             res = evaluate_heldout(*parts, shard=shard, progress=progress, split=split, step=step)
