@@ -81,3 +81,60 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
             "sampled": 0.4,
         },
     ]
+
+
+@pytest.fixture(scope="module")
+def rl_recipe():
+    return load_benchmark("rl_recipe")
+
+
+def test_rl_recipe_arms_change_the_rl_stage_and_score_validation(rl_recipe, tmp_path):
+    """Each arm is make run's pipeline with one RL setting changed, scoring validation greedy and
+    sampled; the answers a step are as the module says."""
+    answers = {}
+    for arm in rl_recipe.ARMS:
+        argv = rl_recipe.command(arm, 1, tmp_path / arm)
+        cfg = load_config("pipeline", [a for a in argv if "=" in a])
+        assert cfg.eval.every == 10 and cfg.eval.val_draws == 4 and cfg.train.seed == 1
+        answers[arm] = cfg.train.prompts_per_step * cfg.rollout.group_size
+        assert cfg.task.demos is None  # every problem has its worked solution
+    assert answers == {
+        "recipe": 32,
+        "group16": 64,
+        "group16_p2": 32,
+        "prompts8": 64,
+        "dynamic": 32,
+        "t1.2": 32,
+    }
+
+
+def test_rl_recipe_collects_validation_and_chooses_on_sampled_accuracy(rl_recipe, tmp_path):
+    """A finished arm's RL-stage curves and share of groups with spread are read back; the choice is
+    the best final sampled validation accuracy, greedy breaking a tie, and its gain over recipe."""
+
+    def arm(name, sampled, greedy, zero_std):
+        folder = tmp_path / f"{name}-s0"
+        (folder / "rl").mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"rl": {"train_time_s": 100.0}}))
+        rows = [
+            {"step": 0, "tag": "val", "accuracy": 0.4},
+            {"step": 0, "tag": "val_sampled", "accuracy": 0.3},
+        ]
+        rows += [
+            {"step": 20, "tag": "val", "accuracy": greedy},
+            {"step": 20, "tag": "val_sampled", "accuracy": sampled},
+        ]
+        (folder / "rl" / "evals.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        metrics = [{"step": s, "zero_std_frac": z, "resample_rounds": 0} for s, z in enumerate(zero_std, 1)]
+        (folder / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+        return rl_recipe.collect_run(folder)
+
+    rows = [arm("recipe", 0.30, 0.45, [0.75, 0.25]), arm("group16", 0.36, 0.44, [0.5, 0.5])]
+    rows.append(arm("t1.2", 0.36, 0.46, [0.5, 0.7]))
+    assert rows[0]["spread_share"] == pytest.approx(0.5) and rows[0]["val_sampled"] == {0: 0.3, 20: 0.30}
+    chosen = rl_recipe.choose(rows)
+    assert chosen["chosen"] == "t1.2"  # ties group16 on sampled, ahead on greedy
+    assert chosen["over_recipe"] == {"sampled": pytest.approx(0.06), "greedy": pytest.approx(0.01)}
+    (tmp_path / "stopped-s0").mkdir()
+    (tmp_path / "stopped-s0" / "summary.json").write_text(json.dumps({"interrupted": True}))
+    assert rl_recipe.collect_run(tmp_path / "stopped-s0") is None

@@ -380,7 +380,7 @@ def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     """sft_stage.steps > 0: base -> SFT (<run>/sft) -> RL (<run>/rl) from the SFT model, with held-out
     accuracy at each stage; the RL stage's "before" is the SFT stage's "after", scored once."""
     out = tmp_path / "pipe"
-    code = main(pipeline_args(out, "eval.draws=2"))  # sampled accuracy too, 2 answers a problem
+    code = main(pipeline_args(out, "eval.draws=2", "eval.val_draws=2"))  # sampled too, 2 answers a problem
     printed = capsys.readouterr().out
     assert code == 0
     rl_cfg = load_config(str(out / "rl" / "config.yaml"))
@@ -393,6 +393,10 @@ def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     last = [r for r in sft_val if r["tag"] == "val"][-1]
     assert rl_val[0] == {**last, "step": 0}
     assert [r["step"] for r in rl_val if r["tag"] == "val"] == [0, 1, 2]
+    # and its sampled validation curve (eval.val_draws) with the SFT stage's last sampled score
+    last = [r for r in sft_val if r["tag"] == "val_sampled"][-1]
+    assert rl_val[1] == {**last, "step": 0} and last["samples_per_problem"] == 2
+    assert [r["step"] for r in rl_val if r["tag"] == "val_sampled"] == [0, 1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"base", "sft", "rl"}
     assert set(summary["changes"]) == {"base->sft", "sft->rl", "base->rl"}

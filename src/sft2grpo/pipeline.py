@@ -102,7 +102,7 @@ def run_stage(cfg: Config, stage_dir: Path, carry_from: Path | None = None, star
 def carry_scores(earlier: Path, stage_dir: Path, state: run.RunState, val_every: int) -> None:
     """The earlier stage's final model is this stage's start, so its scores carry over instead of
     being computed again: its held-out "after" becomes this stage's "before" (eval_before.jsonl),
-    and its last validation row this stage's step-0 row of evals.jsonl."""
+    and its last validation rows (greedy and sampled) this stage's step-0 rows of evals.jsonl."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     summary = json.loads((earlier / "summary.json").read_text())
     if summary.get("after") is not None:
@@ -111,11 +111,13 @@ def carry_scores(earlier: Path, stage_dir: Path, state: run.RunState, val_every:
     if summary.get("after_sampled") is not None:  # eval.draws: sampled accuracy, carried alike
         state.before_sampled = summary["after_sampled"]
         shutil.copyfile(earlier / "eval_after_sampled.jsonl", stage_dir / "eval_before_sampled.jsonl")
-    val = [r for r in read_metrics(earlier / "evals.jsonl") if r.get("tag") == "val"]
-    if val and val_every:
-        last = max(val, key=lambda r: r["step"])
+    rows = read_metrics(earlier / "evals.jsonl")
+    if any(r.get("tag") == "val" for r in rows) and val_every:
         with open(stage_dir / "evals.jsonl", "w", encoding="utf-8") as f:
-            f.write(json.dumps({**last, "step": 0}) + "\n")
+            for tag in ("val", "val_sampled"):  # greedy, and sampled with eval.val_draws
+                tagged = [r for r in rows if r.get("tag") == tag]
+                if tagged:
+                    f.write(json.dumps({**max(tagged, key=lambda r: r["step"]), "step": 0}) + "\n")
         state.val_start_known = True
 
 
