@@ -87,13 +87,17 @@ def test_recipe_drops_autocast_and_extras_win(bench):
 def test_training_order_is_the_trainers(bench):
     # Trainer.draw itself, on a stand-in holding only what it reads and a fresh RunState: 5 examples,
     # 4 steps of 3 prompts cross two epochs, each a fresh permutation
-    fake = SimpleNamespace(task=SimpleNamespace(train=list(range(5))))
+    examples = [SimpleNamespace(i=i, completion="x") for i in range(5)]
+    fake = SimpleNamespace(task=SimpleNamespace(train=examples))
     fake.cfg = SimpleNamespace(
-        train=SimpleNamespace(prompts_per_step=3, seed=3), rollout=SimpleNamespace(seed=0)
+        train=SimpleNamespace(prompts_per_step=3, seed=3),
+        rollout=SimpleNamespace(seed=0),
+        task=SimpleNamespace(demo_share=0.0),
     )
     fake.ctx = SimpleNamespace(world=1, rank=0)
+    fake.epoch_order = lambda rng: Trainer.epoch_order(fake, rng)
     state = RunState(data_rng=np.random.default_rng(3))
-    drawn = [x for _ in range(4) for x in Trainer.draw(fake, state)[0]]
+    drawn = [x.i for _ in range(4) for x in Trainer.draw(fake, state)[0]]
     assert bench.training_order(5, 3, 12) == drawn
 
 
