@@ -178,6 +178,29 @@ def train_seconds(summary: dict) -> float:
     return summary.get("train_time_s", 0.0)
 
 
+def rl_stage(folder: Path, summary: dict) -> dict:
+    """A pipeline's RL stage: its own change (SFT -> RL, greedy and sampled, with intervals), the
+    share of its groups with a reward spread, and (guides) the share of groups a guide joined."""
+    if "accuracy" not in summary:
+        return {}
+    out = {
+        "rl_change_greedy": (summary.get("changes") or {}).get("sft->rl"),
+        "rl_change_sampled": (summary.get("sampled_changes") or {}).get("sft->rl"),
+    }
+    try:
+        rows = [
+            json.loads(x) for x in (folder / "rl" / "metrics.jsonl").read_text().splitlines() if x.strip()
+        ]
+    except OSError:
+        return out
+    rows = [r for r in rows if "zero_std_frac" in r]
+    if rows:
+        out["spread_share"] = 1 - sum(r["zero_std_frac"] for r in rows) / len(rows)
+        if any("guided_frac" in r for r in rows):
+            out["guided_share"] = sum(r.get("guided_frac", 0.0) for r in rows) / len(rows)
+    return out
+
+
 def collect(runs: Path) -> list[dict]:
     """One object per finished run folder under `runs`, as regimes.json holds them."""
     rows = []
@@ -207,6 +230,7 @@ def collect(runs: Path) -> list[dict]:
                 "train_s": round(train_seconds(summary), 1),
                 "greedy": greedy,
                 "sampled": sampled,
+                **rl_stage(folder, summary),
             }
         )
     return rows

@@ -29,8 +29,9 @@ def test_every_arm_is_a_valid_run(regimes, tmp_path):
 
 
 def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
-    """A pipeline's final stage and a single run's "after" become one row each; an interrupted
-    run and the logs folder are left out."""
+    """A pipeline's final stage and a single run's "after" become one row each, the pipeline's with
+    its RL stage's own change and the shares of groups with a spread and with a guide (means over
+    its steps); an interrupted run and the logs folder are left out."""
     pipe = tmp_path / "scarce-make_run-sft_guided-s1"
     pipe.mkdir()
     (pipe / "config.yaml").write_text("task:\n  demos: 64\n  demo_share: 0.5\n")
@@ -41,9 +42,14 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
                 "sampled_accuracy": {"base": 0.05, "sft": 0.25, "rl": 0.4},
                 "sft": {"train_time_s": 100.0},
                 "rl": {"train_time_s": 150.5},
+                "changes": {"sft->rl": {"diff": 0.05, "ci95": [0.0, 0.1]}},
+                "sampled_changes": {"sft->rl": {"diff": 0.15, "ci95": [0.1, 0.2]}},
             }
         )
     )
+    (pipe / "rl").mkdir()
+    steps = [{"step": 1, "zero_std_frac": 0.75, "guided_frac": 0.25}, {"step": 2, "zero_std_frac": 0.25}]
+    (pipe / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
     single = tmp_path / "all-make_run-sft_only-s0"
     single.mkdir()
     (single / "config.yaml").write_text("task:\n  demos: null\n")
@@ -79,6 +85,10 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
             "train_s": 250.5,
             "greedy": 0.35,
             "sampled": 0.4,
+            "rl_change_greedy": {"diff": 0.05, "ci95": [0.0, 0.1]},
+            "rl_change_sampled": {"diff": 0.15, "ci95": [0.1, 0.2]},
+            "spread_share": 0.5,
+            "guided_share": 0.125,
         },
     ]
 
