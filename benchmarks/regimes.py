@@ -38,6 +38,7 @@ import json
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -236,6 +237,39 @@ def collect(runs: Path) -> list[dict]:
     return rows
 
 
+def table(rows: list[dict], regime: str, budget: str = "make_run") -> list[str]:
+    """The markdown table of one regime and budget: per arm the seeds, held-out greedy and sampled
+    accuracy after the run (mean, SD over seeds, each seed), and the RL stage's own change."""
+
+    def cell(xs: list[float]) -> str:
+        sd = f" ± {100 * statistics.stdev(xs):.1f}" if len(xs) > 1 else ""
+        return f"{100 * statistics.fmean(xs):.1f}{sd} ({', '.join(f'{100 * x:.1f}' for x in xs)})"
+
+    out = [
+        "| arm | seeds | greedy % | sampled % | RL stage's own change, sampled (greedy) | guided groups |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        rs = sorted(
+            (r for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)),
+            key=lambda r: r["seed"],
+        )
+        if not rs:
+            continue
+        change = "-"
+        if rs[0].get("rl_change_sampled"):
+            change = ", ".join(
+                f"{100 * r['rl_change_sampled']['diff']:+.1f} ({100 * r['rl_change_greedy']['diff']:+.1f})"
+                for r in rs
+            )
+        guided = ", ".join(f"{100 * r['guided_share']:.1f}%" for r in rs if "guided_share" in r) or "-"
+        out.append(
+            f"| `{arm}` | {len(rs)} | {cell([r['greedy'] for r in rs])} | {cell([r['sampled'] for r in rs])} "
+            f"| {change} | {guided} |"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regime", choices=["all", "scarce"], default="scarce")
@@ -245,7 +279,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "regimes")
     ap.add_argument("--collect", action="store_true", help=f"only write {OUT.relative_to(ROOT)}")
+    ap.add_argument("--table", action="store_true", help=f"only print {OUT.name}'s table for --regime")
     args = ap.parse_args()
+    if args.table:
+        print("\n".join(table(json.loads(OUT.read_text())["runs"], args.regime)))
+        return
     if not args.collect:
         seeds = [int(s) for s in args.seeds.split(",")]
         train(args.runs, args.regime, args.demos, seeds, args.arms.split(","), args.jobs)

@@ -148,3 +148,36 @@ def test_rl_recipe_collects_validation_and_chooses_on_sampled_accuracy(rl_recipe
     (tmp_path / "stopped-s0").mkdir()
     (tmp_path / "stopped-s0" / "summary.json").write_text(json.dumps({"interrupted": True}))
     assert rl_recipe.collect_run(tmp_path / "stopped-s0") is None
+
+
+def test_table_gives_mean_sd_and_each_seed(regimes):
+    """The docs' table: an arm's mean and SD over seeds with each seed, its RL stage's own change."""
+    change = {"diff": 0.05, "ci95": [0.0, 0.1]}
+    rows = [
+        {
+            "regime": "scarce",
+            "budget": "make_run",
+            "arm": "sft_only",
+            "seed": 1,
+            "greedy": 0.4,
+            "sampled": 0.3,
+        },
+        {
+            "regime": "scarce",
+            "budget": "make_run",
+            "arm": "sft_only",
+            "seed": 0,
+            "greedy": 0.3,
+            "sampled": 0.2,
+        },
+        {
+            **{"regime": "scarce", "budget": "make_run", "arm": "sft_guided", "seed": 0},
+            **{"greedy": 0.35, "sampled": 0.25, "rl_change_greedy": change, "rl_change_sampled": change},
+            "guided_share": 0.125,
+        },
+        {"regime": "all", "budget": "make_run", "arm": "sft_grpo", "seed": 0, "greedy": 0.5, "sampled": 0.5},
+    ]
+    lines = regimes.table(rows, "scarce")
+    assert lines[2] == "| `sft_only` | 2 | 35.0 ± 7.1 (30.0, 40.0) | 25.0 ± 7.1 (20.0, 30.0) | - | - |"
+    assert lines[3] == "| `sft_guided` | 1 | 35.0 (35.0) | 25.0 (25.0) | +5.0 (+5.0) | 12.5% |"
+    assert len(lines) == 4  # the other regime's arm is not in this table
