@@ -179,26 +179,35 @@ def train_seconds(summary: dict) -> float:
     return summary.get("train_time_s", 0.0)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """A JSONL log's rows; [] when the file is missing."""
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except OSError:
+        return []
+
+
 def rl_stage(folder: Path, summary: dict) -> dict:
     """A pipeline's RL stage: its own change (SFT -> RL, greedy and sampled, with intervals), the
     share of its groups with a reward spread, and (guides) the share of groups a guide joined."""
     if "accuracy" not in summary:
         return {}
-    out = {
+    return {
         "rl_change_greedy": (summary.get("changes") or {}).get("sft->rl"),
         "rl_change_sampled": (summary.get("sampled_changes") or {}).get("sft->rl"),
+        **group_shares(folder / "rl"),
     }
-    try:
-        rows = [
-            json.loads(x) for x in (folder / "rl" / "metrics.jsonl").read_text().splitlines() if x.strip()
-        ]
-    except OSError:
-        return out
-    rows = [r for r in rows if "zero_std_frac" in r]
-    if rows:
-        out["spread_share"] = 1 - sum(r["zero_std_frac"] for r in rows) / len(rows)
-        if any("guided_frac" in r for r in rows):
-            out["guided_share"] = sum(r.get("guided_frac", 0.0) for r in rows) / len(rows)
+
+
+def group_shares(stage: Path) -> dict:
+    """From a stage's metrics.jsonl, means over its steps: the share of groups with a reward spread
+    ("spread_share") and, with guides, the share a guide joined ("guided_share"); {} without steps."""
+    rows = [r for r in read_jsonl(stage / "metrics.jsonl") if "zero_std_frac" in r]
+    if not rows:
+        return {}
+    out = {"spread_share": 1 - sum(r["zero_std_frac"] for r in rows) / len(rows)}
+    if any("guided_frac" in r for r in rows):
+        out["guided_share"] = sum(r.get("guided_frac", 0.0) for r in rows) / len(rows)
     return out
 
 

@@ -30,7 +30,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from regimes import COMMON, argv_of, finished, run_jobs  # the script's own folder is on sys.path
+from regimes import (
+    COMMON,
+    argv_of,
+    finished,
+    group_shares,
+    read_jsonl,
+    run_jobs,
+)  # the script's folder is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "sft_to_grpo" / "rl_recipe.json"
@@ -60,13 +67,6 @@ def command(arm: str, seed: int, folder: Path) -> list[str]:
     ]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    try:
-        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    except OSError:
-        return []
-
-
 def collect_run(folder: Path) -> dict | None:
     """One finished arm: its RL stage's validation curves (greedy and sampled, by step), its share of
     groups with a reward spread, extra sampling rounds, and training seconds."""
@@ -74,7 +74,7 @@ def collect_run(folder: Path) -> dict | None:
         return None
     rl = folder / "rl"
     evals = read_jsonl(rl / "evals.jsonl")
-    metrics = [r for r in read_jsonl(rl / "metrics.jsonl") if "zero_std_frac" in r]
+    metrics = read_jsonl(rl / "metrics.jsonl")
     summary = json.loads((folder / "summary.json").read_text())
     arm, seed = folder.name.rsplit("-s", 1)
     return {
@@ -82,7 +82,7 @@ def collect_run(folder: Path) -> dict | None:
         "seed": int(seed),
         "val_greedy": {r["step"]: r["accuracy"] for r in evals if r.get("tag") == "val"},
         "val_sampled": {r["step"]: r["accuracy"] for r in evals if r.get("tag") == "val_sampled"},
-        "spread_share": 1 - statistics.fmean(r["zero_std_frac"] for r in metrics) if metrics else None,
+        "spread_share": group_shares(rl).get("spread_share"),
         "extra_rounds": sum(r.get("resample_rounds", 0) for r in metrics),
         "rl_train_s": round((summary.get("rl") or {}).get("train_time_s", 0.0), 1),
     }

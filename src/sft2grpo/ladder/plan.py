@@ -182,6 +182,10 @@ class Plan:
     keep_models: bool = False
     jobs: int = DEFAULT_JOBS  # runs trained at once (`--jobs`)
 
+    def seed_count(self, preset: str) -> int:
+        """How many seeds the plan trains `preset` for (Budget.deciding_seeds gives some more)."""
+        return sum(r.preset == preset for r in self.runs)
+
 
 # ---------------------------------------------------------------------------------------------------
 # The plan.

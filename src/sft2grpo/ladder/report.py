@@ -227,30 +227,20 @@ def comparison_text(c: Comparison) -> str:
         scale, spec, unit = 1, "+.4f", ""
     lo, hi = c.ci95
     n = f"{c.seeds} seed{'s' if c.seeds > 1 else ''}" + (f" x {c.problems} problems" if c.problems else "")
+    plain = (
+        f"{c.a} -> {c.b}: {scale * c.diff:{spec}}{unit} [{scale * lo:{spec}}, {scale * hi:{spec}}] ({n}): "
+    )
+    # the interval that decides: a deciding pair's family-wise one (the plain one beside it)
+    ci, verdict = c.ci_family or c.ci95, c.verdict_family or c.verdict
+    if c.ci_family is None:
+        text = f"{plain}**{verdict}**"
+    else:
+        family = f"family-wise ({c.family} deciding pairs) [{scale * ci[0]:{spec}}, {scale * ci[1]:{spec}}]"
+        text = f"{plain}{c.verdict}; {family}: **{verdict}**"
     # an undecided accuracy verdict is still an answer: no difference beyond the interval's ends
-    bound = max(abs(lo), abs(hi))
-    answer = (
-        f": no difference larger than {scale * bound:.1f}{unit}"
-        if c.verdict == "undecided" and c.problems
-        else ""
-    )
-    family = ""
-    if c.ci_family is not None:  # a deciding pair: the family-wise interval decides the claim
-        flo, fhi = c.ci_family
-        family = (
-            f"; family-wise ({c.family} deciding pairs) [{scale * flo:{spec}}, {scale * fhi:{spec}}]: "
-            f"**{c.verdict_family}**"
-        )
-        bound = max(abs(flo), abs(fhi))
-        answer = (
-            f": no difference larger than {scale * bound:.1f}{unit}"
-            if c.verdict_family == "undecided"
-            else ""
-        )
-    return (
-        f"{c.a} -> {c.b}: {scale * c.diff:{spec}}{unit} [{scale * lo:{spec}}, {scale * hi:{spec}}] "
-        f"({n}): {c.verdict if family else f'**{c.verdict}**'}{family}{answer}"
-    )
+    if verdict == "undecided" and c.problems:
+        text += f": no difference larger than {scale * max(abs(ci[0]), abs(ci[1])):.1f}{unit}"
+    return text
 
 
 def verdict_lines(comps: list[Comparison]) -> list[str]:
@@ -548,7 +538,7 @@ def table_lines(plan: Plan, by_preset: dict[str, list[RunResult]]) -> list[str]:
                 [
                     p,
                     DESCRIPTIONS.get(p, ""),
-                    f"{len(rs)}/{sum(r.preset == p for r in plan.runs)}",
+                    f"{len(rs)}/{plan.seed_count(p)}",
                     table_interval(values(rs, "sampled_accuracy"), 100),
                     table_interval(values(rs, "accuracy"), 100),
                     mean_std(values(rs, "format_error_rate"), 100),
@@ -810,7 +800,7 @@ def budget_lines(plan: Plan) -> list[str]:
 
 def seed_counts(plan: Plan) -> str:
     """'; 5 seeds for grpo, ...; 3 for the others' when presets have different numbers of seeds."""
-    n = {p: sum(r.preset == p for r in plan.runs) for p in plan.presets}
+    n = {p: plan.seed_count(p) for p in plan.presets}
     if len(set(n.values())) < 2:
         return ""
     most = max(n.values())

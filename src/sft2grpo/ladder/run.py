@@ -251,7 +251,7 @@ def train_runs(plan: Plan, states: dict, est: dict, jobs: int) -> dict[tuple[str
 def print_plan(plan: Plan, states: dict, est: dict, jobs: int = 1) -> None:
     cfg = plan.runs[0].cfg
     done = sum(s == "done" for s in states.values())
-    counts = sorted({sum(r.preset == p for r in plan.runs) for p in plan.presets})
+    counts = sorted({plan.seed_count(p) for p in plan.presets})
     seeds = " or ".join(map(str, counts)) + f" seed{'s' if counts[-1] > 1 else ''}"
     print(
         f"ladder: {len(plan.presets)} presets x {seeds} = {len(plan.runs)} runs, "
