@@ -407,11 +407,35 @@ def test_pipeline_runs_both_stages_and_prints_the_table(tmp_path, capsys):
     assert (out / "rl" / "eval_before_sampled.jsonl").read_text() == after_sft
     assert all(len(json.loads(x)["correct"]) == 2 for x in after_sft.splitlines())
     assert "(sampled: 2 answers a problem)" in printed and "after RL (sampled):" in printed
+    # pass@2 from the same 2 answers: the share of problems with a right one, in the table beside them
+    rows = [json.loads(x) for x in after_sft.splitlines()]
+    assert summary["sampled_pass"]["sft"] == sum(any(r["correct"]) for r in rows) / len(rows)
+    assert "pass@2" in printed and f"{100 * summary['sampled_pass']['sft']:7.1f}%" in printed
     for line in ("base model", "after SFT", "after RL", "base model -> after RL"):
         assert line in printed
     # a finished pipeline resumes to nothing new: both stages are skipped
     assert main(["train", "--resume", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["accuracy"] == summary["accuracy"]
+
+
+def test_stage_table_shows_pass_at_k_beside_sampled_accuracy():
+    """pass@k counts a problem once any of its k answers is right: 3 problems with 0, 1 and 4 of 4
+    right give sampled accuracy 5/12 but pass@4 2/3; each stage's row prints both."""
+    from sft2grpo.pipeline import format_pipeline, stage_pass
+
+    rows = [{"correct": [0, 0, 0, 0]}, {"correct": [0, 1, 0, 0]}, {"correct": [1, 1, 1, 1]}]
+    assert stage_pass(rows) == pytest.approx(2 / 3)
+    summary = {
+        "run_dir": "r",
+        "model_dir": "r/rl/model",
+        "accuracy": {"base": 0.1, "sft": 0.3},
+        "sampled_accuracy": {"base": 0.05, "sft": 5 / 12},
+        "sampled_pass": {"base": 0.2, "sft": stage_pass(rows)},
+        "rl": {"after_sampled": {"samples_per_problem": 4}},
+    }
+    table = format_pipeline(summary).splitlines()
+    assert table[2].split() == ["greedy", "sampled", "pass@4"]
+    assert table[4].split() == ["after", "SFT", "30.0%", "41.7%", "66.7%"]
 
 
 def test_train_with_given_rows_is_rung_0_as_sft_is(capsys):

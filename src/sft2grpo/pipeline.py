@@ -139,7 +139,9 @@ def fresh_or_checkpoint(stage_dir: Path) -> Path | None:
 def pipeline_summary(run_dir: Path) -> dict[str, Any]:
     """Held-out accuracy of the base, SFT and final models and each change (paired bootstrap over
     problems), from the stages' evaluation files: greedy ("accuracy", "changes") and, with
-    eval.draws, sampled ("sampled_accuracy", "sampled_changes")."""
+    eval.draws = k, sampled ("sampled_accuracy", "sampled_changes") and pass@k from the same k
+    answers ("sampled_pass": the share of problems with a right answer among them, the headroom
+    that sampled accuracy can climb to)."""
     out: dict[str, Any] = {"run_dir": str(run_dir), "model_dir": str(run_dir / "rl" / "model")}
     for metric, suffix in (("", ""), ("sampled_", "_sampled")):
         files = {
@@ -152,6 +154,8 @@ def pipeline_summary(run_dir: Path) -> dict[str, Any]:
             continue
         per_problem = {k: problem_scores(v) for k, v in scores.items()}
         out[f"{metric}accuracy"] = {k: sum(v.values()) / max(1, len(v)) for k, v in per_problem.items()}
+        if metric:
+            out["sampled_pass"] = {k: stage_pass(v) for k, v in scores.items()}
         out[f"{metric}changes"] = {
             f"{a}->{b}": heldout_change(scores[a], scores[b])
             for a, b in (("base", "sft"), ("sft", "rl"), ("base", "rl"))
@@ -164,19 +168,25 @@ def pipeline_summary(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def stage_pass(rows: list[dict[str, Any]]) -> float:
+    """pass@k of one evaluation file's rows, k = the answers each problem has: the share of
+    problems with at least one right answer."""
+    return sum(any(r["correct"]) for r in rows) / max(1, len(rows))
+
+
 def format_pipeline(s: dict[str, Any]) -> str:
     """The stage-by-stage table `sft2grpo train` prints at the end of a pipeline run."""
     names = {"base": "base model", "sft": "after SFT", "rl": "after RL"}
-    sampled = s.get("sampled_accuracy") or {}
+    sampled, passed = s.get("sampled_accuracy") or {}, s.get("sampled_pass") or {}
     draws = ((s.get("rl") or {}).get("after_sampled") or {}).get("samples_per_problem", "k")
-    head = f"  {'':20s} {'greedy':>8s}" + (f" {'sampled':>8s}" if sampled else "")
+    head = f"  {'':20s} {'greedy':>8s}" + (f" {'sampled':>8s} {f'pass@{draws}':>8s}" if sampled else "")
     lines = [
         f"run: {s['run_dir']}",
         "held-out accuracy" + (f" (sampled: {draws} answers a problem):" if sampled else ":"),
         head,
     ]
     for k, v in s["accuracy"].items():
-        extra = f" {100 * sampled[k]:7.1f}%" if k in sampled else ""
+        extra = f" {100 * sampled[k]:7.1f}% {100 * passed[k]:7.1f}%" if k in sampled else ""
         lines.append(f"  {names[k]:20s} {100 * v:7.1f}%{extra}")
     for metric in ("", "sampled_"):
         for key, c in (s.get(f"{metric}changes") or {}).items():
