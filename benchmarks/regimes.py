@@ -1,6 +1,7 @@
 """SFT, RL and the two together, in two regimes of demonstrations, at equal minutes (issue 35).
 
     python benchmarks/regimes.py --regime scarce --demos 64 --seeds 0,1,2      # train what is missing
+    python benchmarks/regimes.py --regime all --budget long --arms sft_only,sft_grpo  # 4x the steps
     python benchmarks/regimes.py --collect                                      # -> docs/sft_to_grpo/regimes.json
 
 Each (regime, budget, arm, seed) is one `sft2grpo` run in its own process and folder under
@@ -10,7 +11,8 @@ so rerunning the same command continues an interrupted set. Every run scores the
 held-out problems, greedy and sampled (`eval.draws=4`, 4 answers a problem at the rollout
 temperature), before and after.
 
-The arms at make run's budget (about 4-5 minutes of training on 2 shared cores):
+The arms at make run's budget (about 4-5 minutes of training on 2 shared cores; `--budget long`
+gives every stage 4x its steps, about 20 minutes):
 - `sft_only`: rung 0, 30 steps of 16 demonstrations;
 - `sft_grpo`: configs/pipeline.yaml (SFT 15 steps, then GRPO 20), make run's recipe;
 - `sft_grpo_demo` (scarce only): the same, half of each RL step's prompts drawn from the
@@ -67,6 +69,25 @@ ARMS: dict[str, tuple[list[str], bool]] = {
     "sft_mixed_anydraw": ([*PIPELINE, *MIXED], True),
 }
 SCARCE_ONLY = ("grpo_only", "sft_grpo_demo", "sft_guided_anydraw", "sft_mixed_anydraw")
+# budget -> the steps of each kind of arm (appended to its arguments, so they override the arm's):
+# make run's is the arms as written; `long` has 4x the steps of each stage (about 20 minutes of
+# training) and scores validation every 20 steps
+BUDGETS: dict[str, dict[str, list[str]]] = {
+    "make_run": {"sft": [], "pipeline": [], "run": []},
+    "long": {
+        "sft": ["train.steps=120", "eval.every=20"],
+        "pipeline": ["sft_stage.steps=60", "train.steps=80", "eval.every=20"],
+        "run": ["train.steps=160", "eval.every=20"],
+    },
+}
+
+
+def kind(arm: str) -> str:
+    """ "sft" (rung 0 alone), "pipeline" (SFT then RL) or "run" (RL alone): what BUDGETS scales."""
+    args = ARMS[arm][0]
+    return "sft" if args[0] == "sft" else "pipeline" if "pipeline" in args else "run"
+
+
 DEFAULT_ARMS = [a for a in ARMS if not a.endswith("_anydraw")]
 
 
@@ -74,11 +95,14 @@ def run_name(regime: str, budget: str, arm: str, seed: int) -> str:
     return f"{regime}-{budget}-{arm}-s{seed}"
 
 
-def command(arm: str, regime: str, demos: int | None, seed: int, folder: Path) -> list[str]:
+def command(
+    arm: str, regime: str, demos: int | None, seed: int, folder: Path, budget: str = "make_run"
+) -> list[str]:
     """The `sft2grpo` argv of one run (fresh)."""
     args, _ = ARMS[arm]
     demo = [f"task.demos={demos}"] if regime == "scarce" and demos is not None else []
-    return [*args, f"train.seed={seed}", *COMMON, *demo, f"log.output_dir={folder}"]
+    steps = BUDGETS[budget][kind(arm)]
+    return [*args, *steps, f"train.seed={seed}", *COMMON, *demo, f"log.output_dir={folder}"]
 
 
 def finished(folder: Path) -> bool:
@@ -104,21 +128,25 @@ def committed() -> set[str]:
     }
 
 
-def train(runs: Path, regime: str, demos: int | None, seeds: list[int], arms: list[str], jobs: int) -> None:
+def train(
+    runs: Path,
+    regime: str,
+    demos: int | None,
+    seeds: list[int],
+    arms: list[str],
+    jobs: int,
+    budget: str = "make_run",
+) -> None:
     todo, done = [], committed()
     for seed in seeds:
         for arm in arms:
             if arm in SCARCE_ONLY and regime != "scarce":
                 continue
-            folder = runs / run_name(regime, "make_run", arm, seed)
+            folder = runs / run_name(regime, budget, arm, seed)
             if finished(folder) or folder.name in done:
                 continue
-            todo.append(
-                (
-                    folder,
-                    argv_of(folder, "pipeline" in ARMS[arm][0], command(arm, regime, demos, seed, folder)),
-                )
-            )
+            fresh = command(arm, regime, demos, seed, folder, budget)
+            todo.append((folder, argv_of(folder, kind(arm) == "pipeline", fresh)))
     run_jobs(todo, runs, jobs)
 
 
@@ -283,6 +311,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regime", choices=["all", "scarce"], default="scarce")
     ap.add_argument("--demos", type=int, default=64, help="demonstrations in the scarce regime (task.demos)")
+    ap.add_argument(
+        "--budget", choices=list(BUDGETS), default="make_run", help="make_run's steps, or 4x (long)"
+    )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS))
     ap.add_argument("--jobs", type=int, default=2)
@@ -291,11 +322,11 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help=f"only print {OUT.name}'s table for --regime")
     args = ap.parse_args()
     if args.table:
-        print("\n".join(table(json.loads(OUT.read_text())["runs"], args.regime)))
+        print("\n".join(table(json.loads(OUT.read_text())["runs"], args.regime, args.budget)))
         return
     if not args.collect:
         seeds = [int(s) for s in args.seeds.split(",")]
-        train(args.runs, args.regime, args.demos, seeds, args.arms.split(","), args.jobs)
+        train(args.runs, args.regime, args.demos, seeds, args.arms.split(","), args.jobs, args.budget)
     rows = collect(args.runs)
     if OUT.is_file():  # rows of runs whose folders are gone (another machine) stay
         here = {run_name(r["regime"], r["budget"], r["arm"], r["seed"]) for r in rows}

@@ -28,6 +28,25 @@ def test_every_arm_is_a_valid_run(regimes, tmp_path):
     assert not any(a.startswith("task.demos") for a in every) and "objective.guide=no_right" in every
 
 
+def test_long_budget_gives_every_stage_four_times_its_steps(regimes, tmp_path):
+    """--budget long: SFT alone 120 steps against SFT 60 then RL 80 (make run's 30 against 15 + 20),
+    GRPO alone 160; the arm's own keys are overridden, not duplicated into a second meaning."""
+    steps = {}
+    for arm in ("sft_only", "sft_grpo", "grpo_only"):
+        for budget in ("make_run", "long"):
+            argv = regimes.command(arm, "scarce", 64, 0, tmp_path / arm, budget)
+            cfg = load_config(argv[argv.index("--config") + 1], [a for a in argv if "=" in a])
+            steps[arm, budget] = (cfg.sft_stage.steps, cfg.train.steps, cfg.eval.every)
+    assert steps == {
+        ("sft_only", "make_run"): (0, 30, 10),
+        ("sft_only", "long"): (0, 120, 20),
+        ("sft_grpo", "make_run"): (15, 20, 10),
+        ("sft_grpo", "long"): (60, 80, 20),
+        ("grpo_only", "make_run"): (0, 40, 10),
+        ("grpo_only", "long"): (0, 160, 20),
+    }
+
+
 def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
     """A pipeline's final stage and a single run's "after" become one row each, the pipeline's with
     its RL stage's own change and the shares of groups with a spread and with a guide (means over
