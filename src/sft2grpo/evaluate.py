@@ -122,20 +122,18 @@ def evaluate_heldout(
     the settings of `cfg` (a Config): the one call that `sft2grpo eval` and the trainer's
     evaluations share. `shard=(i, n)` takes every n-th problem from the i-th (one process's share;
     `merge_evals` puts the shares back together)."""
-    i, n = shard
-    examples = task.val if split == "val" else task.eval[: cfg.eval.size or cfg.task.eval_size]
-    return evaluate(
+    return on_split(
         engine,
         tokenizer,
-        examples[i::n],
+        task,
         reward_fn,
-        system_prompt=cfg.model.system_prompt,
-        max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
-        batch_size=cfg.eval.batch_size,
+        cfg,
+        shard,
+        split,
         k=cfg.eval.k,
         samples=cfg.eval.k_draws,
         temperature=cfg.eval.temperature,
-        generator=torch.Generator().manual_seed(cfg.train.seed + i),
+        generator=torch.Generator().manual_seed(cfg.train.seed + shard[0]),
         progress=cfg.log.progress if progress is None else progress,
         step=step,
     )
@@ -161,6 +159,28 @@ def evaluate_sampled(
     two runs with fewer problems."""
     if k < 2:
         raise ValueError(f"sampled accuracy needs k >= 2 samples per problem, got {k}")
+    return on_split(
+        engine,
+        tokenizer,
+        task,
+        reward_fn,
+        cfg,
+        shard,
+        split,
+        k=k,
+        samples=k,
+        temperature=cfg.rollout.temperature,
+        generator=torch.Generator().manual_seed(10_000 + seed + shard[0]),
+        step=step,
+    )
+
+
+def on_split(
+    engine, tokenizer, task, reward_fn, cfg, shard: tuple[int, int], split: str, **sampling
+) -> EvalResult:
+    """`evaluate` of shard (i, n) of a split (every n-th problem from the i-th): the validation
+    split, or the first eval.size (else task.eval_size) held-out problems, prompted and cut as cfg
+    says; `sampling` holds evaluate's k, samples, temperature, generator, progress and step."""
     i, n = shard
     examples = task.val if split == "val" else task.eval[: cfg.eval.size or cfg.task.eval_size]
     return evaluate(
@@ -171,11 +191,7 @@ def evaluate_sampled(
         system_prompt=cfg.model.system_prompt,
         max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
         batch_size=cfg.eval.batch_size,
-        k=k,
-        samples=k,
-        temperature=cfg.rollout.temperature,
-        generator=torch.Generator().manual_seed(10_000 + seed + i),
-        step=step,
+        **sampling,
     )
 
 
