@@ -28,7 +28,8 @@ the first scarce runs: a demonstration met 3% of the prompts.
 
 The regime `all` gives every training problem its worked solution; `scarce` only the first
 `--demos` (`task.demos`). `--collect` reads every finished run and writes one object per run to
-docs/sft_to_grpo/regimes.json: regime, demos, demo_share, budget, arm, rl, seed, train_s, greedy, sampled.
+docs/sft_to_grpo/regimes.json: regime, demos, demo_share, budget, arm, rl, seed, train_s, greedy, sampled,
+pass (pass@4 from the sampled answers).
 Rows already there stay, and their runs are not trained again, so the set resumes on another
 machine from the committed file.
 """
@@ -201,6 +202,14 @@ def scores(summary: dict) -> tuple[float | None, float | None]:
     return after.get("accuracy"), sampled.get("accuracy")
 
 
+def final_pass(folder: Path) -> float | None:
+    """pass@k of the final model from its k sampled answers a held-out problem (eval.draws): the
+    share of problems with a right one among them; None without the file."""
+    stage = folder / "rl" if (folder / "rl").is_dir() else folder
+    rows = read_jsonl(stage / "eval_after_sampled.jsonl")
+    return sum(any(r["correct"]) for r in rows) / len(rows) if rows else None
+
+
 def train_seconds(summary: dict) -> float:
     if "accuracy" in summary:
         return sum((summary.get(k) or {}).get("train_time_s", 0.0) for k in ("sft", "rl"))
@@ -268,6 +277,7 @@ def collect(runs: Path) -> list[dict]:
                 "train_s": round(train_seconds(summary), 1),
                 "greedy": greedy,
                 "sampled": sampled,
+                "pass": final_pass(folder),
                 **rl_stage(folder, summary),
             }
         )
@@ -276,15 +286,19 @@ def collect(runs: Path) -> list[dict]:
 
 def table(rows: list[dict], regime: str, budget: str = "make_run") -> list[str]:
     """The markdown table of one regime and budget: per arm the seeds, held-out greedy and sampled
-    accuracy after the run (mean, SD over seeds, each seed), and the RL stage's own change."""
+    accuracy after the run (mean, SD over seeds, each seed), pass@4 from the sampled answers (mean
+    and SD), and the RL stage's own change."""
 
-    def cell(xs: list[float]) -> str:
+    def cell(xs: list[float], each: bool = True) -> str:
+        if not xs:
+            return "-"
         sd = f" ± {100 * statistics.stdev(xs):.1f}" if len(xs) > 1 else ""
-        return f"{100 * statistics.fmean(xs):.1f}{sd} ({', '.join(f'{100 * x:.1f}' for x in xs)})"
+        seeds = f" ({', '.join(f'{100 * x:.1f}' for x in xs)})" if each else ""
+        return f"{100 * statistics.fmean(xs):.1f}{sd}{seeds}"
 
     out = [
-        "| arm | seeds | greedy % | sampled % | RL stage's own change, sampled (greedy) | guided groups |",
-        "|---|---|---|---|---|---|",
+        "| arm | seeds | greedy % | sampled % | pass@4 % | RL stage's own change, sampled (greedy) | guided groups |",
+        "|---|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
         rs = sorted(
@@ -302,7 +316,7 @@ def table(rows: list[dict], regime: str, budget: str = "make_run") -> list[str]:
         guided = ", ".join(f"{100 * r['guided_share']:.1f}%" for r in rs if "guided_share" in r) or "-"
         out.append(
             f"| `{arm}` | {len(rs)} | {cell([r['greedy'] for r in rs])} | {cell([r['sampled'] for r in rs])} "
-            f"| {change} | {guided} |"
+            f"| {cell([r['pass'] for r in rs if r.get('pass') is not None], each=False)} | {change} | {guided} |"
         )
     return out
 

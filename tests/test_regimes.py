@@ -69,6 +69,8 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
     (pipe / "rl").mkdir()
     steps = [{"step": 1, "zero_std_frac": 0.75, "guided_frac": 0.25}, {"step": 2, "zero_std_frac": 0.25}]
     (pipe / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+    answers = [{"correct": [0, 0, 1, 0]}, {"correct": [0, 0, 0, 0]}]  # pass@4: 1 of 2 problems
+    (pipe / "rl" / "eval_after_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in answers))
     single = tmp_path / "all-make_run-sft_only-s0"
     single.mkdir()
     (single / "config.yaml").write_text("task:\n  demos: null\n")
@@ -92,6 +94,7 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
             "train_s": 240.0,
             "greedy": 0.4,
             "sampled": 0.3,
+            "pass": None,
         },
         {
             "regime": "scarce",
@@ -104,6 +107,7 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
             "train_s": 250.5,
             "greedy": 0.35,
             "sampled": 0.4,
+            "pass": 0.5,
             "rl_change_greedy": {"diff": 0.05, "ci95": [0.0, 0.1]},
             "rl_change_sampled": {"diff": 0.15, "ci95": [0.1, 0.2]},
             "spread_share": 0.5,
@@ -180,6 +184,7 @@ def test_table_gives_mean_sd_and_each_seed(regimes):
             "seed": 1,
             "greedy": 0.4,
             "sampled": 0.3,
+            "pass": 0.5,
         },
         {
             "regime": "scarce",
@@ -188,6 +193,7 @@ def test_table_gives_mean_sd_and_each_seed(regimes):
             "seed": 0,
             "greedy": 0.3,
             "sampled": 0.2,
+            "pass": 0.4,
         },
         {
             **{"regime": "scarce", "budget": "make_run", "arm": "sft_guided", "seed": 0},
@@ -197,6 +203,9 @@ def test_table_gives_mean_sd_and_each_seed(regimes):
         {"regime": "all", "budget": "make_run", "arm": "sft_grpo", "seed": 0, "greedy": 0.5, "sampled": 0.5},
     ]
     lines = regimes.table(rows, "scarce")
-    assert lines[2] == "| `sft_only` | 2 | 35.0 ± 7.1 (30.0, 40.0) | 25.0 ± 7.1 (20.0, 30.0) | - | - |"
-    assert lines[3] == "| `sft_guided` | 1 | 35.0 (35.0) | 25.0 (25.0) | +5.0 (+5.0) | 12.5% |"
+    assert (
+        lines[2]
+        == "| `sft_only` | 2 | 35.0 ± 7.1 (30.0, 40.0) | 25.0 ± 7.1 (20.0, 30.0) | 45.0 ± 7.1 | - | - |"
+    )
+    assert lines[3] == "| `sft_guided` | 1 | 35.0 (35.0) | 25.0 (25.0) | - | +5.0 (+5.0) | 12.5% |"
     assert len(lines) == 4  # the other regime's arm is not in this table
