@@ -19,7 +19,8 @@ Arms (what the RL stage changes; answers per step in brackets):
 - `dynamic`: dynamic sampling, groups without spread replaced by new prompts (DAPO) [32+];
 - `t1.2`: temperature 1.2 [32].
 The choice is the arm with the best sampled validation accuracy at the last step, greedy as the
-tie-break; the collected file says which, and by how much over `recipe`.
+tie-break, mean over seeds, among the arms run on the most seeds (screen on seed 0, then run the
+leaders and `recipe` on more); the collected file says which, and by how much over `recipe`.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def collect_run(folder: Path) -> dict | None:
 
 
 def choose(rows: list[dict]) -> dict:
-    """The arm with the best mean sampled validation accuracy at its last step (greedy breaks a tie)."""
+    """The arm with the best mean sampled validation accuracy at its last step (greedy breaks a tie),
+    among the arms run on the most seeds, over those seeds: an arm screened on seed 0 alone is not
+    weighed against one confirmed on three. Each arm's means, and which arms could be chosen."""
     by_arm: dict[str, list[dict]] = {}
     for r in rows:
         by_arm.setdefault(r["arm"], []).append(r)
@@ -97,10 +100,18 @@ def choose(rows: list[dict]) -> dict:
     def final(rs: list[dict], key: str) -> float:
         return statistics.fmean(r[key][max(r[key], key=int)] for r in rs if r[key])
 
+    seeds = {a: sorted(r["seed"] for r in rs) for a, rs in by_arm.items()}
+    most = max(seeds.values(), key=len)
+    finalists = [a for a in by_arm if seeds[a] == most]
     scores = {a: (final(rs, "val_sampled"), final(rs, "val_greedy")) for a, rs in by_arm.items()}
-    best = max(scores, key=lambda a: scores[a])
-    out = {"chosen": best, "final_val": {a: {"sampled": s, "greedy": g} for a, (s, g) in scores.items()}}
-    if "recipe" in scores:
+    best = max(finalists, key=lambda a: scores[a])
+    out = {
+        "chosen": best,
+        "seeds": most,
+        "finalists": finalists,
+        "final_val": {a: {"sampled": s, "greedy": g, "seeds": seeds[a]} for a, (s, g) in scores.items()},
+    }
+    if "recipe" in finalists:
         out["over_recipe"] = {
             "sampled": scores[best][0] - scores["recipe"][0],
             "greedy": scores[best][1] - scores["recipe"][1],

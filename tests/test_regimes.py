@@ -145,8 +145,8 @@ def test_rl_recipe_collects_validation_and_chooses_on_sampled_accuracy(rl_recipe
     """A finished arm's RL-stage curves and share of groups with spread are read back; the choice is
     the best final sampled validation accuracy, greedy breaking a tie, and its gain over recipe."""
 
-    def arm(name, sampled, greedy, zero_std):
-        folder = tmp_path / f"{name}-s0"
+    def arm(name, sampled, greedy, zero_std, seed=0):
+        folder = tmp_path / f"{name}-s{seed}"
         (folder / "rl").mkdir(parents=True)
         (folder / "summary.json").write_text(json.dumps({"rl": {"train_time_s": 100.0}}))
         rows = [
@@ -168,6 +168,13 @@ def test_rl_recipe_collects_validation_and_chooses_on_sampled_accuracy(rl_recipe
     chosen = rl_recipe.choose(rows)
     assert chosen["chosen"] == "t1.2"  # ties group16 on sampled, ahead on greedy
     assert chosen["over_recipe"] == {"sampled": pytest.approx(0.06), "greedy": pytest.approx(0.01)}
+    # seed 1 of recipe and group16: t1.2, screened on seed 0 alone, is no longer a finalist, and the
+    # choice is the mean over seeds 0 and 1 (group16 (0.36 + 0.30) / 2 against recipe (0.30 + 0.34) / 2)
+    rows += [arm("recipe", 0.34, 0.45, [0.5], seed=1), arm("group16", 0.30, 0.44, [0.5], seed=1)]
+    chosen = rl_recipe.choose(rows)
+    assert chosen["finalists"] == ["recipe", "group16"] and chosen["seeds"] == [0, 1]
+    assert chosen["chosen"] == "group16" and chosen["final_val"]["t1.2"]["seeds"] == [0]
+    assert chosen["over_recipe"]["sampled"] == pytest.approx(0.01)
     (tmp_path / "stopped-s0").mkdir()
     (tmp_path / "stopped-s0" / "summary.json").write_text(json.dumps({"interrupted": True}))
     assert rl_recipe.collect_run(tmp_path / "stopped-s0") is None
