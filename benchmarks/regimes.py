@@ -28,8 +28,8 @@ the first scarce runs: a demonstration met 3% of the prompts.
 
 The regime `all` gives every training problem its worked solution; `scarce` only the first
 `--demos` (`task.demos`). `--collect` reads every finished run and writes one object per run to
-docs/sft_to_grpo/regimes.json: regime, demos, demo_share, budget, arm, rl, seed, train_s, greedy, sampled,
-pass (pass@4 from the sampled answers).
+docs/sft_to_grpo/regimes.json: regime, demos, demo_share, budget, arm, rl, rl_batch (the RL stage's prompts
+x answers a step), seed, train_s, greedy, sampled, pass (pass@4 from the sampled answers).
 Rows already there stay, and their runs are not trained again, so the set resumes on another
 machine from the committed file.
 """
@@ -257,12 +257,15 @@ def collect(runs: Path) -> list[dict]:
         regime, budget, rest = folder.name.split("-", 2)
         arm, seed = rest.rsplit("-s", 1)
         cfg = folder / "config.yaml"
-        demos, share = None, 0.0
+        demos, share, batch = None, 0.0, None
         if cfg.is_file():
             import yaml
 
-            task = yaml.safe_load(cfg.read_text()).get("task") or {}
+            doc = yaml.safe_load(cfg.read_text())
+            task = doc.get("task") or {}
             demos, share = task.get("demos"), task.get("demo_share", 0.0)
+            if ARMS[arm][1]:  # the RL stage's prompts x answers a step, as the run had them
+                batch = f"{doc['train']['prompts_per_step']}x{doc['rollout']['group_size']}"
         summary = json.loads((folder / "summary.json").read_text())
         greedy, sampled = scores(summary)
         rows.append(
@@ -273,6 +276,7 @@ def collect(runs: Path) -> list[dict]:
                 "budget": budget,
                 "arm": arm,
                 "rl": ARMS[arm][1],
+                "rl_batch": batch,
                 "seed": int(seed),
                 "train_s": round(train_seconds(summary), 1),
                 "greedy": greedy,

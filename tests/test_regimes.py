@@ -53,7 +53,9 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
     its steps); an interrupted run and the logs folder are left out."""
     pipe = tmp_path / "scarce-make_run-sft_guided-s1"
     pipe.mkdir()
-    (pipe / "config.yaml").write_text("task:\n  demos: 64\n  demo_share: 0.5\n")
+    (pipe / "config.yaml").write_text(
+        "task:\n  demos: 64\n  demo_share: 0.5\ntrain:\n  prompts_per_step: 2\nrollout:\n  group_size: 16\n"
+    )
     (pipe / "summary.json").write_text(
         json.dumps(
             {
@@ -90,6 +92,7 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
             "budget": "make_run",
             "arm": "sft_only",
             "rl": False,
+            "rl_batch": None,
             "seed": 0,
             "train_s": 240.0,
             "greedy": 0.4,
@@ -103,6 +106,7 @@ def test_collect_reads_finished_runs_of_both_kinds(regimes, tmp_path):
             "budget": "make_run",
             "arm": "sft_guided",
             "rl": True,
+            "rl_batch": "2x16",
             "seed": 1,
             "train_s": 250.5,
             "greedy": 0.35,
