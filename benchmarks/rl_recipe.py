@@ -4,15 +4,16 @@
     python benchmarks/rl_recipe.py --collect          # -> docs/sft_to_grpo/rl_recipe.json
 
 Each arm is make run's road (`sft2grpo train --config pipeline`: SFT 15 steps, then 20 RL steps)
-with one setting of the RL stage changed, every training problem with its worked solution. The
-RL stage scores the validation split every 10 steps, greedy and sampled (`eval.val_draws=4`, 4
-answers a problem at the rollout temperature): the arms are compared on validation only, and the
-held-out scores each run also writes are not read here. Each run's RL stage also logs the share
+with the RL stage's prompts and answers a step set and one other setting changed (make run now
+trains the chosen arm, `group16_p2`), every training problem with its worked solution. The RL stage
+scores the validation split every 10 steps, greedy and sampled (`eval.val_draws=4`, 4 answers a
+problem at the rollout temperature): the arms are compared on validation only, and the held-out
+scores each run also writes are not read here. Each run's RL stage also logs the share
 of its groups with a reward spread (1 - zero_std_frac), the only groups GRPO learns from (with
 dynamic sampling, the share in the kept batch; `extra_rounds` counts the rounds it drew again).
 
 Arms (what the RL stage changes; answers per step in brackets):
-- `recipe`: make run's (4 prompts x 8 answers, T 1.0) [32];
+- `recipe`: make run's until this choice (4 prompts x 8 answers, T 1.0) [32];
 - `group16`: groups of 16 (4 x 16) [64];
 - `group16_p2`: groups of 16 at make run's answers per step (2 x 16) [32];
 - `prompts8`: 8 prompts a step (8 x 8) [64];
@@ -44,13 +45,16 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "sft_to_grpo" / "rl_recipe.json"
 VALIDATION = ["eval.every=10", "eval.val_draws=4"]
 
+# every arm names its prompts and group size, so it stays the run it was when configs/pipeline.yaml
+# changes (it took group16_p2's 2 x 16 from these runs)
+RECIPE = ["train.prompts_per_step=4", "rollout.group_size=8"]
 ARMS: dict[str, list[str]] = {
-    "recipe": [],
-    "group16": ["rollout.group_size=16"],
-    "group16_p2": ["rollout.group_size=16", "train.prompts_per_step=2"],
-    "prompts8": ["train.prompts_per_step=8"],
-    "dynamic": ["rollout.dynamic_sampling=true"],
-    "t1.2": ["rollout.temperature=1.2"],
+    "recipe": RECIPE,
+    "group16": ["train.prompts_per_step=4", "rollout.group_size=16"],
+    "group16_p2": ["train.prompts_per_step=2", "rollout.group_size=16"],
+    "prompts8": ["train.prompts_per_step=8", "rollout.group_size=8"],
+    "dynamic": [*RECIPE, "rollout.dynamic_sampling=true"],
+    "t1.2": [*RECIPE, "rollout.temperature=1.2"],
 }
 
 
