@@ -14,7 +14,8 @@ temperature), before and after.
 The arms at make run's budget (about 4-5 minutes of training on 2 shared cores; `--budget long`
 gives every stage 4x its steps, about 20 minutes):
 - `sft_only`: rung 0, 30 steps of 16 demonstrations;
-- `sft_grpo`: configs/pipeline.yaml (SFT 15 steps, then GRPO 20), make run's recipe;
+- `sft_grpo`: configs/pipeline.yaml (SFT 15 steps, then GRPO 20), make run's recipe (its RL batch
+  4 prompts x 8 until issue 35's choice, 2 x 16 since; each row's `rl_batch` says which);
 - `sft_grpo_demo` (scarce only): the same, half of each RL step's prompts drawn from the
   demonstrated problems (`task.demo_share=0.5`), the control for the next two;
 - `sft_guided`: that, with the reference answer joining each group that has no right one
