@@ -233,14 +233,15 @@ def rl_stage(folder: Path, summary: dict) -> dict:
     return {
         "rl_change_greedy": (summary.get("changes") or {}).get("sft->rl"),
         "rl_change_sampled": (summary.get("sampled_changes") or {}).get("sft->rl"),
-        **group_shares(folder / "rl"),
+        **group_shares(read_jsonl(folder / "rl" / "metrics.jsonl")),
     }
 
 
-def group_shares(stage: Path) -> dict:
-    """From a stage's metrics.jsonl, means over its steps: the share of groups with a reward spread
-    ("spread_share") and, with guides, the share a guide joined ("guided_share"); {} without steps."""
-    rows = [r for r in read_jsonl(stage / "metrics.jsonl") if "zero_std_frac" in r]
+def group_shares(metrics: list[dict]) -> dict:
+    """From a stage's metrics.jsonl rows, means over its steps: the share of groups with a reward
+    spread ("spread_share") and, with guides, the share a guide joined ("guided_share"); {} without
+    steps."""
+    rows = [r for r in metrics if "zero_std_frac" in r]
     if not rows:
         return {}
     out = {"spread_share": 1 - sum(r["zero_std_frac"] for r in rows) / len(rows)}

@@ -87,7 +87,7 @@ def collect_run(folder: Path) -> dict | None:
         "seed": int(seed),
         "val_greedy": {r["step"]: r["accuracy"] for r in evals if r.get("tag") == "val"},
         "val_sampled": {r["step"]: r["accuracy"] for r in evals if r.get("tag") == "val_sampled"},
-        "spread_share": group_shares(rl).get("spread_share"),
+        "spread_share": group_shares(metrics).get("spread_share"),
         "extra_rounds": sum(r.get("resample_rounds", 0) for r in metrics),
         "rl_train_s": round((summary.get("rl") or {}).get("train_time_s", 0.0), 1),
     }
