@@ -3,6 +3,7 @@
     python benchmarks/regimes.py --regime scarce --demos 64 --seeds 0,1,2      # train what is missing
     python benchmarks/regimes.py --regime all --budget long --arms sft_only,sft_grpo  # 4x the steps
     python benchmarks/regimes.py --collect                                      # -> docs/sft_to_grpo/regimes.json
+    python benchmarks/regimes.py --plot --regime all --budget long               # curves, where they cross
 
 Each (regime, budget, arm, seed) is one `sft2grpo` run in its own process and folder under
 `--runs` (default runs/regimes/), two at a time with one thread each, as docs/sft_to_grpo.md ran
@@ -30,7 +31,8 @@ the first scarce runs: a demonstration met 3% of the prompts.
 The regime `all` gives every training problem its worked solution; `scarce` only the first
 `--demos` (`task.demos`). `--collect` reads every finished run and writes one object per run to
 docs/sft_to_grpo/regimes.json: regime, demos, demo_share, budget, arm, rl, rl_batch (the RL stage's prompts
-x answers a step), seed, train_s, greedy, sampled, pass (pass@4 from the sampled answers).
+x answers a step), seed, train_s, greedy, sampled, pass (pass@4 from the sampled answers) and, where
+it scored validation, curve (validation greedy and sampled against training minutes).
 Rows already there stay, and their runs are not trained again, so the set resumes on another
 machine from the committed file.
 """
@@ -73,13 +75,15 @@ ARMS: dict[str, tuple[list[str], bool]] = {
 SCARCE_ONLY = ("grpo_only", "sft_grpo_demo", "sft_guided_anydraw", "sft_mixed_anydraw")
 # budget -> the steps of each kind of arm (appended to its arguments, so they override the arm's):
 # make run's is the arms as written; `long` has 4x the steps of each stage (about 20 minutes of
-# training) and scores validation every 20 steps
+# training) and scores validation every 20 steps, greedy and sampled (4 answers a problem): the
+# curves in which to see whether SFT alone and SFT then RL cross
+LONG_VAL = ["eval.every=20", "eval.val_draws=4"]
 BUDGETS: dict[str, dict[str, list[str]]] = {
     "make_run": {"sft": [], "pipeline": [], "run": []},
     "long": {
-        "sft": ["train.steps=120", "eval.every=20"],
-        "pipeline": ["sft_stage.steps=60", "train.steps=80", "eval.every=20"],
-        "run": ["train.steps=160", "eval.every=20"],
+        "sft": ["train.steps=120", *LONG_VAL],
+        "pipeline": ["sft_stage.steps=60", "train.steps=80", *LONG_VAL],
+        "run": ["train.steps=160", *LONG_VAL],
     },
 }
 
@@ -250,6 +254,117 @@ def group_shares(metrics: list[dict]) -> dict:
     return out
 
 
+def validation_curve(folder: Path) -> list[dict]:
+    """A run's validation scores against its training minutes: one {"minutes", "greedy", "sampled"}
+    per validation point (sampled None when not scored), minutes counting the steps alone (a
+    pipeline's RL stage after all of its SFT stage's). The RL stage's step 0 scores the SFT stage's
+    last model again and is left out; [] without evals.jsonl."""
+    stages = [folder / "sft", folder / "rl"] if (folder / "rl").is_dir() else [folder]
+    points, offset = [], 0.0
+    for stage in stages:
+        step_s = {r["step"]: r["time_step"] for r in read_jsonl(stage / "metrics.jsonl") if "time_step" in r}
+        scores: dict[int, dict[str, float]] = {}
+        for r in read_jsonl(stage / "evals.jsonl"):
+            if r.get("tag") in ("val", "val_sampled"):
+                scores.setdefault(r["step"], {})[r["tag"]] = r["accuracy"]
+        for step in sorted(scores):
+            if step == 0 and points:
+                continue
+            seconds = offset + sum(t for s, t in step_s.items() if s <= step)
+            points.append(
+                {
+                    "minutes": round(seconds / 60, 2),
+                    "greedy": scores[step].get("val"),
+                    "sampled": scores[step].get("val_sampled"),
+                }
+            )
+        offset += sum(step_s.values())
+    return points
+
+
+def mean_curve(curves: list[list[dict]], metric: str) -> list[tuple[float, float]]:
+    """The seeds' curves of one arm averaged point by point (its runs score validation at the same
+    steps): (mean minutes, mean score), as long as the shortest curve; points without `metric` left
+    out."""
+    n = min((len(c) for c in curves), default=0)
+    out = []
+    for i in range(n):
+        ys = [c[i][metric] for c in curves]
+        if all(y is not None for y in ys):
+            out.append((statistics.fmean(c[i]["minutes"] for c in curves), statistics.fmean(ys)))
+    return out
+
+
+def crossings(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[float]:
+    """Where curve a - curve b changes sign: the x of each crossing, both curves (x, y) sorted by x
+    and linear between their points, read on the x range they share."""
+    lo, hi = max(a[0][0], b[0][0]), min(a[-1][0], b[-1][0])
+    xs = sorted({x for x, _ in a + b if lo <= x <= hi})
+
+    def at(curve: list[tuple[float, float]], x: float) -> float:
+        for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+            if x0 <= x <= x1:
+                return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+        return curve[-1][1] if x >= curve[-1][0] else curve[0][1]
+
+    signed = [(x, at(a, x) - at(b, x)) for x in xs]
+    signed = [(x, d) for x, d in signed if d != 0]
+    return [
+        x0 + (x1 - x0) * d0 / (d0 - d1)
+        for (x0, d0), (x1, d1) in zip(signed, signed[1:])
+        if (d0 > 0) != (d1 > 0)
+    ]
+
+
+def plot(rows: list[dict], regime: str, budget: str, out: Path, arms: list[str] | None = None) -> list[str]:
+    """The validation curves of one regime and budget against training minutes, greedy and sampled:
+    each arm's mean over seeds (thick) and each seed (thin), into `out`; returns one line per pair of
+    arms and metric saying where their mean curves cross. `arms`: only those (default all)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_arm = {}
+    for arm in arms or ARMS:
+        curves = [r["curve"] for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)]
+        if any(curves):
+            by_arm[arm] = [c for c in curves if c]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    lines = []
+    for ax, metric in zip(axes, ("greedy", "sampled")):
+        means = {}
+        for i, (arm, curves) in enumerate(by_arm.items()):
+            color = f"C{i}"
+            for c in curves:
+                pts = [(p["minutes"], 100 * p[metric]) for p in c if p[metric] is not None]
+                if pts:
+                    ax.plot(*zip(*pts), color=color, lw=0.6, alpha=0.4)
+            means[arm] = [(x, 100 * y) for x, y in mean_curve(curves, metric)]
+            if means[arm]:
+                ax.plot(
+                    *zip(*means[arm]), color=color, lw=2, marker="o", label=f"{arm} ({len(curves)} seeds)"
+                )
+        names = [a for a in means if means[a]]
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                xs = crossings(means[a], means[b])
+                where = "cross at " + ", ".join(f"{x:.1f} min" for x in xs) if xs else "do not cross"
+                lines.append(f"{metric}: {a} and {b} {where}")
+        ax.set_title(f"validation, {metric} (%)", fontsize=10)
+        ax.set_xlabel("training minutes (steps alone)")
+        ax.grid(alpha=0.3)
+        if names:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not scored in these runs", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"regime {regime}, budget {budget}: mean over seeds (thick), each seed (thin)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return lines
+
+
 def collect(runs: Path) -> list[dict]:
     """One object per finished run folder under `runs`, as regimes.json holds them."""
     rows = []
@@ -287,6 +402,9 @@ def collect(runs: Path) -> list[dict]:
                 **rl_stage(folder, summary),
             }
         )
+        curve = validation_curve(folder)
+        if curve:
+            rows[-1]["curve"] = curve
     return rows
 
 
@@ -340,9 +458,20 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "regimes")
     ap.add_argument("--collect", action="store_true", help=f"only write {OUT.relative_to(ROOT)}")
     ap.add_argument("--table", action="store_true", help=f"only print {OUT.name}'s table for --regime")
+    ap.add_argument(
+        "--plot",
+        action="store_true",
+        help="only draw --regime and --budget's validation curves from regimes.json, and say where they cross",
+    )
     args = ap.parse_args()
     if args.table:
         print("\n".join(table(json.loads(OUT.read_text())["runs"], args.regime, args.budget)))
+        return
+    if args.plot:
+        png = OUT.parent / f"{args.regime}_{args.budget}.png"
+        rows = json.loads(OUT.read_text())["runs"]
+        print("\n".join(plot(rows, args.regime, args.budget, png, args.arms.split(","))))
+        print(f"wrote {png.relative_to(ROOT)}")
         return
     if not args.collect:
         seeds = [int(s) for s in args.seeds.split(",")]

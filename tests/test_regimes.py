@@ -36,14 +36,14 @@ def test_long_budget_gives_every_stage_four_times_its_steps(regimes, tmp_path):
         for budget in ("make_run", "long"):
             argv = regimes.command(arm, "scarce", 64, 0, tmp_path / arm, budget)
             cfg = load_config(argv[argv.index("--config") + 1], [a for a in argv if "=" in a])
-            steps[arm, budget] = (cfg.sft_stage.steps, cfg.train.steps, cfg.eval.every)
+            steps[arm, budget] = (cfg.sft_stage.steps, cfg.train.steps, cfg.eval.every, cfg.eval.val_draws)
     assert steps == {
-        ("sft_only", "make_run"): (0, 30, 10),
-        ("sft_only", "long"): (0, 120, 20),
-        ("sft_grpo", "make_run"): (15, 20, 10),
-        ("sft_grpo", "long"): (60, 80, 20),
-        ("grpo_only", "make_run"): (0, 40, 10),
-        ("grpo_only", "long"): (0, 160, 20),
+        ("sft_only", "make_run"): (0, 30, 10, 0),
+        ("sft_only", "long"): (0, 120, 20, 4),
+        ("sft_grpo", "make_run"): (15, 20, 10, 0),
+        ("sft_grpo", "long"): (60, 80, 20, 4),
+        ("grpo_only", "make_run"): (0, 40, 10, 0),
+        ("grpo_only", "long"): (0, 160, 20, 4),
     }
 
 
@@ -220,3 +220,75 @@ def test_table_gives_mean_sd_and_each_seed(regimes):
     )
     assert lines[3] == "| `sft_guided` | 1 | 35.0 (35.0) | 25.0 (25.0) | - | +5.0 (+5.0) | 12.5% |"
     assert len(lines) == 4  # the other regime's arm is not in this table
+
+
+def write_rows(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_validation_curve_puts_the_rl_stage_after_the_sft_stage(regimes, tmp_path):
+    """A pipeline's curve: the SFT stage's validation points at its cumulative step seconds, then
+    the RL stage's at the SFT stage's total plus its own, without the RL stage's step 0 (the same
+    model as the SFT stage's end); a step logged twice (a resumed run) counts once."""
+    run = tmp_path / "all-long-sft_grpo-s0"
+    write_rows(
+        run / "sft" / "metrics.jsonl", [{"step": 1, "time_step": 30.0}, {"step": 2, "time_step": 30.0}]
+    )
+    write_rows(
+        run / "sft" / "evals.jsonl",
+        [
+            {"step": 0, "tag": "val", "accuracy": 0.1},
+            {"step": 0, "tag": "val_sampled", "accuracy": 0.05},
+            {"step": 2, "tag": "val", "accuracy": 0.4},
+            {"step": 2, "tag": "after", "accuracy": 0.9},  # held-out: not a validation point
+            {"step": 2, "tag": "val_sampled", "accuracy": 0.3},
+        ],
+    )
+    rl = [{"step": 1, "time_step": 6.0}, {"step": 1, "time_step": 6.0}, {"step": 2, "time_step": 12.0}]
+    write_rows(run / "rl" / "metrics.jsonl", rl)
+    write_rows(
+        run / "rl" / "evals.jsonl",
+        [{"step": 0, "tag": "val", "accuracy": 0.41}, {"step": 2, "tag": "val", "accuracy": 0.5}],
+    )
+    assert regimes.validation_curve(run) == [
+        {"minutes": 0.0, "greedy": 0.1, "sampled": 0.05},
+        {"minutes": 1.0, "greedy": 0.4, "sampled": 0.3},
+        {"minutes": 1.3, "greedy": 0.5, "sampled": None},
+    ]
+    assert regimes.validation_curve(tmp_path / "absent") == []
+
+
+def test_mean_curve_and_crossings(regimes):
+    """Seeds averaged point by point; the crossings of two piecewise-linear curves by hand: a - b is
+    -1 at x 0, +0.5 at x 2 and -2 at x 4, linear between, so they cross at 2 * 1/1.5 and at
+    2 + 2 * 0.5/2.5."""
+    c1 = [{"minutes": 0.0, "greedy": 0.1, "sampled": None}, {"minutes": 2.0, "greedy": 0.3, "sampled": 0.2}]
+    c2 = [{"minutes": 0.0, "greedy": 0.3, "sampled": None}, {"minutes": 4.0, "greedy": 0.5, "sampled": 0.4}]
+    greedy, sampled = regimes.mean_curve([c1, c2], "greedy"), regimes.mean_curve([c1, c2], "sampled")
+    assert [x for p in greedy for x in p] == pytest.approx([0.0, 0.2, 3.0, 0.4])
+    assert [x for p in sampled for x in p] == pytest.approx([3.0, 0.3])
+    a = [(0.0, 0.0), (2.0, 2.0), (4.0, 0.0)]
+    b = [(0.0, 1.0), (4.0, 2.0)]  # b(2) = 1.5
+    assert regimes.crossings(a, b) == pytest.approx([2.0 * 1 / 1.5, 2.0 + 2.0 * 0.5 / 2.5])
+    assert regimes.crossings(b, [(0.0, 0.0), (4.0, 1.0)]) == []  # always above
+    assert regimes.crossings(a, [(1.0, 5.0), (3.0, 5.0)]) == []  # read on the shared range only
+
+
+def test_plot_draws_the_curves_and_says_where_they_cross(regimes, tmp_path):
+    """Two arms whose greedy validation crosses once (a - b: -10, +10 points at 0 and 2 minutes)
+    and whose sampled curves do not; the PNG is written."""
+
+    def row(arm, greedy, sampled):
+        curve = [{"minutes": m, "greedy": g, "sampled": s} for m, g, s in zip((0.0, 2.0), greedy, sampled)]
+        return {"regime": "all", "budget": "long", "arm": arm, "seed": 0, "curve": curve}
+
+    rows = [row("sft_only", (0.1, 0.4), (0.1, 0.2)), row("sft_grpo", (0.2, 0.3), (0.3, 0.4))]
+    rows.append({"regime": "all", "budget": "make_run", "arm": "sft_mixed", "seed": 0, "curve": []})
+    out = tmp_path / "curves.png"
+    lines = regimes.plot(rows, "all", "long", out)
+    assert lines == [
+        "greedy: sft_only and sft_grpo cross at 1.0 min",
+        "sampled: sft_only and sft_grpo do not cross",
+    ]
+    assert out.stat().st_size > 0
