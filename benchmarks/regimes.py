@@ -3,6 +3,7 @@
     python benchmarks/regimes.py --regime scarce --demos 64 --seeds 0,1,2      # train what is missing
     python benchmarks/regimes.py --regime all --budget long --arms sft_only,sft_grpo  # 4x the steps
     python benchmarks/regimes.py --collect                                      # -> docs/sft_to_grpo/regimes.json
+    python benchmarks/regimes.py --table --regime all --against sft_only         # arm - SFT alone, by seed
     python benchmarks/regimes.py --plot --regime all --budget long               # curves, where they cross
 
 Each (regime, budget, arm, seed) is one `sft2grpo` run in its own process and folder under
@@ -445,6 +446,39 @@ def table(rows: list[dict], regime: str, budget: str = "make_run") -> list[str]:
     return out
 
 
+def paired(rows: list[dict], regime: str, budget: str, base: str) -> list[str]:
+    """The markdown table of each arm against `base` in one regime and budget, paired by seed: per
+    metric the mean of (arm - base) over the seeds both ran, its 95% t interval over those seeds and
+    each seed's difference, in points."""
+    from sft2grpo.ladder.stats import mean_interval  # numpy only, no torch
+
+    def cell(diffs: list[float]) -> str:
+        each = ", ".join(f"{100 * d:+.1f}" for d in diffs)
+        if len(diffs) < 2:
+            return f"{100 * diffs[0]:+.1f} ({each})"
+        ci = mean_interval(diffs)
+        lo, hi = (100 * x for x in ci["ci95"])
+        return f"{100 * ci['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] ({each})"
+
+    def by_seed(arm: str) -> dict[int, dict]:
+        return {r["seed"]: r for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)}
+
+    ref = by_seed(base)
+    out = [
+        f"| arm - `{base}` | seeds | greedy, points [95%] (each seed) | sampled, points [95%] (each seed) |",
+        "|---|---|---|---|",
+    ]
+    for arm in ARMS:
+        runs = by_seed(arm)
+        seeds = sorted(set(runs) & set(ref))
+        if arm == base or not seeds:
+            continue
+        greedy = [runs[s]["greedy"] - ref[s]["greedy"] for s in seeds]
+        sampled = [runs[s]["sampled"] - ref[s]["sampled"] for s in seeds]
+        out.append(f"| `{arm}` | {len(seeds)} | {cell(greedy)} | {cell(sampled)} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regime", choices=["all", "scarce"], default="scarce")
@@ -459,13 +493,24 @@ def main() -> None:
     ap.add_argument("--collect", action="store_true", help=f"only write {OUT.relative_to(ROOT)}")
     ap.add_argument("--table", action="store_true", help=f"only print {OUT.name}'s table for --regime")
     ap.add_argument(
+        "--against",
+        choices=list(ARMS),
+        help="with --table: each arm minus this one, paired by seed, with t intervals",
+    )
+    ap.add_argument(
         "--plot",
         action="store_true",
         help="only draw --regime and --budget's validation curves from regimes.json, and say where they cross",
     )
     args = ap.parse_args()
     if args.table:
-        print("\n".join(table(json.loads(OUT.read_text())["runs"], args.regime, args.budget)))
+        rows = json.loads(OUT.read_text())["runs"]
+        lines = (
+            paired(rows, args.regime, args.budget, args.against)
+            if args.against
+            else table(rows, args.regime, args.budget)
+        )
+        print("\n".join(lines))
         return
     if args.plot:
         png = OUT.parent / f"{args.regime}_{args.budget}.png"

@@ -292,3 +292,34 @@ def test_plot_draws_the_curves_and_says_where_they_cross(regimes, tmp_path):
         "sampled: sft_only and sft_grpo do not cross",
     ]
     assert out.stat().st_size > 0
+
+
+def test_paired_table_against_an_arm(regimes):
+    """Each arm minus the base arm over the seeds both ran: greedy differences +1, +3, 0 points give
+    mean 1.33, SD 1.53, half-width 4.303 * 1.53 / sqrt(3) = 3.79, so [-2.5, +5.1]; an arm on one
+    shared seed gets no interval; another budget's rows stay out."""
+
+    def row(arm, seed, greedy, sampled, budget="make_run"):
+        return {
+            "regime": "all",
+            "budget": budget,
+            "arm": arm,
+            "seed": seed,
+            "greedy": greedy,
+            "sampled": sampled,
+        }
+
+    rows = [row("sft_only", s, g, 0.30) for s, g in enumerate((0.40, 0.42, 0.44))]
+    rows += [row("sft_grpo", s, g, 0.32) for s, g in enumerate((0.41, 0.45, 0.44))]
+    rows += [
+        row("sft_mixed", 1, 0.40, 0.25),
+        row("sft_mixed", 5, 0.9, 0.9),
+        row("sft_guided", 0, 0.9, 0.9, "long"),
+    ]
+    lines = regimes.paired(rows, "all", "make_run", "sft_only")
+    assert (
+        lines[2]
+        == "| `sft_grpo` | 3 | +1.3 [-2.5, +5.1] (+1.0, +3.0, +0.0) | +2.0 [+2.0, +2.0] (+2.0, +2.0, +2.0) |"
+    )
+    assert lines[3] == "| `sft_mixed` | 1 | -2.0 (-2.0) | -5.0 (-5.0) |"
+    assert len(lines) == 4
