@@ -328,7 +328,9 @@ def plot(rows: list[dict], regime: str, budget: str, out: Path, arms: list[str] 
 
     by_arm = {}
     for arm in arms or ARMS:
-        curves = [r["curve"] for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)]
+        curves = [
+            r.get("curve") for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)
+        ]
         if any(curves):
             by_arm[arm] = [c for c in curves if c]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))

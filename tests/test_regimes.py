@@ -277,14 +277,14 @@ def test_mean_curve_and_crossings(regimes):
 
 def test_plot_draws_the_curves_and_says_where_they_cross(regimes, tmp_path):
     """Two arms whose greedy validation crosses once (a - b: -10, +10 points at 0 and 2 minutes)
-    and whose sampled curves do not; the PNG is written."""
+    and whose sampled curves do not; a row without a curve is left out; the PNG is written."""
 
     def row(arm, greedy, sampled):
         curve = [{"minutes": m, "greedy": g, "sampled": s} for m, g, s in zip((0.0, 2.0), greedy, sampled)]
         return {"regime": "all", "budget": "long", "arm": arm, "seed": 0, "curve": curve}
 
     rows = [row("sft_only", (0.1, 0.4), (0.1, 0.2)), row("sft_grpo", (0.2, 0.3), (0.3, 0.4))]
-    rows.append({"regime": "all", "budget": "make_run", "arm": "sft_mixed", "seed": 0, "curve": []})
+    rows.append({"regime": "all", "budget": "long", "arm": "sft_mixed", "seed": 0})  # collected before curves
     out = tmp_path / "curves.png"
     lines = regimes.plot(rows, "all", "long", out)
     assert lines == [
