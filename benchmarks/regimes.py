@@ -346,7 +346,11 @@ def plot(rows: list[dict], regime: str, budget: str, out: Path, arms: list[str] 
             means[arm] = [(x, 100 * y) for x, y in mean_curve(curves, metric)]
             if means[arm]:
                 ax.plot(
-                    *zip(*means[arm]), color=color, lw=2, marker="o", label=f"{arm} ({len(curves)} seeds)"
+                    *zip(*means[arm]),
+                    color=color,
+                    lw=2,
+                    marker="o",
+                    label=f"{arm} ({len(curves)} seed{'s' if len(curves) > 1 else ''})",
                 )
         names = [a for a in means if means[a]]
         for i, a in enumerate(names):
