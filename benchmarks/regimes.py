@@ -208,11 +208,20 @@ def scores(summary: dict) -> tuple[float | None, float | None]:
     return after.get("accuracy"), sampled.get("accuracy")
 
 
+def stage_dirs(folder: Path) -> list[Path]:
+    """A run's stage folders in training order: a pipeline's sft/ and rl/, or the run's own."""
+    return [folder / "sft", folder / "rl"] if (folder / "rl").is_dir() else [folder]
+
+
+def stage_logs(folder: Path) -> list[tuple[list[dict], list[dict]]]:
+    """Each stage's (metrics.jsonl rows, evals.jsonl rows), in training order, each file read once."""
+    return [(read_jsonl(d / "metrics.jsonl"), read_jsonl(d / "evals.jsonl")) for d in stage_dirs(folder)]
+
+
 def final_pass(folder: Path) -> float | None:
     """pass@k of the final model from its k sampled answers a held-out problem (eval.draws): the
     share of problems with a right one among them; None without the file."""
-    stage = folder / "rl" if (folder / "rl").is_dir() else folder
-    rows = read_jsonl(stage / "eval_after_sampled.jsonl")
+    rows = read_jsonl(stage_dirs(folder)[-1] / "eval_after_sampled.jsonl")
     return sum(any(r["correct"]) for r in rows) / len(rows) if rows else None
 
 
@@ -230,15 +239,16 @@ def read_jsonl(path: Path) -> list[dict]:
         return []
 
 
-def rl_stage(folder: Path, summary: dict) -> dict:
-    """A pipeline's RL stage: its own change (SFT -> RL, greedy and sampled, with intervals), the
-    share of its groups with a reward spread, and (guides) the share of groups a guide joined."""
+def rl_stage(summary: dict, metrics: list[dict]) -> dict:
+    """A pipeline's RL stage, from its summary and its metrics.jsonl rows: its own change (SFT -> RL,
+    greedy and sampled, with intervals), the share of its groups with a reward spread, and (guides)
+    the share of groups a guide joined; {} for a single run."""
     if "accuracy" not in summary:
         return {}
     return {
         "rl_change_greedy": (summary.get("changes") or {}).get("sft->rl"),
         "rl_change_sampled": (summary.get("sampled_changes") or {}).get("sft->rl"),
-        **group_shares(read_jsonl(folder / "rl" / "metrics.jsonl")),
+        **group_shares(metrics),
     }
 
 
@@ -255,17 +265,16 @@ def group_shares(metrics: list[dict]) -> dict:
     return out
 
 
-def validation_curve(folder: Path) -> list[dict]:
-    """A run's validation scores against its training minutes: one {"minutes", "greedy", "sampled"}
-    per validation point (sampled None when not scored), minutes counting the steps alone (a
-    pipeline's RL stage after all of its SFT stage's). The RL stage's step 0 scores the SFT stage's
-    last model again and is left out; [] without evals.jsonl."""
-    stages = [folder / "sft", folder / "rl"] if (folder / "rl").is_dir() else [folder]
+def validation_curve(logs: list[tuple[list[dict], list[dict]]]) -> list[dict]:
+    """A run's validation scores against its training minutes, from its stage_logs: one {"minutes",
+    "greedy", "sampled"} per validation point (sampled None when not scored), minutes counting the
+    steps alone (a pipeline's RL stage after all of its SFT stage's). The RL stage's step 0 scores
+    the SFT stage's last model again and is left out; [] without validation rows."""
     points, offset = [], 0.0
-    for stage in stages:
-        step_s = {r["step"]: r["time_step"] for r in read_jsonl(stage / "metrics.jsonl") if "time_step" in r}
+    for metrics, evals in logs:
+        step_s = {r["step"]: r["time_step"] for r in metrics if "time_step" in r}
         scores: dict[int, dict[str, float]] = {}
-        for r in read_jsonl(stage / "evals.jsonl"):
+        for r in evals:
             if r.get("tag") in ("val", "val_sampled"):
                 scores.setdefault(r["step"], {})[r["tag"]] = r["accuracy"]
         for step in sorted(scores):
@@ -328,9 +337,7 @@ def plot(rows: list[dict], regime: str, budget: str, out: Path, arms: list[str] 
 
     by_arm = {}
     for arm in arms or ARMS:
-        curves = [
-            r.get("curve") for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)
-        ]
+        curves = [r.get("curve") for r in arm_rows(rows, regime, budget, arm)]
         if any(curves):
             by_arm[arm] = [c for c in curves if c]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -392,6 +399,7 @@ def collect(runs: Path) -> list[dict]:
                 batch = f"{doc['train']['prompts_per_step']}x{doc['rollout']['group_size']}"
         summary = json.loads((folder / "summary.json").read_text())
         greedy, sampled = scores(summary)
+        logs = stage_logs(folder)
         rows.append(
             {
                 "regime": regime,
@@ -406,13 +414,21 @@ def collect(runs: Path) -> list[dict]:
                 "greedy": greedy,
                 "sampled": sampled,
                 "pass": final_pass(folder),
-                **rl_stage(folder, summary),
+                **rl_stage(summary, logs[-1][0]),
             }
         )
-        curve = validation_curve(folder)
+        curve = validation_curve(logs)
         if curve:
             rows[-1]["curve"] = curve
     return rows
+
+
+def arm_rows(rows: list[dict], regime: str, budget: str, arm: str) -> list[dict]:
+    """The rows of one arm in one regime and budget, by seed."""
+    return sorted(
+        (r for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)),
+        key=lambda r: r["seed"],
+    )
 
 
 def table(rows: list[dict], regime: str, budget: str = "make_run") -> list[str]:
@@ -432,10 +448,7 @@ def table(rows: list[dict], regime: str, budget: str = "make_run") -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
-        rs = sorted(
-            (r for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)),
-            key=lambda r: r["seed"],
-        )
+        rs = arm_rows(rows, regime, budget, arm)
         if not rs:
             continue
         change = "-"
@@ -467,7 +480,7 @@ def paired(rows: list[dict], regime: str, budget: str, base: str) -> list[str]:
         return f"{100 * ci['diff']:+.1f} [{lo:+.1f}, {hi:+.1f}] ({each})"
 
     def by_seed(arm: str) -> dict[int, dict]:
-        return {r["seed"]: r for r in rows if (r["regime"], r["budget"], r["arm"]) == (regime, budget, arm)}
+        return {r["seed"]: r for r in arm_rows(rows, regime, budget, arm)}
 
     ref = by_seed(base)
     out = [

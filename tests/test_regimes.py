@@ -251,12 +251,12 @@ def test_validation_curve_puts_the_rl_stage_after_the_sft_stage(regimes, tmp_pat
         run / "rl" / "evals.jsonl",
         [{"step": 0, "tag": "val", "accuracy": 0.41}, {"step": 2, "tag": "val", "accuracy": 0.5}],
     )
-    assert regimes.validation_curve(run) == [
+    assert regimes.validation_curve(regimes.stage_logs(run)) == [
         {"minutes": 0.0, "greedy": 0.1, "sampled": 0.05},
         {"minutes": 1.0, "greedy": 0.4, "sampled": 0.3},
         {"minutes": 1.3, "greedy": 0.5, "sampled": None},
     ]
-    assert regimes.validation_curve(tmp_path / "absent") == []
+    assert regimes.validation_curve(regimes.stage_logs(tmp_path / "absent")) == []
 
 
 def test_mean_curve_and_crossings(regimes):
